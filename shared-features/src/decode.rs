@@ -1,0 +1,224 @@
+//! Decoding one JSON event into the declared fields of a row, without building a JSON tree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::error::EventError;
+use crate::spec::Pipeline;
+use crate::time::parse_timestamp;
+use crate::value::{FieldType, Value};
+
+/// Decodes JSON objects into the event fields of a pipeline.
+///
+/// Types are strict, so that a producer's mistake is caught rather than guessed at: an `int`
+/// field takes JSON integers, a `float` field takes any JSON number, a `str` field takes strings,
+/// a `timestamp` field takes an RFC 3339 string or integer epoch milliseconds. `null` is a null
+/// value; an absent field is an error. Fields the pipeline does not declare are ignored.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    index: HashMap<Box<str>, usize>,
+    names: Vec<String>,
+    types: Vec<FieldType>,
+}
+
+impl Decoder {
+    /// A decoder for the event fields of `p`.
+    pub fn new(p: &Pipeline) -> Self {
+        let fields = p.fields();
+        Self {
+            index: fields
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone().into_boxed_str(), i))
+                .collect(),
+            names: fields.iter().map(|c| c.name.clone()).collect(),
+            types: fields.iter().map(|c| c.ty).collect(),
+        }
+    }
+
+    /// Decode `bytes` into `row[..n_fields]`.
+    pub fn decode(&self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+        let n = self.types.len();
+        let mut seen = vec![false; n];
+        let mut problem = None;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let visitor = EventVisitor {
+            dec: self,
+            row: &mut row[..n],
+            seen: &mut seen,
+            problem: &mut problem,
+        };
+        let result = de::Deserializer::deserialize_map(&mut de, visitor).and_then(|()| de.end());
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        if let Err(e) = result {
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            return Err(EventError::Malformed {
+                line: e.line(),
+                column: e.column(),
+                message,
+            });
+        }
+        if let Some(i) = seen.iter().position(|s| !s) {
+            return Err(EventError::Missing {
+                field: self.names[i].clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct EventVisitor<'a> {
+    dec: &'a Decoder,
+    row: &'a mut [Value],
+    seen: &'a mut [bool],
+    problem: &'a mut Option<EventError>,
+}
+
+impl<'de> Visitor<'de> for EventVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(slot) = map.next_key_seed(KeySeed(self.dec))? {
+            let Some(i) = slot else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let raw = map.next_value::<Raw<'de>>()?;
+            let field = &self.dec.names[i];
+            if std::mem::replace(&mut self.seen[i], true) {
+                *self.problem = Some(EventError::Malformed {
+                    line: 1,
+                    column: 1,
+                    message: format!("field `{field}` appears twice"),
+                });
+                return Err(de::Error::custom("duplicate field"));
+            }
+            match typed(raw, self.dec.types[i], field) {
+                Ok(v) => self.row[i] = v,
+                Err(e) => {
+                    *self.problem = Some(e);
+                    return Err(de::Error::custom("bad field"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct KeySeed<'a>(&'a Decoder);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.index.get(v).copied())
+    }
+}
+
+/// A JSON scalar as found, before it is checked against the declared type.
+enum Raw<'de> {
+    Null,
+    Int(i64),
+    /// Integers beyond i64, and every number with a fraction or exponent.
+    Float(f64),
+    Str(std::borrow::Cow<'de, str>),
+    Bool,
+    Compound(&'static str),
+}
+
+impl<'de> de::Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Raw<'de>, E> {
+        Ok(Raw::Bool)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Raw<'de>, E> {
+        Ok(Raw::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Raw<'de>, E> {
+        Ok(i64::try_from(v).map_or(Raw::Float(v as f64), Raw::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Raw<'de>, E> {
+        Ok(Raw::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(std::borrow::Cow::Owned(v.to_string())))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Raw::Compound("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Raw::Compound("an object"))
+    }
+}
+
+fn typed(raw: Raw<'_>, ty: FieldType, field: &str) -> Result<Value, EventError> {
+    let wrong = |found: String| EventError::WrongType {
+        field: field.to_string(),
+        expected: ty.name(),
+        found,
+    };
+    match (raw, ty) {
+        (Raw::Null, _) => Ok(Value::Null),
+        (Raw::Int(i), FieldType::Int | FieldType::Timestamp) => Ok(Value::Int(i)),
+        (Raw::Int(i), FieldType::Float) => Ok(Value::Float(i as f64)),
+        (Raw::Float(x), FieldType::Float) => Ok(Value::float(x)),
+        (Raw::Str(s), FieldType::Str) => Ok(Value::Str(Arc::from(s.as_ref()))),
+        (Raw::Str(s), FieldType::Timestamp) => {
+            parse_timestamp(&s).map(Value::Int).map_err(|m| wrong(m))
+        }
+        (Raw::Float(x), _) => Err(wrong(format!("the number {x}"))),
+        (Raw::Int(i), _) => Err(wrong(format!("the number {i}"))),
+        (Raw::Str(s), _) => Err(wrong(format!("the string {:?}", truncate(&s)))),
+        (Raw::Bool, _) => Err(wrong("a boolean".to_string())),
+        (Raw::Compound(kind), _) => Err(wrong(kind.to_string())),
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,156 @@
+//! The online engine: one event in, one feature row out, with per-key state.
+//!
+//! [`Stages`] holds what both engines share after enrichment (lateness, windows, derived
+//! features); the online engine adds JSON decoding, filters and hash-map joins in front of it.
+
+use std::sync::Arc;
+
+use crate::decode::Decoder;
+use crate::error::EventError;
+use crate::eval;
+use crate::spec::Pipeline;
+use crate::tables::Tables;
+use crate::time::format_timestamp;
+use crate::value::{Key, Row, Value};
+use crate::window::WindowState;
+
+/// The stages after enrichment, shared by the offline and online engines.
+#[derive(Debug)]
+pub struct Stages {
+    windows: Vec<WindowState>,
+}
+
+impl Stages {
+    /// Fresh state (no key has been seen).
+    pub fn new(p: &Pipeline) -> Self {
+        Self {
+            windows: p.windows.iter().map(WindowState::new).collect(),
+        }
+    }
+
+    /// Aggregate windows and derive features into `row`, whose fields, `event_time` and joined
+    /// columns are filled. A late event is refused before any state changes.
+    pub fn process(&mut self, p: &Pipeline, row: &mut [Value]) -> Result<(), EventError> {
+        let t = row[p.event_time_col()]
+            .as_i64()
+            .ok_or_else(|| EventError::Time("event_time is null".into()))?;
+        for (w, state) in p.windows.iter().zip(&self.windows) {
+            let Some(key) = Key::of(&row[w.key]) else {
+                continue;
+            };
+            if let Some(mark) = state.watermark(&key) {
+                if t < mark.saturating_sub(p.lateness_ms) {
+                    return Err(EventError::Late {
+                        key: row[w.key].to_string(),
+                        event_time: format_timestamp(t),
+                        watermark: format_timestamp(mark),
+                        lateness_ms: p.lateness_ms,
+                    });
+                }
+            }
+        }
+        for (w, state) in p.windows.iter().zip(&mut self.windows) {
+            state.update(w, t, row, p.lateness_ms);
+        }
+        for (i, d) in p.derives.iter().enumerate() {
+            let col = p.layout.len() - p.derives.len() + i;
+            let v = match d.args.as_slice() {
+                [a] => eval::derive(&d.func, &[&row[*a]]),
+                [a, b] => eval::derive(&d.func, &[&row[*a], &row[*b]]),
+                _ => Value::Null,
+            };
+            row[col] = v;
+        }
+        Ok(())
+    }
+
+    /// Keys and events held in window state, summed over windows.
+    pub fn state_size(&self) -> (usize, usize) {
+        self.windows
+            .iter()
+            .fold((0, 0), |(k, e), w| (k + w.keys(), e + w.entries()))
+    }
+}
+
+/// Runs a pipeline event by event: decode, filter, event time, join, aggregate, derive.
+#[derive(Debug)]
+pub struct OnlineEngine {
+    pipeline: Arc<Pipeline>,
+    tables: Arc<Tables>,
+    decoder: Decoder,
+    stages: Stages,
+    row: Row,
+}
+
+impl OnlineEngine {
+    /// An engine with empty window state.
+    pub fn new(pipeline: Arc<Pipeline>, tables: Arc<Tables>) -> Self {
+        let decoder = Decoder::new(&pipeline);
+        let stages = Stages::new(&pipeline);
+        let row = vec![Value::Null; pipeline.layout.len()];
+        Self {
+            pipeline,
+            tables,
+            decoder,
+            stages,
+            row,
+        }
+    }
+
+    /// The pipeline this engine runs.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Process one JSON event. `Ok(None)`: a filter dropped it. `Ok(Some(row))`: every column of
+    /// the layout, to be selected and encoded with [`crate::FittedState::transform`].
+    pub fn process(&mut self, event: &[u8]) -> Result<Option<&[Value]>, EventError> {
+        self.decoder.decode(event, &mut self.row)?;
+        self.after_decode()
+    }
+
+    /// Process an event whose fields are already typed (`fields.len()` is the number of
+    /// declared fields).
+    pub fn process_fields(&mut self, fields: &[Value]) -> Result<Option<&[Value]>, EventError> {
+        let n = self.pipeline.n_fields;
+        self.row[..n].clone_from_slice(&fields[..n.min(fields.len())]);
+        self.after_decode()
+    }
+
+    fn after_decode(&mut self) -> Result<Option<&[Value]>, EventError> {
+        let p = &*self.pipeline;
+        let row = &mut self.row;
+        if !p.filters.iter().all(|f| eval::matches(f, &row[f.col])) {
+            return Ok(None);
+        }
+        let t = eval::event_time(p, row).map_err(EventError::Time)?;
+        row[p.event_time_col()] = Value::Int(t);
+        enrich(p, &self.tables, t, row);
+        self.stages.process(p, row)?;
+        Ok(Some(&self.row))
+    }
+
+    /// Keys and events held in window state.
+    pub fn state_size(&self) -> (usize, usize) {
+        self.stages.state_size()
+    }
+}
+
+fn enrich(p: &Pipeline, tables: &Tables, t: i64, row: &mut [Value]) {
+    for (l, table) in p.lookups.iter().zip(&tables.lookups) {
+        let hit = Key::of(&row[l.on]).and_then(|k| table.get(&k));
+        fill(row, l.first_col, l.columns.len(), hit);
+    }
+    for (a, table) in p.asofs.iter().zip(&tables.asofs) {
+        let hit = Key::of(&row[a.on]).and_then(|k| table.get(&k, t, a.tolerance_ms));
+        fill(row, a.first_col, a.columns.len(), hit);
+    }
+}
+
+fn fill(row: &mut [Value], first: usize, n: usize, hit: Option<&[Value]>) {
+    let dst = &mut row[first..first + n];
+    match hit {
+        Some(vals) => dst.clone_from_slice(vals),
+        None => dst.fill(Value::Null),
+    }
+}

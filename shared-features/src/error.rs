@@ -1,0 +1,86 @@
+//! Errors: bad data files, bad events.
+
+/// A data file (history or a lookup table) that cannot be read, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), if column.is_empty() { String::new() } else { format!(": column `{column}`") })]
+pub struct DataError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (the header is line 1), when known.
+    pub line: Option<usize>,
+    /// The column, or empty.
+    pub column: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl DataError {
+    /// An error about a whole file.
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            line: None,
+            column: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// An error at a line and column of a file.
+    pub fn at(file: &str, line: usize, column: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            line: Some(line),
+            column: column.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why one event could not be turned into features. The scorer sends such events to the
+/// dead-letter topic with this message; nothing here panics on any input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The bytes are not a JSON object.
+    #[error("malformed JSON at line {line} column {column}: {message}")]
+    Malformed {
+        /// 1-based line in the payload.
+        line: usize,
+        /// 1-based column in the payload.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A declared field is absent (JSON `null` is a present null).
+    #[error("field `{field}` is missing")]
+    Missing {
+        /// The field.
+        field: String,
+    },
+    /// A field holds a value of another type.
+    #[error("field `{field}` should be {expected}, got {found}")]
+    WrongType {
+        /// The field.
+        field: String,
+        /// The declared type.
+        expected: &'static str,
+        /// What the event holds.
+        found: String,
+    },
+    /// The event time cannot be computed.
+    #[error("no event time: {0}")]
+    Time(String),
+    /// The event is older than its key's newest event minus the allowed lateness.
+    #[error(
+        "late event for key {key}: event time {event_time} is more than {lateness_ms} ms behind the key's newest event {watermark}"
+    )]
+    Late {
+        /// The entity key.
+        key: String,
+        /// The event's time (RFC 3339).
+        event_time: String,
+        /// The key's newest event time (RFC 3339).
+        watermark: String,
+        /// The allowed lateness.
+        lateness_ms: i64,
+    },
+}

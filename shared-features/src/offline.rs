@@ -1,0 +1,432 @@
+//! The offline engine: the pipeline over whole tables, with polars.
+//!
+//! polars reads the CSV files, filters, joins the lookup tables, sorts by event time and runs
+//! the as-of joins. The joined table is then fed row by row, in event-time order, through the
+//! same [`Stages`] the online engine uses, so windows and derived features are computed by one
+//! piece of code. Events with equal times keep file order (stable sort), which is the order the
+//! online feed replays them in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use polars::prelude::*;
+
+use crate::engine::Stages;
+use crate::error::{DataError, EventError};
+use crate::eval;
+use crate::spec::{CmpOp, Literal, Pipeline, Predicate};
+use crate::tables::{check_csv, sha256_hex};
+use crate::time;
+use crate::value::{FieldType, Row, Value};
+
+const ROW: &str = "__row";
+const KEY: &str = "__key";
+const TIME: &str = "__time";
+
+/// The result of running a pipeline over a history file.
+#[derive(Debug, Default)]
+pub struct OfflineRun {
+    /// Full layout rows of the events that passed the filters, in event-time order.
+    pub rows: Vec<Row>,
+    /// For each row, its 0-based record number in the history file (line = record + 2).
+    pub source: Vec<u32>,
+    /// Events that passed the filters but were refused (no event time, late), by record number.
+    pub rejected: Vec<(u32, EventError)>,
+    /// Events dropped by filters.
+    pub filtered: usize,
+    /// `(table, sha256)` of every lookup table, for the fitted state.
+    pub table_digests: Vec<(String, String)>,
+}
+
+/// Where a pipeline's files are: paths in the pipeline are relative to its directory.
+pub fn resolve(p: &Pipeline, base: &Path, path: &str) -> PathBuf {
+    let _ = p;
+    let candidate = Path::new(path);
+    if candidate.is_absolute() {
+        candidate.to_path_buf()
+    } else {
+        base.join(candidate)
+    }
+}
+
+/// Run `p` over the history at `events` (CSV); tables are resolved against `base`.
+pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataError> {
+    let fields: Vec<(String, FieldType)> =
+        p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
+    let mut df = read_csv(events, &fields, true)?;
+    let total = df.height();
+
+    let mask = filter_mask(&df, p).map_err(|e| polars_err(events, e))?;
+    df = df.filter(&mask).map_err(|e| polars_err(events, e))?;
+    let filtered = total - df.height();
+
+    // Event time: the same Rust function as online, over the filtered columns.
+    let mut out = OfflineRun {
+        filtered,
+        ..Default::default()
+    };
+    let rows_idx = u32_column(&df, ROW).map_err(|e| polars_err(events, e))?;
+    let field_vals: Vec<Vec<Value>> = (0..p.n_fields)
+        .map(|c| column_values(&df, &p.layout[c].name, p.layout[c].ty))
+        .collect::<PolarsResult<_>>()
+        .map_err(|e| polars_err(events, e))?;
+    let mut times: Vec<Option<i64>> = Vec::with_capacity(df.height());
+    let mut scratch: Row = vec![Value::Null; p.n_fields];
+    for i in 0..df.height() {
+        for (c, vals) in field_vals.iter().enumerate() {
+            scratch[c] = vals[i].clone();
+        }
+        match eval::event_time(p, &scratch) {
+            Ok(t) => times.push(Some(t)),
+            Err(m) => {
+                out.rejected.push((rows_idx[i], EventError::Time(m)));
+                times.push(None);
+            }
+        }
+    }
+    drop(field_vals);
+    let time_col = Column::new("event_time".into(), times);
+    df.with_column(time_col)
+        .map_err(|e| polars_err(events, e))?;
+    let has_time = df
+        .column("event_time")
+        .map_err(|e| polars_err(events, e))?
+        .is_not_null();
+    df = df.filter(&has_time).map_err(|e| polars_err(events, e))?;
+
+    for l in &p.lookups {
+        let path = resolve(p, base, &l.path);
+        let mut cols = vec![(l.key.clone(), l.key_ty)];
+        cols.extend(l.columns.iter().cloned());
+        let mut table = read_csv(&path, &cols, false)?;
+        out.table_digests
+            .push((l.name.clone(), file_digest(&path)?));
+        prefix_columns(&mut table, &l.key, &l.columns, &p.layout[l.first_col..])
+            .map_err(|e| polars_err(&path, e))?;
+        let mut args = JoinArgs::new(JoinType::Left);
+        args.validation = JoinValidation::ManyToOne;
+        args.maintain_order = MaintainOrderJoin::Left;
+        let on = &p.layout[l.on].name;
+        df = df
+            .join(&table, [on.as_str()], [KEY], args, None)
+            .map_err(|e| {
+                DataError::file(
+                    &path.display().to_string(),
+                    format!("lookup `{}`: {e}", l.name),
+                )
+            })?;
+        df = drop_helpers(df);
+    }
+
+    df = df
+        .sort(
+            ["event_time"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
+        .map_err(|e| polars_err(events, e))?;
+
+    for a in &p.asofs {
+        let path = resolve(p, base, &a.path);
+        let mut cols = vec![(a.key.clone(), a.key_ty)];
+        cols.extend(a.columns.iter().cloned());
+        let mut table = read_csv(&path, &cols, false)?;
+        out.table_digests
+            .push((a.name.clone(), file_digest(&path)?));
+        let t = table
+            .column(&a.time)
+            .map_err(|e| polars_err(&path, e))?
+            .clone()
+            .with_name(TIME.into());
+        table.with_column(t).map_err(|e| polars_err(&path, e))?;
+        prefix_columns(&mut table, &a.key, &a.columns, &p.layout[a.first_col..])
+            .map_err(|e| polars_err(&path, e))?;
+        table = table
+            .sort(
+                [TIME],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )
+            .map_err(|e| polars_err(&path, e))?;
+        let on = p.layout[a.on].name.as_str();
+        let tolerance = a.tolerance_ms.map(AnyValue::Int64);
+        df = df
+            .join_asof_by(
+                &table,
+                "event_time",
+                TIME,
+                [on],
+                [KEY],
+                AsofStrategy::Backward,
+                tolerance,
+                true,
+                false,
+            )
+            .map_err(|e| {
+                DataError::file(
+                    &path.display().to_string(),
+                    format!("as-of join `{}`: {e}", a.name),
+                )
+            })?;
+        df = drop_helpers(df);
+    }
+
+    // Everything up to the window columns comes from polars; the rest from the shared stages.
+    let joined = p.windows.first().map_or_else(
+        || {
+            p.derives
+                .first()
+                .map_or(p.layout.len(), |_| p.layout.len() - p.derives.len())
+        },
+        |w| w.first_col,
+    );
+    let columns: Vec<Vec<Value>> = p.layout[..joined]
+        .iter()
+        .map(|c| column_values(&df, &c.name, c.ty))
+        .collect::<PolarsResult<_>>()
+        .map_err(|e| polars_err(events, e))?;
+    let source = u32_column(&df, ROW).map_err(|e| polars_err(events, e))?;
+    drop(df);
+
+    let mut stages = Stages::new(p);
+    out.rows.reserve(source.len());
+    for (i, src) in source.into_iter().enumerate() {
+        let mut row: Row = vec![Value::Null; p.layout.len()];
+        for (c, col) in columns.iter().enumerate() {
+            row[c] = col[i].clone();
+        }
+        match stages.process(p, &mut row) {
+            Ok(()) => {
+                out.rows.push(row);
+                out.source.push(src);
+            }
+            Err(e) => out.rejected.push((src, e)),
+        }
+    }
+    Ok(out)
+}
+
+fn polars_err(path: &Path, e: PolarsError) -> DataError {
+    DataError::file(&path.display().to_string(), e.to_string())
+}
+
+fn file_digest(path: &Path) -> Result<String, DataError> {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b))
+        .map_err(|e| DataError::file(&path.display().to_string(), e.to_string()))
+}
+
+/// Read the declared columns of a CSV file with their types; timestamps become epoch ms.
+/// On a parse failure, find the offending line and column with the strict reader.
+fn read_csv(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    row_index: bool,
+) -> Result<DataFrame, DataError> {
+    let file = path.display().to_string();
+    if !path.exists() {
+        return Err(DataError::file(
+            &file,
+            "no such file (for the nycflights13 data, run ci/fetch-data)",
+        ));
+    }
+    let schema: Schema = columns
+        .iter()
+        .map(|(n, ty)| {
+            let dt = match ty {
+                FieldType::Int => DataType::Int64,
+                FieldType::Float => DataType::Float64,
+                FieldType::Str | FieldType::Timestamp => DataType::String,
+            };
+            Field::new(n.as_str().into(), dt)
+        })
+        .collect();
+    let names: Arc<[PlSmallStr]> = columns
+        .iter()
+        .map(|(n, _)| PlSmallStr::from(n.as_str()))
+        .collect();
+    let options = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_schema_overwrite(Some(Arc::new(schema)))
+        .with_columns(Some(names))
+        .with_row_index(row_index.then(|| RowIndex {
+            name: ROW.into(),
+            offset: 0,
+        }))
+        .map_parse_options(|o| {
+            o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
+        });
+    let read = options
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish());
+    let mut df = match read {
+        Ok(df) => df,
+        Err(e) => {
+            // polars says what failed; the strict reader says where.
+            let bytes = std::fs::read(path).map_err(|io| DataError::file(&file, io.to_string()))?;
+            check_csv(&bytes, &file, columns)?;
+            return Err(DataError::file(&file, e.to_string()));
+        }
+    };
+    for (name, ty) in columns {
+        if *ty == FieldType::Float {
+            // NaN is null everywhere, so that no feature is ever NaN.
+            let c = df
+                .column(name)
+                .map_err(|e| polars_err(path, e))?
+                .f64()
+                .map_err(|e| polars_err(path, e))?
+                .clone();
+            let c: Float64Chunked = c.iter().map(|x| x.filter(|v| !v.is_nan())).collect();
+            df.with_column(c.with_name(name.as_str().into()).into_column())
+                .map_err(|e| polars_err(path, e))?;
+        }
+        if *ty == FieldType::Timestamp {
+            let c = df
+                .column(name)
+                .map_err(|e| polars_err(path, e))?
+                .str()
+                .map_err(|e| polars_err(path, e))?
+                .clone();
+            let mut parsed: Vec<Option<i64>> = Vec::with_capacity(c.len());
+            for (i, v) in c.iter().enumerate() {
+                parsed.push(match v {
+                    None => None,
+                    Some(s) => Some(
+                        time::parse_timestamp(s)
+                            .map_err(|m| DataError::at(&file, i + 2, name, m))?,
+                    ),
+                });
+            }
+            df.with_column(Column::new(name.as_str().into(), parsed))
+                .map_err(|e| polars_err(path, e))?;
+        }
+    }
+    Ok(df)
+}
+
+/// Rename a table's key to `__key` and its other columns to their layout names.
+fn prefix_columns(
+    table: &mut DataFrame,
+    key: &str,
+    columns: &[(String, FieldType)],
+    layout: &[crate::spec::Column],
+) -> PolarsResult<()> {
+    table.rename(key, KEY.into())?;
+    for ((name, _), target) in columns.iter().zip(layout) {
+        table.rename(name, target.name.as_str().into())?;
+    }
+    Ok(())
+}
+
+fn drop_helpers(df: DataFrame) -> DataFrame {
+    let helpers: Vec<String> = df
+        .get_column_names()
+        .into_iter()
+        .filter(|n| n.starts_with("__") && n.as_str() != ROW)
+        .map(|n| n.to_string())
+        .collect();
+    helpers.iter().fold(df, |d, n| d.drop(n).unwrap_or(d))
+}
+
+fn filter_mask(df: &DataFrame, p: &Pipeline) -> PolarsResult<BooleanChunked> {
+    let mut mask = BooleanChunked::full("mask".into(), true, df.height());
+    for f in &p.filters {
+        let m = predicate_mask(df, p, f)?.fill_null_with_values(false)?;
+        mask = &mask & &m;
+    }
+    Ok(mask)
+}
+
+/// A predicate as polars comparisons. Null compares to null, which filters out, as online.
+fn predicate_mask(df: &DataFrame, p: &Pipeline, f: &Predicate) -> PolarsResult<BooleanChunked> {
+    let col = df
+        .column(&p.layout[f.col].name)?
+        .as_materialized_series()
+        .clone();
+    let cmp_one = |lit: &Literal, op: CmpOp| -> PolarsResult<BooleanChunked> {
+        match lit {
+            Literal::Str(s) => {
+                let s = s.as_str();
+                match op {
+                    CmpOp::Ne => col.not_equal(s),
+                    _ => col.equal(s),
+                }
+            }
+            Literal::Int(i) if col.dtype() == &DataType::Int64 => compare_num(&col, op, *i),
+            Literal::Int(i) => compare_num(&col.cast(&DataType::Float64)?, op, *i as f64),
+            Literal::Float(x) => compare_num(&col.cast(&DataType::Float64)?, op, *x),
+        }
+    };
+    match f.op {
+        CmpOp::NotNull => Ok(col.is_not_null()),
+        CmpOp::IsNull => Ok(col.is_null()),
+        CmpOp::In => {
+            let mut any = BooleanChunked::full("in".into(), false, col.len());
+            for lit in &f.values {
+                any = &any | &cmp_one(lit, CmpOp::Eq)?.fill_null_with_values(false)?;
+            }
+            Ok(any)
+        }
+        op => match f.values.first() {
+            Some(lit) => cmp_one(lit, op),
+            None => Ok(BooleanChunked::full("none".into(), false, col.len())),
+        },
+    }
+}
+
+fn compare_num<T>(s: &Series, op: CmpOp, v: T) -> PolarsResult<BooleanChunked>
+where
+    Series: ChunkCompareEq<T, Item = PolarsResult<BooleanChunked>>
+        + ChunkCompareIneq<T, Item = PolarsResult<BooleanChunked>>,
+    T: Copy,
+{
+    match op {
+        CmpOp::Eq => s.equal(v),
+        CmpOp::Ne => s.not_equal(v),
+        CmpOp::Lt => s.lt(v),
+        CmpOp::Le => s.lt_eq(v),
+        CmpOp::Gt => s.gt(v),
+        _ => s.gt_eq(v),
+    }
+}
+
+fn u32_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<u32>> {
+    let c = df.column(name)?.cast(&DataType::UInt32)?;
+    Ok(c.u32()?.iter().map(|v| v.unwrap_or(u32::MAX)).collect())
+}
+
+/// A column as values of the declared type (timestamps are already epoch ms).
+fn column_values(df: &DataFrame, name: &str, ty: FieldType) -> PolarsResult<Vec<Value>> {
+    let c = df.column(name)?;
+    Ok(match ty {
+        FieldType::Int | FieldType::Timestamp => c
+            .cast(&DataType::Int64)?
+            .i64()?
+            .iter()
+            .map(|v| v.map_or(Value::Null, Value::Int))
+            .collect(),
+        FieldType::Float => c
+            .f64()?
+            .iter()
+            .map(|v| v.map_or(Value::Null, Value::float))
+            .collect(),
+        FieldType::Str => {
+            let mut last: Option<Arc<str>> = None;
+            c.str()?
+                .iter()
+                .map(|v| match v {
+                    None => Value::Null,
+                    Some(s) => {
+                        // Runs of equal text share one allocation.
+                        let a = match &last {
+                            Some(prev) if &**prev == s => prev.clone(),
+                            _ => Arc::from(s),
+                        };
+                        last = Some(a.clone());
+                        Value::Str(a)
+                    }
+                })
+                .collect()
+        }
+    })
+}

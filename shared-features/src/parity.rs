@@ -1,0 +1,214 @@
+//! The parity check: every event through both engines, every vector compared bit for bit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::OnlineEngine;
+use crate::error::DataError;
+use crate::events::{csv_to_json, event_order};
+use crate::fitted::{FittedState, fingerprint};
+use crate::offline;
+use crate::spec::Pipeline;
+use crate::tables::Tables;
+use crate::time::format_timestamp;
+use crate::value::Value;
+
+/// The outcome of a parity run.
+#[derive(Debug, Serialize)]
+pub struct ParityReport {
+    /// Records in the history file.
+    pub records: usize,
+    /// Feature vectors compared: events that either engine turned into a vector.
+    pub events: usize,
+    /// Vectors identical in every bit, and every layout column identical too.
+    pub identical: usize,
+    /// Events that a filter dropped (offline count; online must drop the same ones).
+    pub filtered: usize,
+    /// Events refused by both engines (no event time, late).
+    pub rejected: usize,
+    /// Layout columns compared per event.
+    pub columns: usize,
+    /// Encoded vector width.
+    pub width: usize,
+    /// The fingerprint of spec plus fitted state.
+    pub fingerprint: String,
+    /// Offline engine wall time, seconds (read, filter, join, sort, windows).
+    pub offline_seconds: f64,
+    /// Online engine wall time, seconds (decode, filter, join, windows), excluding the feed's
+    /// CSV-to-JSON conversion.
+    pub online_seconds: f64,
+    /// The first difference, in event order.
+    pub first_mismatch: Option<Mismatch>,
+}
+
+/// Where the engines disagree.
+#[derive(Debug, Serialize, Clone)]
+pub struct Mismatch {
+    /// Line of the event in the history file.
+    pub line: usize,
+    /// The event's time, when known.
+    pub event_time: Option<String>,
+    /// The column or vector slot that differs (`<presence>` when one engine has no vector).
+    pub feature: String,
+    /// The offline value.
+    pub offline: String,
+    /// The online value.
+    pub online: String,
+}
+
+/// Run `p` over `events` offline and online, fit the encoding on the training split of the
+/// offline rows, and compare every event's row and encoded vector.
+pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityReport, DataError> {
+    let started = Instant::now();
+    let off = offline::run(p, events, base)?;
+    let offline_seconds = started.elapsed().as_secs_f64();
+    let et = p.event_time_col();
+    let train = off.rows.iter().filter(|r| {
+        p.valid_from
+            .is_none_or(|v| r[et].as_i64().is_some_and(|t| t < v))
+    });
+    let fitted = FittedState::fit(p, train.map(|r| &r[..]), off.table_digests.clone());
+
+    let file = events.display().to_string();
+    let bytes = std::fs::read(events).map_err(|e| DataError::file(&file, e.to_string()))?;
+    let jsons = csv_to_json(p, &bytes, &file)?;
+    drop(bytes);
+    let tables = Tables::load(p, |path| {
+        std::fs::read(offline::resolve(p, base, path)).map_err(|e| e.to_string())
+    })?;
+    let order = event_order(p, &jsons);
+
+    let mut refused = vec![false; jsons.len()];
+    for (src, _) in &off.rejected {
+        if let Some(r) = refused.get_mut(*src as usize) {
+            *r = true;
+        }
+    }
+    let mut by_record: Vec<Option<u32>> = vec![None; jsons.len()];
+    for (pos, &src) in off.source.iter().enumerate() {
+        if let Some(slot) = by_record.get_mut(src as usize) {
+            *slot = Some(pos as u32);
+        }
+    }
+    let mut report = ParityReport {
+        records: jsons.len(),
+        events: 0,
+        identical: 0,
+        filtered: off.filtered,
+        rejected: 0,
+        columns: p.layout.len(),
+        width: fitted.width(),
+        fingerprint: fingerprint(p, &fitted),
+        offline_seconds,
+        online_seconds: 0.0,
+        first_mismatch: None,
+    };
+    let names = fitted.names();
+    let mut engine = OnlineEngine::new(p.clone(), Arc::new(tables));
+    let (mut v_off, mut v_on) = (Vec::new(), Vec::new());
+    let online_started = Instant::now();
+    let mut compare_time = std::time::Duration::ZERO;
+    for &rec in &order {
+        let online = engine.process(&jsons[rec]);
+        let cmp_started = Instant::now();
+        let offline_row = by_record[rec].map(|pos| &off.rows[pos as usize]);
+        let line = rec + 2;
+        let mismatch = match (offline_row, online) {
+            (None, Ok(None)) if !refused[rec] => {
+                compare_time += cmp_started.elapsed();
+                continue;
+            }
+            (None, Err(_)) if refused[rec] => {
+                report.rejected += 1;
+                compare_time += cmp_started.elapsed();
+                continue;
+            }
+            (None, Ok(None) | Err(_)) => Some(Mismatch {
+                line,
+                event_time: None,
+                feature: "<presence>".into(),
+                offline: if refused[rec] { "refused" } else { "filtered" }.into(),
+                online: if refused[rec] { "filtered" } else { "refused" }.into(),
+            }),
+            (Some(row), Ok(Some(on))) => {
+                report.events += 1;
+                fitted.transform(p, row, &mut v_off);
+                fitted.transform(p, on, &mut v_on);
+                first_difference(p, &names, row, on, &v_off, &v_on).map(|(feature, a, b)| {
+                    Mismatch {
+                        line,
+                        event_time: row[et].as_i64().map(format_timestamp),
+                        feature,
+                        offline: a,
+                        online: b,
+                    }
+                })
+            }
+            (Some(row), online) => {
+                let online_refused = online.is_err();
+                report.events += 1;
+                Some(Mismatch {
+                    line,
+                    event_time: row[et].as_i64().map(format_timestamp),
+                    feature: "<presence>".into(),
+                    offline: "a vector".into(),
+                    online: if online_refused {
+                        "refused"
+                    } else {
+                        "filtered"
+                    }
+                    .into(),
+                })
+            }
+            (None, Ok(Some(on))) => {
+                report.events += 1;
+                Some(Mismatch {
+                    line,
+                    event_time: on[et].as_i64().map(format_timestamp),
+                    feature: "<presence>".into(),
+                    offline: if refused[rec] { "refused" } else { "filtered" }.into(),
+                    online: "a vector".into(),
+                })
+            }
+        };
+        match mismatch {
+            None => report.identical += 1,
+            Some(m) => {
+                if report.first_mismatch.is_none() {
+                    report.first_mismatch = Some(m);
+                }
+            }
+        }
+        compare_time += cmp_started.elapsed();
+    }
+    report.online_seconds = (online_started.elapsed() - compare_time).as_secs_f64();
+    Ok(report)
+}
+
+fn first_difference(
+    p: &Pipeline,
+    names: &[String],
+    a: &[Value],
+    b: &[Value],
+    va: &[f64],
+    vb: &[f64],
+) -> Option<(String, String, String)> {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            return Some((p.layout[i].name.clone(), x.to_string(), y.to_string()));
+        }
+    }
+    for (i, (x, y)) in va.iter().zip(vb).enumerate() {
+        if x.to_bits() != y.to_bits() {
+            return Some((
+                names.get(i).cloned().unwrap_or_default(),
+                format!("{x:?}"),
+                format!("{y:?}"),
+            ));
+        }
+    }
+    (va.len() != vb.len()).then(|| ("<width>".into(), va.len().to_string(), vb.len().to_string()))
+}

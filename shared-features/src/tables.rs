@@ -1,0 +1,225 @@
+//! Lookup and as-of tables for the online engine, built from CSV bytes without polars.
+//!
+//! The caller reads the files (this crate does no I/O) and hands over bytes; the offline engine
+//! reads the same files with polars. Both read `NA` and the empty string as null.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::DataError;
+use crate::spec::Pipeline;
+use crate::time::parse_timestamp;
+use crate::value::{FieldType, Key, Value};
+
+/// Text read as null in CSV files.
+pub const NULL_TOKENS: [&str; 2] = ["NA", ""];
+
+/// A lookup table: unique key to the declared columns.
+#[derive(Debug, Default)]
+pub struct LookupTable {
+    rows: HashMap<Key, Box<[Value]>>,
+}
+
+impl LookupTable {
+    /// The row for a key.
+    pub fn get(&self, key: &Key) -> Option<&[Value]> {
+        self.rows.get(key).map(|r| &r[..])
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// An as-of table: for each key, rows sorted by time (ties keep file order).
+#[derive(Debug, Default)]
+pub struct AsofTable {
+    by_key: HashMap<Key, (Vec<i64>, Vec<Box<[Value]>>)>,
+}
+
+impl AsofTable {
+    /// The latest row for `key` at or before `t`, no older than `tolerance_ms`.
+    pub fn get(&self, key: &Key, t: i64, tolerance_ms: Option<i64>) -> Option<&[Value]> {
+        let (times, rows) = self.by_key.get(key)?;
+        let i = times.partition_point(|&x| x <= t).checked_sub(1)?;
+        if tolerance_ms.is_some_and(|tol| t - times[i] > tol) {
+            return None;
+        }
+        Some(&rows[i])
+    }
+}
+
+/// Every table of a pipeline, loaded, with the sha256 of each file.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// One per `[[lookup]]`, in order.
+    pub lookups: Vec<LookupTable>,
+    /// One per `[[asof]]`, in order.
+    pub asofs: Vec<AsofTable>,
+    /// `(table name, sha256 hex of its file)`, lookups then as-ofs.
+    pub digests: Vec<(String, String)>,
+}
+
+impl Tables {
+    /// Load every table of `p`; `read` turns a table's `path` into its bytes.
+    pub fn load(
+        p: &Pipeline,
+        mut read: impl FnMut(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Self, DataError> {
+        let mut out = Tables::default();
+        for l in &p.lookups {
+            let bytes = read(&l.path).map_err(|m| DataError::file(&l.path, m))?;
+            let mut rows = HashMap::new();
+            for (line, key, vals) in parse_csv(&bytes, &l.path, (&l.key, l.key_ty), &l.columns)? {
+                let Some(key) = key else { continue };
+                if rows.insert(key.clone(), vals).is_some() {
+                    return Err(DataError::at(
+                        &l.path,
+                        line,
+                        &l.key,
+                        format!("key {key:?} appears twice; lookup keys must be unique"),
+                    ));
+                }
+            }
+            out.digests.push((l.name.clone(), sha256_hex(&bytes)));
+            out.lookups.push(LookupTable { rows });
+        }
+        for a in &p.asofs {
+            let bytes = read(&a.path).map_err(|m| DataError::file(&a.path, m))?;
+            let t_idx = a
+                .columns
+                .iter()
+                .position(|(n, _)| *n == a.time)
+                .unwrap_or(0);
+            let mut grouped: HashMap<Key, Vec<(i64, Box<[Value]>)>> = HashMap::new();
+            for (line, key, vals) in parse_csv(&bytes, &a.path, (&a.key, a.key_ty), &a.columns)? {
+                let Some(key) = key else { continue };
+                let Some(t) = vals[t_idx].as_i64() else {
+                    return Err(DataError::at(
+                        &a.path,
+                        line,
+                        &a.time,
+                        "the as-of time is null",
+                    ));
+                };
+                grouped.entry(key).or_default().push((t, vals));
+            }
+            let by_key = grouped
+                .into_iter()
+                .map(|(k, mut rows)| {
+                    rows.sort_by_key(|(t, _)| *t); // stable: equal times keep file order
+                    (k, rows.into_iter().unzip())
+                })
+                .collect();
+            out.digests.push((a.name.clone(), sha256_hex(&bytes)));
+            out.asofs.push(AsofTable { by_key });
+        }
+        Ok(out)
+    }
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type ParsedRow = (usize, Option<Key>, Box<[Value]>);
+
+fn parse_csv(
+    bytes: &[u8],
+    file: &str,
+    (key, key_ty): (&str, FieldType),
+    columns: &[(String, FieldType)],
+) -> Result<Vec<ParsedRow>, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let headers = reader
+        .headers()
+        .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
+        .clone();
+    let find = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            DataError::at(
+                file,
+                1,
+                name,
+                format!(
+                    "no such column; the file has: {}",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let key_idx = find(key)?;
+    let idx: Vec<usize> = columns
+        .iter()
+        .map(|(n, _)| find(n))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| DataError::at(file, line, "", e.to_string()))?;
+        let cell = |c: usize| rec.get(c).unwrap_or("");
+        let k = parse_cell(cell(key_idx), key_ty).map_err(|m| DataError::at(file, line, key, m))?;
+        let vals = idx
+            .iter()
+            .zip(columns)
+            .map(|(&c, (name, ty))| {
+                parse_cell(cell(c), *ty).map_err(|m| DataError::at(file, line, name, m))
+            })
+            .collect::<Result<Box<[Value]>, _>>()?;
+        out.push((line, Key::of(&k), vals));
+    }
+    Ok(out)
+}
+
+/// Parse one CSV cell as a declared type.
+pub fn parse_cell(text: &str, ty: FieldType) -> Result<Value, String> {
+    if NULL_TOKENS.contains(&text) {
+        return Ok(Value::Null);
+    }
+    match ty {
+        FieldType::Int => text
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| format!("`{text}` is not an int")),
+        FieldType::Float => text
+            .parse::<f64>()
+            .map(Value::float)
+            .map_err(|_| format!("`{text}` is not a float")),
+        FieldType::Str => Ok(Value::Str(Arc::from(text))),
+        FieldType::Timestamp => parse_timestamp(text).map(Value::Int),
+    }
+}
+
+/// Check that every declared column of a CSV file exists and every cell parses as its type;
+/// the first failure names the file, line and column.
+pub fn check_csv(
+    bytes: &[u8],
+    file: &str,
+    columns: &[(String, FieldType)],
+) -> Result<(), DataError> {
+    let Some(((first, first_ty), rest)) = columns.split_first() else {
+        return Ok(());
+    };
+    let key_ty = if *first_ty == FieldType::Float {
+        FieldType::Str
+    } else {
+        *first_ty
+    };
+    // The first column stands in as the "key": parse it as text if it is a float (keys cannot be).
+    let rest_with_first: Vec<(String, FieldType)> = std::iter::once((first.clone(), *first_ty))
+        .chain(rest.iter().cloned())
+        .collect();
+    parse_csv(bytes, file, (first, key_ty), &rest_with_first).map(|_| ())
+}

@@ -1,0 +1,243 @@
+//! Time: window lengths, event-time construction and calendar features.
+//!
+//! All instants are `i64` milliseconds since the Unix epoch, UTC. Both engines call these same
+//! functions, so time arithmetic cannot differ between them.
+
+use chrono::{
+    DateTime, Datelike, Days, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike,
+};
+use chrono_tz::Tz;
+
+/// Milliseconds in one minute.
+pub const MINUTE_MS: i64 = 60_000;
+
+/// Parse a duration like `24h`, `90m`, `30s`, `7d` or `1h30m` into milliseconds.
+///
+/// Units are `d`, `h`, `m`, `s`, `ms`; every number needs a unit, and the total must be positive.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a duration: write a number and a unit (d, h, m, s, ms), e.g. `24h` or `1h30m`"
+        )
+    };
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let bytes = text.as_bytes();
+    let mut total: i64 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(bad());
+        }
+        let n: i64 = text[start..i].parse().map_err(|_| bad())?;
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let scale = match &text[unit_start..i] {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => MINUTE_MS,
+            "s" => 1_000,
+            "ms" => 1,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if total <= 0 {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    Ok(total)
+}
+
+/// Parse a time zone name from the IANA database (`America/New_York`).
+pub fn parse_tz(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("`{name}` is not an IANA time zone name (e.g. `America/New_York`)"))
+}
+
+/// Parse an RFC 3339 instant (`2013-01-01T06:00:00Z`) into epoch milliseconds.
+pub fn parse_timestamp(text: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp ({e})"))
+}
+
+/// Parse a date or instant given in a pipeline file: `2013-11-01` (midnight UTC) or RFC 3339.
+pub fn parse_date_or_timestamp(text: &str) -> Result<i64, String> {
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_time(NaiveTime::MIN).and_utc().timestamp_millis());
+    }
+    parse_timestamp(text)
+        .map_err(|_| format!("`{text}` is neither a date (2013-11-01) nor an RFC 3339 timestamp"))
+}
+
+/// Format epoch milliseconds as RFC 3339 in UTC, for messages and exports.
+pub fn format_timestamp(ms: i64) -> String {
+    match DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
+    }
+}
+
+/// The instant of a local wall-clock time written as `hhmm` on a local date.
+///
+/// - `hhmm` is hours * 100 + minutes, `0..=2400`; `2400` is midnight at the end of the day.
+/// - With a `reference_hhmm` (the scheduled time), a time more than 12 hours before the reference
+///   is taken to be on the next day (a departure delayed past midnight) and one more than 12 hours
+///   after it on the previous day (an early departure before midnight).
+/// - A wall time that occurs twice (the autumn DST change) is the earlier instant; one that does not
+///   exist (the spring change) is read with the offset in force before the change.
+pub fn local_hhmm_to_utc(
+    tz: Tz,
+    (year, month, day): (i64, i64, i64),
+    hhmm: i64,
+    reference_hhmm: Option<i64>,
+) -> Result<i64, String> {
+    let minutes = hhmm_minutes(hhmm)?;
+    let date = i32::try_from(year)
+        .ok()
+        .zip(u32::try_from(month).ok())
+        .zip(u32::try_from(day).ok())
+        .and_then(|((y, m), d)| NaiveDate::from_ymd_opt(y, m, d))
+        .ok_or_else(|| format!("{year}-{month}-{day} is not a date"))?;
+    let mut day_shift: i64 = 0;
+    if let Some(reference) = reference_hhmm {
+        let reference = hhmm_minutes(reference)?;
+        if minutes + 12 * 60 < reference {
+            day_shift = 1;
+        } else if minutes > reference + 12 * 60 {
+            day_shift = -1;
+        }
+    }
+    let local: NaiveDateTime = date.and_time(NaiveTime::MIN)
+        + chrono::Duration::minutes(minutes)
+        + chrono::Duration::days(day_shift);
+    let instant = match tz.from_local_datetime(&local) {
+        chrono::LocalResult::Single(t) => t.timestamp_millis(),
+        chrono::LocalResult::Ambiguous(earliest, _) => earliest.timestamp_millis(),
+        chrono::LocalResult::None => {
+            let before = local.checked_sub_days(Days::new(1)).unwrap_or(local);
+            let offset = tz.offset_from_utc_datetime(&before).fix();
+            (local - offset).and_utc().timestamp_millis()
+        }
+    };
+    Ok(instant)
+}
+
+fn hhmm_minutes(hhmm: i64) -> Result<i64, String> {
+    let (h, m) = (hhmm / 100, hhmm % 100);
+    if !(0..=2400).contains(&hhmm) || m >= 60 {
+        return Err(format!(
+            "{hhmm} is not a time written as hhmm (0000 to 2400)"
+        ));
+    }
+    Ok(h * 60 + m)
+}
+
+fn local(ms: i64, tz: Tz) -> Option<DateTime<Tz>> {
+    DateTime::from_timestamp_millis(ms).map(|t| t.with_timezone(&tz))
+}
+
+/// Hour of day (0 to 23) of an instant in a time zone.
+pub fn hour_of_day(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.hour()))
+}
+
+/// Day of week (Monday 0 to Sunday 6) of an instant in a time zone.
+pub fn day_of_week(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.weekday().num_days_from_monday()))
+}
+
+/// Month (1 to 12) of an instant in a time zone.
+pub fn month_of_year(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.month()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(86_400_000));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        for bad in [
+            "",
+            "24",
+            "24hh",
+            "h",
+            "-1h",
+            "0h",
+            "1.5h",
+            "99999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn new_york_departures() {
+        let ny = chrono_tz::America::New_York;
+        // 2013-01-01 05:17 EST is 10:17 UTC.
+        let t = local_hhmm_to_utc(ny, (2013, 1, 1), 517, Some(515)).unwrap();
+        assert_eq!(format_timestamp(t), "2013-01-01T10:17:00.000Z");
+        // Summer: EDT is UTC-4.
+        let t = local_hhmm_to_utc(ny, (2013, 7, 1), 1200, None).unwrap();
+        assert_eq!(format_timestamp(t), "2013-07-01T16:00:00.000Z");
+        // 2400 is midnight at the end of the day.
+        let t = local_hhmm_to_utc(ny, (2013, 1, 1), 2400, None).unwrap();
+        assert_eq!(format_timestamp(t), "2013-01-02T05:00:00.000Z");
+        // Scheduled 23:59, departed 00:10: the next day.
+        let t = local_hhmm_to_utc(ny, (2013, 1, 1), 10, Some(2359)).unwrap();
+        assert_eq!(format_timestamp(t), "2013-01-02T05:10:00.000Z");
+        // Scheduled 00:05, departed 23:55 the evening before.
+        let t = local_hhmm_to_utc(ny, (2013, 1, 2), 2355, Some(5)).unwrap();
+        assert_eq!(format_timestamp(t), "2013-01-02T04:55:00.000Z");
+    }
+
+    #[test]
+    fn dst_changes() {
+        let ny = chrono_tz::America::New_York;
+        // 2013-11-03 01:30 happens twice: the earlier (EDT, UTC-4) is taken.
+        let t = local_hhmm_to_utc(ny, (2013, 11, 3), 130, None).unwrap();
+        assert_eq!(format_timestamp(t), "2013-11-03T05:30:00.000Z");
+        // 2013-03-10 02:30 does not exist: read with EST (UTC-5), the offset before the change.
+        let t = local_hhmm_to_utc(ny, (2013, 3, 10), 230, None).unwrap();
+        assert_eq!(format_timestamp(t), "2013-03-10T07:30:00.000Z");
+    }
+
+    #[test]
+    fn bad_times() {
+        let ny = chrono_tz::America::New_York;
+        assert!(local_hhmm_to_utc(ny, (2013, 1, 1), 1260, None).is_err());
+        assert!(local_hhmm_to_utc(ny, (2013, 1, 1), 2401, None).is_err());
+        assert!(local_hhmm_to_utc(ny, (2013, 2, 30), 100, None).is_err());
+        assert!(local_hhmm_to_utc(ny, (i64::MAX, 1, 1), 100, None).is_err());
+    }
+
+    #[test]
+    fn calendar() {
+        let ny = chrono_tz::America::New_York;
+        let t = parse_timestamp("2013-01-01T10:17:00Z").unwrap();
+        assert_eq!(hour_of_day(t, ny), Some(5));
+        // 2013-01-01 was a Tuesday.
+        assert_eq!(day_of_week(t, ny), Some(1));
+        assert_eq!(month_of_year(t, ny), Some(1));
+        // 03:00 UTC on Jan 1 is still Dec 31 (a Monday) in New York.
+        let t = parse_timestamp("2013-01-01T03:00:00Z").unwrap();
+        assert_eq!(
+            (hour_of_day(t, ny), day_of_week(t, ny)),
+            (Some(22), Some(0))
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! `trainer parity`: the number behind "no train/serve skew".
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shared_features::Pipeline;
+use shared_features::parity::{self, ParityReport};
+
+/// Arguments of `trainer parity`.
+#[derive(Debug, clap::Args)]
+pub struct ParityArgs {
+    /// The pipeline file.
+    #[arg(long, env = "KML_PIPELINE")]
+    pipeline: PathBuf,
+    /// History to replay (CSV); defaults to the pipeline's `[events] path`.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Load the pipeline, run the check, print the report; exit 1 when any vector differs.
+pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.pipeline)
+        .with_context(|| format!("cannot read pipeline file {}", args.pipeline.display()))?;
+    let pipeline = Arc::new(Pipeline::parse(
+        &text,
+        &args.pipeline.display().to_string(),
+    )?);
+    let base = args
+        .pipeline
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let events = match (&args.events, &pipeline.events_path) {
+        (Some(e), _) => e.clone(),
+        (None, Some(p)) => base.join(p),
+        (None, None) => anyhow::bail!(
+            "{}: no `[events] path`; pass --events",
+            args.pipeline.display()
+        ),
+    };
+    let report = parity::check(&pipeline, &events, &base).context("parity check failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&args.pipeline, &events, &report);
+    }
+    Ok(if report.identical == report.events && report.events > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
+    let pct = if r.events == 0 {
+        0.0
+    } else {
+        100.0 * r.identical as f64 / r.events as f64
+    };
+    let rate = |secs: f64| {
+        if secs > 0.0 {
+            format!("{:.0} events/s", r.events as f64 / secs)
+        } else {
+            "-".into()
+        }
+    };
+    println!(
+        "parity check: {} over {}",
+        pipeline.display(),
+        events.display()
+    );
+    println!("  {:<22}{:>12}", "records", r.records);
+    println!("  {:<22}{:>12}", "filtered", r.filtered);
+    println!("  {:<22}{:>12}", "refused (both)", r.rejected);
+    println!("  {:<22}{:>12}", "vectors compared", r.events);
+    println!("  {:<22}{:>12}  ({pct:.3}%)", "bit-identical", r.identical);
+    println!("  {:<22}{:>12}", "columns per event", r.columns);
+    println!("  {:<22}{:>12}", "vector width", r.width);
+    println!(
+        "  {:<22}{:>10.2} s  ({})",
+        "offline engine",
+        r.offline_seconds,
+        rate(r.offline_seconds)
+    );
+    println!(
+        "  {:<22}{:>10.2} s  ({})",
+        "online engine",
+        r.online_seconds,
+        rate(r.online_seconds)
+    );
+    println!("  {:<22}{}", "fingerprint", r.fingerprint);
+    match &r.first_mismatch {
+        None => println!("  {:<22}{:>12}", "first mismatch", "none"),
+        Some(m) => println!(
+            "  {:<22}line {} ({}): `{}` offline {} vs online {}",
+            "first mismatch",
+            m.line,
+            m.event_time.as_deref().unwrap_or("no time"),
+            m.feature,
+            m.offline,
+            m.online
+        ),
+    }
+}
