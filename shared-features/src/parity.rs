@@ -29,6 +29,8 @@ pub struct ParityReport {
     pub filtered: usize,
     /// Events refused by both engines (no event time, late).
     pub rejected: usize,
+    /// For each lookup and as-of join, the events it found a row for (offline).
+    pub joined: Vec<(String, usize)>,
     /// Layout columns compared per event.
     pub columns: usize,
     /// Encoded vector width.
@@ -99,6 +101,7 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
         identical: 0,
         filtered: off.filtered,
         rejected: 0,
+        joined: joined_counts(p, &off.rows),
         columns: p.layout.len(),
         width: fitted.width(),
         fingerprint: fingerprint(p, &fitted),
@@ -211,4 +214,19 @@ fn first_difference(
         }
     }
     (va.len() != vb.len()).then(|| ("<width>".into(), va.len().to_string(), vb.len().to_string()))
+}
+
+/// Events for which each join found a row: some column it adds is not null.
+fn joined_counts(p: &Pipeline, rows: &[Vec<Value>]) -> Vec<(String, usize)> {
+    let spans = p
+        .lookups
+        .iter()
+        .map(|l| (l.name.clone(), l.first_col, l.columns.len()))
+        .chain(p.asofs.iter().map(|a| (a.name.clone(), a.first_col, a.columns.len())));
+    spans
+        .map(|(name, first, n)| {
+            let hits = rows.iter().filter(|r| r[first..first + n].iter().any(|v| !v.is_null())).count();
+            (name, hits)
+        })
+        .collect()
 }

@@ -17,6 +17,9 @@ pub struct ParityArgs {
     /// History to replay (CSV); defaults to the pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
+    /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -30,10 +33,10 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
         &text,
         &args.pipeline.display().to_string(),
     )?);
-    let base = args
-        .pipeline
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = match &args.base {
+        Some(b) => b.clone(),
+        None => args.pipeline.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
     let events = match (&args.events, &pipeline.events_path) {
         (Some(e), _) => e.clone(),
         (None, Some(p)) => base.join(p),
@@ -78,6 +81,9 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
     println!("  {:<22}{:>12}", "refused (both)", r.rejected);
     println!("  {:<22}{:>12}", "vectors compared", r.events);
     println!("  {:<22}{:>12}  ({pct:.3}%)", "bit-identical", r.identical);
+    for (name, n) in &r.joined {
+        println!("  {:<22}{:>12}  ({:.1}% of vectors)", format!("joined: {name}"), n, 100.0 * *n as f64 / r.events.max(1) as f64);
+    }
     println!("  {:<22}{:>12}", "columns per event", r.columns);
     println!("  {:<22}{:>12}", "vector width", r.width);
     println!(
