@@ -41,7 +41,10 @@ impl Stages {
             if let Some(mark) = state.watermark(&key) {
                 if t < mark.saturating_sub(p.lateness_ms) {
                     return Err(EventError::Late {
-                        key: row[w.key].to_string(),
+                        key: match &row[w.key] {
+                            Value::Str(s) => s.to_string(),
+                            other => other.to_string(),
+                        },
                         event_time: format_timestamp(t),
                         watermark: format_timestamp(mark),
                         lateness_ms: p.lateness_ms,

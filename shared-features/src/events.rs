@@ -9,19 +9,13 @@ use crate::decode::Decoder;
 use crate::error::DataError;
 use crate::eval;
 use crate::spec::Pipeline;
-use crate::tables::parse_cell;
+use crate::tables::{open_csv, parse_cell};
 use crate::value::{Row, Value};
 
 /// Turn every record of a CSV history file into one JSON object. Declared fields are typed as
 /// declared (`NA` and empty become `null`); other columns pass through as strings.
 pub fn csv_to_json(p: &Pipeline, bytes: &[u8], file: &str) -> Result<Vec<Vec<u8>>, DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
-        .clone();
+    let (mut reader, headers) = open_csv(bytes, file)?;
     let types: Vec<_> = headers
         .iter()
         .map(|h| p.fields().iter().find(|c| c.name == h).map(|c| c.ty))

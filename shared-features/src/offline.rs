@@ -66,15 +66,18 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         ..Default::default()
     };
     let rows_idx = u32_column(&df, ROW).map_err(|e| polars_err(events, e))?;
-    let field_vals: Vec<Vec<Value>> = (0..p.n_fields)
-        .map(|c| column_values(&df, &p.layout[c].name, p.layout[c].ty))
+    // Only the columns the event-time rule reads (a few ints), not whole rows.
+    let time_cols = p.time.columns();
+    let field_vals: Vec<(usize, Vec<Value>)> = time_cols
+        .iter()
+        .map(|&c| column_values(&df, &p.layout[c].name, p.layout[c].ty).map(|v| (c, v)))
         .collect::<PolarsResult<_>>()
         .map_err(|e| polars_err(events, e))?;
     let mut times: Vec<Option<i64>> = Vec::with_capacity(df.height());
     let mut scratch: Row = vec![Value::Null; p.n_fields];
     for i in 0..df.height() {
-        for (c, vals) in field_vals.iter().enumerate() {
-            scratch[c] = vals[i].clone();
+        for (c, vals) in &field_vals {
+            scratch[*c] = vals[i].clone();
         }
         match eval::event_time(p, &scratch) {
             Ok(t) => times.push(Some(t)),
@@ -186,13 +189,19 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
     let source = u32_column(&df, ROW).map_err(|e| polars_err(events, e))?;
     drop(df);
 
+    // Transpose by moving each value into its row: no clones of text.
+    let mut rows: Vec<Row> = (0..source.len())
+        .map(|_| Vec::with_capacity(p.layout.len()))
+        .collect();
+    for col in columns {
+        for (row, v) in rows.iter_mut().zip(col) {
+            row.push(v);
+        }
+    }
     let mut stages = Stages::new(p);
     out.rows.reserve(source.len());
-    for (i, src) in source.into_iter().enumerate() {
-        let mut row: Row = vec![Value::Null; p.layout.len()];
-        for (c, col) in columns.iter().enumerate() {
-            row[c] = col[i].clone();
-        }
+    for (mut row, src) in rows.into_iter().zip(source) {
+        row.resize(p.layout.len(), Value::Null);
         match stages.process(p, &mut row) {
             Ok(()) => {
                 out.rows.push(row);

@@ -222,10 +222,17 @@ fn joined_counts(p: &Pipeline, rows: &[Vec<Value>]) -> Vec<(String, usize)> {
         .lookups
         .iter()
         .map(|l| (l.name.clone(), l.first_col, l.columns.len()))
-        .chain(p.asofs.iter().map(|a| (a.name.clone(), a.first_col, a.columns.len())));
+        .chain(
+            p.asofs
+                .iter()
+                .map(|a| (a.name.clone(), a.first_col, a.columns.len())),
+        );
     spans
         .map(|(name, first, n)| {
-            let hits = rows.iter().filter(|r| r[first..first + n].iter().any(|v| !v.is_null())).count();
+            let hits = rows
+                .iter()
+                .filter(|r| r[first..first + n].iter().any(|v| !v.is_null()))
+                .count();
             (name, hits)
         })
         .collect()

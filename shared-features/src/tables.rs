@@ -140,13 +140,7 @@ fn parse_csv(
     (key, key_ty): (&str, FieldType),
     columns: &[(String, FieldType)],
 ) -> Result<Vec<ParsedRow>, DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
-        .clone();
+    let (mut reader, headers) = open_csv(bytes, file)?;
     let find = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
             DataError::at(
@@ -222,4 +216,19 @@ pub fn check_csv(
         .chain(rest.iter().cloned())
         .collect();
     parse_csv(bytes, file, (first, key_ty), &rest_with_first).map(|_| ())
+}
+
+/// A CSV reader over bytes, with the header record (line 1) already read.
+pub(crate) fn open_csv<'a>(
+    bytes: &'a [u8],
+    file: &str,
+) -> Result<(csv::Reader<&'a [u8]>, csv::StringRecord), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let headers = reader
+        .headers()
+        .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
+        .clone();
+    Ok((reader, headers))
 }

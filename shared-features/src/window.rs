@@ -140,7 +140,9 @@ fn aggregate<'a>(
             .and_then(Value::as_f64)
             .map_or(Value::Null, Value::Float),
         // Not `Iterator::sum`: that starts from -0.0, and an empty window's sum is +0.
-        AggFn::Sum => Value::finite(Some(values.filter_map(Value::as_f64).fold(0.0, |s, x| s + x))),
+        AggFn::Sum => Value::finite(Some(
+            values.filter_map(Value::as_f64).fold(0.0, |s, x| s + x),
+        )),
         AggFn::Min => Value::finite(values.filter_map(Value::as_f64).reduce(f64::min)),
         AggFn::Max => Value::finite(values.filter_map(Value::as_f64).reduce(f64::max)),
         AggFn::Mean => {

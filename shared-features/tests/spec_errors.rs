@@ -7,7 +7,9 @@ use shared_features::{Pipeline, SpecError};
 /// Parse the test pipeline with the first `from` replaced by `to`; returns the error and the line
 /// where the replacement starts, which is where the error must point.
 fn broken(from: &str, to: &str) -> (SpecError, usize) {
-    let at = common::PIPELINE.find(from).expect("test setup: `from` is in the pipeline");
+    let at = common::PIPELINE
+        .find(from)
+        .expect("test setup: `from` is in the pipeline");
     let text = common::PIPELINE.replacen(from, to, 1);
     let line = common::PIPELINE[..at].matches('\n').count() + 1;
     let err = Pipeline::parse(&text, "bad.toml").expect_err("the broken pipeline must be refused");
@@ -17,7 +19,10 @@ fn broken(from: &str, to: &str) -> (SpecError, usize) {
 fn assert_points_at(err: &SpecError, line: usize, field: &str, words: &str) {
     assert_eq!(err.file, "bad.toml");
     assert_eq!(err.line, line, "wrong line in: {err}");
-    assert!(err.field.contains(field), "field `{field}` not named in: {err}");
+    assert!(
+        err.field.contains(field),
+        "field `{field}` not named in: {err}"
+    );
     assert!(err.message.contains(words), "`{words}` not in: {err}");
     // The rendered message carries all of it, as users see it.
     let shown = err.to_string();
@@ -28,10 +33,16 @@ fn assert_points_at(err: &SpecError, line: usize, field: &str, words: &str) {
 fn the_test_pipeline_and_the_flights_pipeline_are_valid() {
     let p = common::pipeline();
     assert_eq!(p.windows.len(), 2);
-    let flights = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/flights/pipeline.toml"))
-        .expect("flights pipeline readable");
+    let flights = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/flights/pipeline.toml"
+    ))
+    .expect("flights pipeline readable");
     let f = Pipeline::parse(&flights, "pipeline.toml").expect("flights pipeline is valid");
     assert!(f.features.numeric.len() > 20);
+    // Per-aircraft windows are partition-local; the per-airport window is not, and says so.
+    let spread: Vec<&str> = f.repartition_windows().map(|w| w.name.as_str()).collect();
+    assert_eq!(spread, ["origin_1h"]);
 }
 
 #[test]
@@ -55,7 +66,12 @@ fn unknown_function() {
 #[test]
 fn unknown_aggregate() {
     let (e, line) = broken("fn = \"distinct_count\"", "fn = \"median\"");
-    assert_points_at(&e, line, "window[0].aggs[8].fn", "unknown aggregate `median`");
+    assert_points_at(
+        &e,
+        line,
+        "window[0].aggs[8].fn",
+        "unknown aggregate `median`",
+    );
 }
 
 #[test]
@@ -67,8 +83,16 @@ fn bad_window_length() {
 #[test]
 fn feature_used_before_it_is_defined() {
     // `x_band` is derived after `x_log`; using it as x_log's argument is a forward reference.
-    let (e, line) = broken("args = [\"x\"]\n\n[[derive]]\nname = \"x_per_weight\"", "args = [\"x_band\"]\n\n[[derive]]\nname = \"x_per_weight\"");
-    assert_points_at(&e, line, "derive[1].args[0]", "`x_band` is not defined before this point");
+    let (e, line) = broken(
+        "args = [\"x\"]\n\n[[derive]]\nname = \"x_per_weight\"",
+        "args = [\"x_band\"]\n\n[[derive]]\nname = \"x_per_weight\"",
+    );
+    assert_points_at(
+        &e,
+        line,
+        "derive[1].args[0]",
+        "`x_band` is not defined before this point",
+    );
 }
 
 #[test]
@@ -86,14 +110,25 @@ fn join_on_a_missing_column() {
 #[test]
 fn join_key_not_declared_in_the_table() {
     let (e, line) = broken("key = \"cat\"", "key = \"kind\"");
-    assert!(e.message.contains("the key column `kind` must be declared"), "{e}");
-    assert!(e.line > line, "points at the columns table after the key: {e}");
+    assert!(
+        e.message.contains("the key column `kind` must be declared"),
+        "{e}"
+    );
+    assert!(
+        e.line > line,
+        "points at the columns table after the key: {e}"
+    );
 }
 
 #[test]
 fn unknown_type() {
     let (e, line) = broken("weight = \"float\"", "weight = \"double\"");
-    assert_points_at(&e, line, "lookup[0].columns.weight", "unknown type `double`");
+    assert_points_at(
+        &e,
+        line,
+        "lookup[0].columns.weight",
+        "unknown type `double`",
+    );
 }
 
 #[test]
@@ -105,19 +140,37 @@ fn bad_time_zone() {
 #[test]
 fn mistyped_filter_value() {
     let (e, line) = broken("value = 0", "value = \"zero\"");
-    assert_points_at(&e, line, "filter[0].value", "cannot be compared with a int column");
+    assert_points_at(
+        &e,
+        line,
+        "filter[0].value",
+        "cannot be compared with a int column",
+    );
 }
 
 #[test]
 fn aggregating_text() {
-    let (e, line) = broken("{ name = \"w_sum\", fn = \"sum\", field = \"x\" }", "{ name = \"w_sum\", fn = \"sum\", field = \"cat\" }");
-    assert_points_at(&e, line, "window[0].aggs[2].field", "`cat` is str, but int or float is needed");
+    let (e, line) = broken(
+        "{ name = \"w_sum\", fn = \"sum\", field = \"x\" }",
+        "{ name = \"w_sum\", fn = \"sum\", field = \"cat\" }",
+    );
+    assert_points_at(
+        &e,
+        line,
+        "window[0].aggs[2].field",
+        "`cat` is str, but int or float is needed",
+    );
 }
 
 #[test]
 fn a_column_defined_twice() {
     let (e, line) = broken("name = \"x_band\"", "name = \"x_log\"");
-    assert_points_at(&e, line, "derive[3].name", "column `x_log` is defined twice");
+    assert_points_at(
+        &e,
+        line,
+        "derive[3].name",
+        "column `x_log` is defined twice",
+    );
 }
 
 #[test]

@@ -35,7 +35,10 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
     )?);
     let base = match &args.base {
         Some(b) => b.clone(),
-        None => args.pipeline.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        None => args
+            .pipeline
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
     let events = match (&args.events, &pipeline.events_path) {
         (Some(e), _) => e.clone(),
@@ -82,7 +85,12 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
     println!("  {:<22}{:>12}", "vectors compared", r.events);
     println!("  {:<22}{:>12}  ({pct:.3}%)", "bit-identical", r.identical);
     for (name, n) in &r.joined {
-        println!("  {:<22}{:>12}  ({:.1}% of vectors)", format!("joined: {name}"), n, 100.0 * *n as f64 / r.events.max(1) as f64);
+        println!(
+            "  {:<22}{:>12}  ({:.1}% of vectors)",
+            format!("joined: {name}"),
+            n,
+            100.0 * *n as f64 / r.events.max(1) as f64
+        );
     }
     println!("  {:<22}{:>12}", "columns per event", r.columns);
     println!("  {:<22}{:>12}", "vector width", r.width);

@@ -88,6 +88,26 @@ pub enum EventTime {
     },
 }
 
+impl EventTime {
+    /// The columns the event time is computed from.
+    pub fn columns(&self) -> Vec<usize> {
+        match self {
+            Self::Field { col } => vec![*col],
+            Self::LocalHhmm {
+                date,
+                hhmm,
+                reference,
+                ..
+            } => date
+                .iter()
+                .copied()
+                .chain([*hhmm])
+                .chain(*reference)
+                .collect(),
+        }
+    }
+}
+
 /// A time zone, kept with its name so that specs serialize readably.
 #[derive(Clone, Debug)]
 pub struct TzName(pub chrono_tz::Tz);
@@ -349,5 +369,12 @@ impl Pipeline {
     /// The declared event fields.
     pub fn fields(&self) -> &[Column] {
         &self.layout[..self.n_fields]
+    }
+
+    /// Windows keyed by something other than the entity key. Online, their events are spread
+    /// over partitions, so a consumer of some partitions sees only part of each window; they
+    /// need a repartition step before they can be computed live.
+    pub fn repartition_windows(&self) -> impl Iterator<Item = &Window> {
+        self.windows.iter().filter(move |w| w.key != self.key)
     }
 }

@@ -117,7 +117,9 @@ pub fn at(minutes: i64) -> i64 {
 
 /// One event as JSON.
 pub fn event(id: Option<&str>, minutes: i64, x: Option<f64>, cat: Option<&str>) -> Vec<u8> {
-    serde_json::json!({ "id": id, "ts": at(minutes), "x": x, "cat": cat, "n": 1 }).to_string().into_bytes()
+    serde_json::json!({ "id": id, "ts": at(minutes), "x": x, "cat": cat, "n": 1 })
+        .to_string()
+        .into_bytes()
 }
 
 /// A named column of a row.

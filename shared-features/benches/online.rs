@@ -1,0 +1,77 @@
+//! Online engine throughput: JSON event in, feature row and encoded vector out.
+//!
+//! Side by side with a baseline that only parses each event into a `serde_json::Value`, the
+//! least any JSON consumer does; `ci/bench` prints the ratio.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shared_features::events::{csv_to_json, event_order};
+use shared_features::{FittedState, OnlineEngine, Pipeline, Tables};
+
+fn setup() -> (Arc<Pipeline>, Arc<Tables>, Vec<Vec<u8>>, FittedState) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/flights");
+    // The full history when fetched (ci/fetch-data), else the committed three-day fixture.
+    let base = if root.join("raw/flights.csv").exists() {
+        root.clone()
+    } else {
+        root.join("fixtures")
+    };
+    let text = std::fs::read_to_string(root.join("pipeline.toml")).expect("pipeline");
+    let p = Arc::new(Pipeline::parse(&text, "pipeline.toml").expect("valid pipeline"));
+    let tables = Tables::load(&p, |path| {
+        std::fs::read(base.join(path)).map_err(|e| e.to_string())
+    })
+    .expect("tables");
+    let bytes = std::fs::read(base.join("raw/flights.csv")).expect("flights");
+    let events = csv_to_json(&p, &bytes, "flights.csv").expect("events");
+    let order = event_order(&p, &events);
+    let events: Vec<Vec<u8>> = order.into_iter().map(|i| events[i].clone()).collect();
+    let tables = Arc::new(tables);
+    let mut engine = OnlineEngine::new(p.clone(), tables.clone());
+    let rows: Vec<Vec<_>> = events
+        .iter()
+        .filter_map(|e| engine.process(e).ok().flatten().map(<[_]>::to_vec))
+        .collect();
+    let fitted = FittedState::fit(&p, rows.iter().map(|r| &r[..]), vec![]);
+    (p, tables, events, fitted)
+}
+
+fn online(c: &mut Criterion) {
+    let (p, tables, events, fitted) = setup();
+    let mut g = c.benchmark_group("online");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("baseline_json_parse", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in &events {
+                if let Ok(serde_json::Value::Object(m)) =
+                    serde_json::from_slice::<serde_json::Value>(e)
+                {
+                    n += m.len();
+                }
+            }
+            n
+        })
+    });
+    g.bench_function("pipeline", |b| {
+        b.iter(|| {
+            let mut engine = OnlineEngine::new(p.clone(), tables.clone());
+            let mut out = Vec::with_capacity(fitted.width());
+            let mut n = 0usize;
+            for e in &events {
+                if let Ok(Some(row)) = engine.process(e) {
+                    fitted.transform(&p, row, &mut out);
+                    n += out.len();
+                }
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, online);
+criterion_main!(benches);

