@@ -1,6 +1,9 @@
 //! Offline engine throughput over the flights history, side by side with polars reading the
 //! same CSV columns (the baseline: what any polars pipeline pays before computing anything).
 
+// A benchmark whose setup fails has nothing to measure: stopping loudly is right.
+#![allow(clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -3,6 +3,9 @@
 //! Side by side with a baseline that only parses each event into a `serde_json::Value`, the
 //! least any JSON consumer does; `ci/bench` prints the ratio.
 
+// A benchmark whose setup fails has nothing to measure: stopping loudly is right.
+#![allow(clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 

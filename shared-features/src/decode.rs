@@ -205,9 +205,7 @@ fn typed(raw: Raw<'_>, ty: FieldType, field: &str) -> Result<Value, EventError> 
         (Raw::Int(i), FieldType::Float) => Ok(Value::Float(i as f64)),
         (Raw::Float(x), FieldType::Float) => Ok(Value::float(x)),
         (Raw::Str(s), FieldType::Str) => Ok(Value::Str(Arc::from(s.as_ref()))),
-        (Raw::Str(s), FieldType::Timestamp) => {
-            parse_timestamp(&s).map(Value::Int).map_err(|m| wrong(m))
-        }
+        (Raw::Str(s), FieldType::Timestamp) => parse_timestamp(&s).map(Value::Int).map_err(wrong),
         (Raw::Float(x), _) => Err(wrong(format!("the number {x}"))),
         (Raw::Int(i), _) => Err(wrong(format!("the number {i}"))),
         (Raw::Str(s), _) => Err(wrong(format!("the string {:?}", truncate(&s)))),

@@ -38,18 +38,18 @@ impl Stages {
             let Some(key) = Key::of(&row[w.key]) else {
                 continue;
             };
-            if let Some(mark) = state.watermark(&key) {
-                if t < mark.saturating_sub(p.lateness_ms) {
-                    return Err(EventError::Late {
-                        key: match &row[w.key] {
-                            Value::Str(s) => s.to_string(),
-                            other => other.to_string(),
-                        },
-                        event_time: format_timestamp(t),
-                        watermark: format_timestamp(mark),
-                        lateness_ms: p.lateness_ms,
-                    });
-                }
+            if let Some(mark) = state.watermark(&key)
+                && t < mark.saturating_sub(p.lateness_ms)
+            {
+                return Err(EventError::Late {
+                    key: match &row[w.key] {
+                        Value::Str(s) => s.to_string(),
+                        other => other.to_string(),
+                    },
+                    event_time: format_timestamp(t),
+                    watermark: format_timestamp(mark),
+                    lateness_ms: p.lateness_ms,
+                });
             }
         }
         for (w, state) in p.windows.iter().zip(&mut self.windows) {

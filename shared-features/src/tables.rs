@@ -39,10 +39,14 @@ impl LookupTable {
     }
 }
 
+/// Rows of one as-of key: times ascending, and the row at each time.
+type TimedRows = (Vec<i64>, Vec<Box<[Value]>>);
+type TimedRow = (i64, Box<[Value]>);
+
 /// An as-of table: for each key, rows sorted by time (ties keep file order).
 #[derive(Debug, Default)]
 pub struct AsofTable {
-    by_key: HashMap<Key, (Vec<i64>, Vec<Box<[Value]>>)>,
+    by_key: HashMap<Key, TimedRows>,
 }
 
 impl AsofTable {
@@ -99,7 +103,7 @@ impl Tables {
                 .iter()
                 .position(|(n, _)| *n == a.time)
                 .unwrap_or(0);
-            let mut grouped: HashMap<Key, Vec<(i64, Box<[Value]>)>> = HashMap::new();
+            let mut grouped: HashMap<Key, Vec<TimedRow>> = HashMap::new();
             for (line, key, vals) in parse_csv(&bytes, &a.path, (&a.key, a.key_ty), &a.columns)? {
                 let Some(key) = key else { continue };
                 let Some(t) = vals[t_idx].as_i64() else {
@@ -231,4 +235,55 @@ pub(crate) fn open_csv<'a>(
         .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
         .clone();
     Ok((reader, headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_parse_as_declared_with_nulls_and_nan() {
+        assert_eq!(parse_cell("NA", FieldType::Int), Ok(Value::Null));
+        assert_eq!(parse_cell("", FieldType::Str), Ok(Value::Null));
+        assert_eq!(
+            parse_cell("NaN", FieldType::Float),
+            Ok(Value::Null),
+            "NaN is null"
+        );
+        assert_eq!(
+            parse_cell("1e3", FieldType::Float),
+            Ok(Value::Float(1000.0))
+        );
+        assert_eq!(parse_cell("-7", FieldType::Int), Ok(Value::Int(-7)));
+        assert!(parse_cell("7.5", FieldType::Int).is_err());
+        assert_eq!(
+            parse_cell("2013-01-01T06:00:00Z", FieldType::Timestamp),
+            Ok(Value::Int(1_357_020_000_000))
+        );
+    }
+
+    #[test]
+    fn asof_takes_the_latest_row_at_or_before_within_tolerance() {
+        let key = Key::Str("EWR".into());
+        let row = |x: f64| -> Box<[Value]> { vec![Value::Float(x)].into_boxed_slice() };
+        let mut t = AsofTable::default();
+        // Two rows at time 10 (a duplicate report): the later one in file order wins.
+        t.by_key.insert(
+            key.clone(),
+            (
+                vec![0, 10, 10, 20],
+                vec![row(0.0), row(1.0), row(2.0), row(3.0)],
+            ),
+        );
+        assert_eq!(t.get(&key, -1, None), None, "nothing before the first row");
+        assert_eq!(t.get(&key, 10, None), Some(&[Value::Float(2.0)][..]));
+        assert_eq!(t.get(&key, 19, None), Some(&[Value::Float(2.0)][..]));
+        assert_eq!(
+            t.get(&key, 25, Some(5)),
+            Some(&[Value::Float(3.0)][..]),
+            "exactly at the tolerance matches"
+        );
+        assert_eq!(t.get(&key, 26, Some(5)), None);
+        assert_eq!(t.get(&Key::Str("JFK".into()), 25, None), None);
+    }
 }

@@ -148,5 +148,5 @@ impl Key {
     }
 }
 
-/// A row: values by column position in a [`crate::Layout`].
+/// A row: values by column position in the pipeline's layout ([`crate::Pipeline::layout`]).
 pub type Row = Vec<Value>;

@@ -1,5 +1,8 @@
 //! The online engine, event by event, against values worked out by hand.
 
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{at, col, engine, event, pipeline};

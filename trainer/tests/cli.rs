@@ -1,5 +1,8 @@
 //! `trainer parity` as users run it: the committed fixtures, a broken pipeline, missing data.
 
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -490,14 +490,14 @@ impl Checker<'_> {
                 DeriveFn::Bucket { bounds: b.clone() }
             }
         };
-        if !matches!(func, DeriveFn::Bucket { .. }) {
-            if let Some(b) = &d.bounds {
-                return Err(self.err(
-                    b.span(),
-                    format!("{field}.bounds"),
-                    format!("`{fname}` takes no bounds"),
-                ));
-            }
+        if !matches!(func, DeriveFn::Bucket { .. })
+            && let Some(b) = &d.bounds
+        {
+            return Err(self.err(
+                b.span(),
+                format!("{field}.bounds"),
+                format!("`{fname}` takes no bounds"),
+            ));
         }
         if d.tz.is_some()
             && !matches!(

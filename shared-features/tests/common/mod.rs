@@ -1,5 +1,5 @@
 //! A small pipeline that uses every kind of operation, for tests over hand-made events.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
