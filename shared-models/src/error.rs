@@ -1,0 +1,51 @@
+//! Registry errors.
+
+/// What went wrong with a store, a bundle or a reference.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store URL cannot be used.
+    #[error("store `{url}`: {message}")]
+    Store {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A reference like `name@3` or `name@champion` is malformed.
+    #[error("`{0}` is not a model reference: write name, name@version or name@alias")]
+    BadRef(String),
+    /// No such model, version or alias.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A file of a bundle does not match the checksum in its manifest.
+    #[error("bundle {model}: file `{file}` is corrupt: sha256 {actual}, manifest says {expected}")]
+    Checksum {
+        /// `name@version`.
+        model: String,
+        /// The file.
+        file: String,
+        /// From the manifest.
+        expected: String,
+        /// Of the bytes read.
+        actual: String,
+    },
+    /// A manifest that cannot be read.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The object path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Another publisher took the version number first.
+    #[error("version {version} of `{name}` was published concurrently; publish again")]
+    Conflict {
+        /// The model.
+        name: String,
+        /// The contested version.
+        version: u64,
+    },
+    /// The object store failed.
+    #[error(transparent)]
+    ObjectStore(#[from] object_store::Error),
+}

@@ -1,0 +1,16 @@
+//! Model bundles and the registry that versions them in object storage.
+//!
+//! A bundle is a directory `<store>/models/<name>/versions/<version>/` holding its files and a
+//! `manifest.json` that lists every file with its sha256. The manifest is written last, with a
+//! create-only put, so a version is either complete or invisible: an interrupted publish leaves
+//! files that no listing, resolution or alias will ever see. Aliases
+//! (`<store>/models/<name>/aliases/<alias>`) are single objects, so moving one is one atomic put;
+//! that is how a model is promoted or rolled back.
+
+mod bundle;
+mod error;
+mod registry;
+
+pub use bundle::{Bundle, MANIFEST, Manifest};
+pub use error::RegistryError;
+pub use registry::{ModelRef, Registry};

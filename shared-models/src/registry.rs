@@ -1,0 +1,339 @@
+//! The registry: versions and aliases of model bundles in an object store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use shared_features::tables::sha256_hex;
+
+use crate::bundle::{Bundle, MANIFEST, Manifest};
+use crate::error::RegistryError;
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Which model: `name` (its newest version), `name@3` or `name@champion`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelRef {
+    /// The newest complete version.
+    Latest(String),
+    /// A version number.
+    Version(String, u64),
+    /// An alias.
+    Alias(String, String),
+}
+
+impl ModelRef {
+    /// Parse `name`, `name@version` or `name@alias`. Names and aliases are letters, digits,
+    /// `_`, `-` and `.`; an alias does not start with a digit.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || RegistryError::BadRef(text.to_string());
+        let (name, tail) = match text.split_once('@') {
+            Some((n, t)) => (n, Some(t)),
+            None => (text, None),
+        };
+        if !valid_name(name) {
+            return Err(bad());
+        }
+        Ok(match tail {
+            None => Self::Latest(name.to_string()),
+            Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                Self::Version(name.to_string(), t.parse().map_err(|_| bad())?)
+            }
+            Some(t) if valid_name(t) => Self::Alias(name.to_string(), t.to_string()),
+            Some(_) => return Err(bad()),
+        })
+    }
+
+    /// The model name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Latest(n) | Self::Version(n, _) | Self::Alias(n, _) => n,
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+#[derive(Serialize, Deserialize)]
+struct AliasTarget {
+    version: u64,
+    set_at: String,
+}
+
+/// Model bundles in an object store.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl Registry {
+    /// Open a store: `file://DIR` (created if missing; relative paths are relative to the working
+    /// directory), a plain directory path, or `memory://` (for tests).
+    pub fn open(url: &str) -> Result<Self> {
+        let store_err = |message: String| RegistryError::Store {
+            url: url.to_string(),
+            message,
+        };
+        let store: Arc<dyn ObjectStore> = if url == "memory://" {
+            Arc::new(InMemory::new())
+        } else if let Some(dir) = url
+            .strip_prefix("file://")
+            .or((!url.contains("://")).then_some(url))
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| store_err(format!("cannot create {dir}: {e}")))?;
+            let dir = std::fs::canonicalize(dir).map_err(|e| store_err(e.to_string()))?;
+            Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| store_err(e.to_string()))?)
+        } else {
+            return Err(store_err(
+                "unsupported scheme: use file://DIR or memory://".to_string(),
+            ));
+        };
+        Ok(Self {
+            store,
+            url: url.to_string(),
+        })
+    }
+
+    /// Wrap an existing object store (any backend object_store supports).
+    pub fn with_store(store: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Self {
+            store,
+            url: url.to_string(),
+        }
+    }
+
+    /// The URL the registry was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn version_dir(name: &str, version: u64) -> String {
+        format!("models/{name}/versions/{version}")
+    }
+
+    /// Publish a new version of `manifest.name`: every file first, the manifest last. The
+    /// registry assigns the version and creation time and fills in the checksums.
+    pub async fn publish(
+        &self,
+        mut manifest: Manifest,
+        files: Vec<(String, Bytes)>,
+    ) -> Result<Manifest> {
+        let name = manifest.name.clone();
+        if !valid_name(&name) {
+            return Err(RegistryError::BadRef(name));
+        }
+        let version = self.highest_version_dir(&name).await?.map_or(1, |v| v + 1);
+        let dir = Self::version_dir(&name, version);
+        manifest.files.clear();
+        for (file, bytes) in files {
+            if file == MANIFEST || file.contains('/') || file.is_empty() {
+                return Err(RegistryError::Manifest {
+                    path: file,
+                    message: "not a usable bundle file name".into(),
+                });
+            }
+            manifest.files.insert(file.clone(), sha256_hex(&bytes));
+            self.store
+                .put(
+                    &Path::from(format!("{dir}/{file}")),
+                    PutPayload::from_bytes(bytes),
+                )
+                .await?;
+        }
+        manifest.version = version;
+        manifest.created_at =
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| RegistryError::Manifest {
+            path: dir.clone(),
+            message: e.to_string(),
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&Path::from(format!("{dir}/{MANIFEST}")), body.into(), opts)
+            .await
+        {
+            Ok(_) => Ok(manifest),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(RegistryError::Conflict { name, version })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The highest version directory, complete or not, so numbers are never reused.
+    async fn highest_version_dir(&self, name: &str) -> Result<Option<u64>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&Path::from(format!("models/{name}/versions"))))
+            .await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse::<u64>().ok())
+            .max())
+    }
+
+    /// Complete versions of a model, ascending.
+    pub async fn versions(&self, name: &str) -> Result<Vec<u64>> {
+        let prefix = Path::from(format!("models/{name}/versions"));
+        let mut out: Vec<u64> = self
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|meta| async move {
+                let parts: Vec<_> = meta.location.parts().collect();
+                let n = parts.len();
+                Ok((n >= 2 && parts[n - 1].as_ref() == MANIFEST)
+                    .then(|| parts[n - 2].as_ref().parse::<u64>().ok())
+                    .flatten())
+            })
+            .try_collect()
+            .await?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every model name with at least one version directory.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&Path::from("models")))
+            .await?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every complete version of every model.
+    pub async fn list(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for name in self.names().await? {
+            for v in self.versions(&name).await? {
+                out.push(self.manifest(&name, v).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The manifest of a complete version.
+    pub async fn manifest(&self, name: &str, version: u64) -> Result<Manifest> {
+        let path = Path::from(format!("{}/{MANIFEST}", Self::version_dir(name, version)));
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RegistryError::NotFound(format!("{name}@{version}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Manifest {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Resolve a reference to the manifest of a complete version.
+    pub async fn resolve(&self, r: &ModelRef) -> Result<Manifest> {
+        match r {
+            ModelRef::Version(name, v) => self.manifest(name, *v).await,
+            ModelRef::Latest(name) => match self.versions(name).await?.last() {
+                Some(v) => self.manifest(name, *v).await,
+                None => Err(RegistryError::NotFound(format!("model `{name}`"))),
+            },
+            ModelRef::Alias(name, alias) => {
+                let v = self
+                    .alias(name, alias)
+                    .await?
+                    .ok_or_else(|| RegistryError::NotFound(format!("{name}@{alias}")))?;
+                self.manifest(name, v).await
+            }
+        }
+    }
+
+    /// The version an alias points at, if it is set.
+    pub async fn alias(&self, name: &str, alias: &str) -> Result<Option<u64>> {
+        let path = Path::from(format!("models/{name}/aliases/{alias}"));
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let t: AliasTarget =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Manifest {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Some(t.version))
+    }
+
+    /// Point an alias at a complete version: one put, so readers see the old or the new target.
+    pub async fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<()> {
+        if !valid_name(alias) || alias.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(RegistryError::BadRef(format!("{name}@{alias}")));
+        }
+        // Refuses incomplete and missing versions.
+        self.manifest(name, version).await?;
+        let body = serde_json::to_vec(&AliasTarget {
+            version,
+            set_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+        .map_err(|e| RegistryError::Manifest {
+            path: alias.to_string(),
+            message: e.to_string(),
+        })?;
+        self.store
+            .put(
+                &Path::from(format!("models/{name}/aliases/{alias}")),
+                body.into(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Read every file of a version and check it against the manifest's sha256.
+    pub async fn fetch(&self, manifest: &Manifest) -> Result<Bundle> {
+        let dir = Self::version_dir(&manifest.name, manifest.version);
+        let mut files = BTreeMap::new();
+        for (file, expected) in &manifest.files {
+            let bytes = self
+                .store
+                .get(&Path::from(format!("{dir}/{file}")))
+                .await?
+                .bytes()
+                .await?;
+            let actual = sha256_hex(&bytes);
+            if &actual != expected {
+                return Err(RegistryError::Checksum {
+                    model: manifest.id(),
+                    file: file.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            files.insert(file.clone(), bytes);
+        }
+        Ok(Bundle {
+            manifest: manifest.clone(),
+            files,
+        })
+    }
+}

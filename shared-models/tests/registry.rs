@@ -1,0 +1,214 @@
+//! The registry on `memory://` and on `file://`: publish, list, resolve, promote, roll back,
+//! corrupt bundles and interrupted publishes.
+
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use shared_models::{Manifest, ModelRef, Registry, RegistryError};
+
+fn manifest(name: &str, auc: f64) -> Manifest {
+    Manifest {
+        format: 1,
+        name: name.to_string(),
+        version: 0,
+        created_at: String::new(),
+        kind: "logistic_regression".into(),
+        hyperparameters: serde_json::json!({ "alpha": 0.1 }),
+        feature_fingerprint: "f".repeat(64),
+        input_signature: vec!["dep_delay".into(), "carrier=AA".into()],
+        metrics: BTreeMap::from([("auc".to_string(), auc)]),
+        training_data_fingerprint: "d".repeat(64),
+        files: BTreeMap::new(),
+    }
+}
+
+fn files(weights: &str) -> Vec<(String, Bytes)> {
+    vec![
+        ("weights.json".into(), Bytes::from(weights.to_string())),
+        (
+            "fitted.json".into(),
+            Bytes::from_static(b"{\"scalers\":[]}"),
+        ),
+    ]
+}
+
+async fn lifecycle(reg: &Registry) {
+    let m1 = reg
+        .publish(manifest("delay", 0.71), files("[1.0]"))
+        .await
+        .unwrap();
+    let m2 = reg
+        .publish(manifest("delay", 0.74), files("[2.0]"))
+        .await
+        .unwrap();
+    assert_eq!((m1.version, m2.version), (1, 2));
+    assert_eq!(m2.files.len(), 2);
+    assert_eq!(reg.versions("delay").await.unwrap(), vec![1, 2]);
+    let listed = reg.list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(Manifest::id).collect::<Vec<_>>(),
+        ["delay@1", "delay@2"]
+    );
+    assert_eq!(listed[1], m2, "what is listed is what was published");
+
+    // Resolve by version, newest, alias.
+    assert_eq!(
+        reg.resolve(&ModelRef::parse("delay@1").unwrap())
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        reg.resolve(&ModelRef::parse("delay").unwrap())
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let champion = ModelRef::parse("delay@champion").unwrap();
+    assert!(matches!(
+        reg.resolve(&champion).await,
+        Err(RegistryError::NotFound(_))
+    ));
+
+    // Promote, then roll back.
+    reg.set_alias("delay", "champion", 2).await.unwrap();
+    assert_eq!(reg.resolve(&champion).await.unwrap().version, 2);
+    reg.set_alias("delay", "champion", 1).await.unwrap();
+    assert_eq!(reg.resolve(&champion).await.unwrap().version, 1);
+    let bundle = reg
+        .fetch(&reg.resolve(&champion).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bundle.file("weights.json").unwrap(), &Bytes::from("[1.0]"));
+
+    // An alias only points at a version that exists.
+    assert!(matches!(
+        reg.set_alias("delay", "champion", 9).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert_eq!(reg.alias("delay", "champion").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn lifecycle_in_memory() {
+    lifecycle(&Registry::open("memory://").unwrap()).await;
+}
+
+#[tokio::test]
+async fn lifecycle_on_the_file_system() {
+    let dir = std::env::temp_dir().join(format!("registry-{}", std::process::id()));
+    let url = format!("file://{}", dir.display());
+    lifecycle(&Registry::open(&url).unwrap()).await;
+    // A second registry on the same directory sees the same models: they are on disk.
+    let again = Registry::open(&url).unwrap();
+    assert_eq!(again.versions("delay").await.unwrap(), vec![1, 2]);
+    assert!(dir.join("models/delay/versions/2/manifest.json").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_refused_and_named() {
+    let store = Arc::new(InMemory::new());
+    let reg = Registry::with_store(store.clone(), "memory://");
+    let m = reg
+        .publish(manifest("delay", 0.7), files("[1.0]"))
+        .await
+        .unwrap();
+    store
+        .put(
+            &Path::from("models/delay/versions/1/weights.json"),
+            Bytes::from("[9.9]").into(),
+        )
+        .await
+        .unwrap();
+    match reg.fetch(&m).await {
+        Err(RegistryError::Checksum { file, model, .. }) => {
+            assert_eq!((file.as_str(), model.as_str()), ("weights.json", "delay@1"))
+        }
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_publish_leaves_no_visible_version() {
+    let store = Arc::new(InMemory::new());
+    let reg = Registry::with_store(store.clone(), "memory://");
+    reg.publish(manifest("delay", 0.7), files("[1.0]"))
+        .await
+        .unwrap();
+    // A publish that died after writing a file of version 2 and before its manifest.
+    store
+        .put(
+            &Path::from("models/delay/versions/2/weights.json"),
+            Bytes::from("[2.0]").into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reg.versions("delay").await.unwrap(), vec![1]);
+    assert_eq!(reg.list().await.unwrap().len(), 1);
+    assert_eq!(
+        reg.resolve(&ModelRef::parse("delay").unwrap())
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(matches!(
+        reg.set_alias("delay", "champion", 2).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    // The next publish does not reuse the half-written number.
+    assert_eq!(
+        reg.publish(manifest("delay", 0.8), files("[3.0]"))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[test]
+fn references_parse_or_say_what_is_wrong() {
+    assert_eq!(
+        ModelRef::parse("delay").unwrap(),
+        ModelRef::Latest("delay".into())
+    );
+    assert_eq!(
+        ModelRef::parse("delay@12").unwrap(),
+        ModelRef::Version("delay".into(), 12)
+    );
+    assert_eq!(
+        ModelRef::parse("delay@champion").unwrap(),
+        ModelRef::Alias("delay".into(), "champion".into())
+    );
+    for bad in [
+        "",
+        "@1",
+        "delay@",
+        "de lay",
+        "delay@a/b",
+        "../x",
+        "delay@1@2",
+    ] {
+        let err = ModelRef::parse(bad).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a model reference"),
+            "{bad}: {err}"
+        );
+    }
+    assert!(
+        Registry::open("ftp://host/x")
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported scheme")
+    );
+}
