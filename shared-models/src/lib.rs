@@ -9,8 +9,10 @@
 
 mod bundle;
 mod error;
+mod linear;
 mod registry;
 
 pub use bundle::{Bundle, MANIFEST, Manifest};
 pub use error::RegistryError;
+pub use linear::{LinearModel, sigmoid};
 pub use registry::{ModelRef, Registry};

@@ -16,11 +16,23 @@ pub struct Cli {
 enum Command {
     /// Run every event through the offline and the online engine and compare the vectors bit for bit.
     Parity(crate::parity::ParityArgs),
+    /// Compute features over history, fit a model, evaluate it and publish a versioned bundle.
+    Fit(crate::fit::FitArgs),
+    /// List every published version.
+    List(crate::registry::StoreArgs),
+    /// Show a version's manifest: name, name@version or name@alias.
+    Show(crate::registry::ShowArgs),
+    /// Point an alias (champion, challenger, ...) at a version: promotion and rollback.
+    Promote(crate::registry::PromoteArgs),
 }
 
 /// Run the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parity(args) => crate::parity::run(args),
+        Command::Fit(args) => crate::fit::run(args),
+        Command::List(args) => crate::registry::list(args),
+        Command::Show(args) => crate::registry::show(args),
+        Command::Promote(args) => crate::registry::promote(args),
     }
 }

@@ -1,8 +1,12 @@
-//! `trainer`: the offline half. Computes features over history and checks them against the
-//! online engine; model fitting and publishing build on the same commands.
+//! `trainer`: the offline half. Computes features over history, checks them against the online
+//! engine, fits and evaluates models, and publishes them to a versioned registry.
 
 mod cli;
+mod fit;
+mod metrics;
+mod model;
 mod parity;
+mod registry;
 
 use std::process::ExitCode;
 

@@ -136,3 +136,151 @@ fn missing_history_says_how_to_get_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("run ci/fetch-data"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn fit_publishes_versions_that_list_show_and_promote() {
+    let dir = std::env::temp_dir().join(format!("trainer-cli-store-{}", std::process::id()));
+    let store = format!("file://{}", dir.display());
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--pipeline",
+            "data/flights/pipeline.toml",
+            "--base",
+            "data/flights/fixtures",
+            "--valid-from",
+            "2013-01-03",
+            "--store",
+            &store,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = trainer(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON object")
+    };
+    let first = fit(&["--alias", "challenger"]);
+    assert_eq!(
+        (first["name"].as_str(), first["version"].as_u64()),
+        (Some("flights_delay"), Some(1))
+    );
+    let auc = first["auc"].as_f64().unwrap();
+    assert!(
+        auc > 0.6 && auc <= 1.0,
+        "a departure delay predicts a late arrival: {auc}"
+    );
+    let second = fit(&["--set", "alpha=0.1"]);
+    assert_eq!(second["version"].as_u64(), Some(2));
+    assert_eq!(
+        first["feature_fingerprint"], second["feature_fingerprint"],
+        "same features, same fingerprint"
+    );
+
+    let list = trainer(&["list", "--store", &store, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert_eq!(listed[0]["aliases"], serde_json::json!(["challenger"]));
+
+    let promote = trainer(&[
+        "promote",
+        "flights_delay@2",
+        "--alias",
+        "champion",
+        "--store",
+        &store,
+    ]);
+    assert!(promote.status.success());
+    let show = trainer(&[
+        "show",
+        "flights_delay@champion",
+        "--store",
+        &store,
+        "--json",
+    ]);
+    let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(manifest["version"].as_u64(), Some(2));
+    assert_eq!(manifest["hyperparameters"]["alpha"].as_f64(), Some(0.1));
+    for file in ["pipeline.toml", "fitted.json", "model.json"] {
+        assert!(
+            manifest["files"][file]
+                .as_str()
+                .is_some_and(|h| h.len() == 64),
+            "{file} has a sha256"
+        );
+    }
+    // Roll back.
+    assert!(
+        trainer(&[
+            "promote",
+            "flights_delay@1",
+            "--alias",
+            "champion",
+            "--store",
+            &store
+        ])
+        .status
+        .success()
+    );
+    let show = trainer(&[
+        "show",
+        "flights_delay@champion",
+        "--store",
+        &store,
+        "--json",
+    ]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&show.stdout).unwrap()["version"].as_u64(),
+        Some(1)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fit_refuses_bad_configuration_before_reading_data() {
+    // The base directory has no data at all: these must fail on the configuration, not the data.
+    let empty = std::env::temp_dir().join(format!("trainer-cli-nodata-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    for (set, words) in [
+        ("kind=forest", "unknown model kind `forest`"),
+        ("alhpa=1", "unknown hyperparameter `alhpa`"),
+        ("alpha", "write key=value"),
+        ("threshold=high", "threshold must be a number"),
+    ] {
+        let out = trainer(&[
+            "fit",
+            "--pipeline",
+            "data/flights/pipeline.toml",
+            "--base",
+            empty.to_str().unwrap(),
+            "--store",
+            "memory://",
+            "--set",
+            set,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{set}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(words) && !err.contains("fetch-data"),
+            "{set}: {err}"
+        );
+    }
+    let out = trainer(&[
+        "fit",
+        "--pipeline",
+        "data/flights/pipeline.toml",
+        "--base",
+        "data/flights/fixtures",
+        "--store",
+        "memory://",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("empty split"),
+        "the fixtures end before 2013-11-01"
+    );
+    std::fs::remove_dir_all(empty).ok();
+}
