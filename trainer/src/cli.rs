@@ -18,6 +18,8 @@ enum Command {
     Parity(crate::parity::ParityArgs),
     /// Compute features over history, fit a model, evaluate it and publish a versioned bundle.
     Fit(crate::fit::FitArgs),
+    /// Write the exact matrix a model trains on (event time, split, label, inputs) as CSV.
+    ExportFeatures(crate::export::ExportArgs),
     /// List every published version.
     List(crate::registry::StoreArgs),
     /// Show a version's manifest: name, name@version or name@alias.
@@ -31,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parity(args) => crate::parity::run(args),
         Command::Fit(args) => crate::fit::run(args),
+        Command::ExportFeatures(args) => crate::export::run(args),
         Command::List(args) => crate::registry::list(args),
         Command::Show(args) => crate::registry::show(args),
         Command::Promote(args) => crate::registry::promote(args),

@@ -1,16 +1,15 @@
 //! `trainer fit`: history -> features -> model -> metrics -> a published, versioned bundle.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use ndarray::{Array1, Array2};
 use serde::Serialize;
-use shared_features::{FittedState, Pipeline, eval, fingerprint, offline, tables::sha256_hex};
+use shared_features::{fingerprint, tables::sha256_hex};
 use shared_models::{Manifest, Registry};
 
+use crate::dataset::{Dataset, Input};
 use crate::metrics::{Metrics, evaluate};
 use crate::model::ModelSpec;
 
@@ -64,92 +63,36 @@ struct FitReport {
 /// Check everything, then fit, evaluate and publish.
 pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     // Refuse bad configuration before any work.
-    let file = args.pipeline.display().to_string();
-    let text = std::fs::read_to_string(&args.pipeline)
-        .with_context(|| format!("cannot read pipeline file {file}"))?;
-    let p = Arc::new(Pipeline::parse(&text, &file)?);
+    let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let (p, file) = (input.pipeline.clone(), input.file.clone());
     let spec = ModelSpec::from_table(p.model.as_ref(), &args.overrides, &file)?;
-    let Some(label) = p.label.clone() else {
-        bail!("{file}: training needs a [label]")
-    };
-    let valid_from = match &args.valid_from {
-        Some(v) => shared_features::time::parse_date_or_timestamp(v)
-            .map_err(|m| anyhow::anyhow!("--valid-from: {m}"))?,
-        None => p.valid_from.with_context(|| {
-            format!("{file}: training needs [split] valid_from (or --valid-from)")
-        })?,
-    };
+    if p.label.is_none() {
+        bail!("{file}: training needs a [label]");
+    }
+    let valid_from = input.valid_from(args.valid_from.as_deref())?;
     let registry = Registry::open(&args.store)?;
     let name = args.name.clone().unwrap_or_else(|| p.name.clone());
-    let base = args.base.clone().unwrap_or_else(|| {
-        args.pipeline
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    });
-    let events = match (&args.events, &p.events_path) {
-        (Some(e), _) => e.clone(),
-        (None, Some(e)) => base.join(e),
-        (None, None) => bail!("{file}: no `[events] path`; pass --events"),
-    };
 
-    let run = offline::run(&p, &events, &base).context("computing features")?;
-    let et = p.event_time_col();
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for row in &run.rows {
-        let Some(y) = eval::label(&label, row) else {
-            continue;
-        };
-        let t = row[et].as_i64().unwrap_or(i64::MIN);
-        if t < valid_from {
-            train.push((row, y))
-        } else {
-            valid.push((row, y))
-        }
-    }
-    if train.is_empty() || valid.is_empty() {
-        bail!(
-            "{file}: empty split: {} training and {} validation events with a label around valid_from",
-            train.len(),
-            valid.len()
-        );
-    }
-    let fitted = FittedState::fit(
-        &p,
-        train.iter().map(|(r, _)| &r[..]),
-        run.table_digests.clone(),
-    );
-    let matrix = |rows: &[(&Vec<shared_features::Value>, f64)]| {
-        let w = fitted.width();
-        let mut x = Array2::<f64>::zeros((rows.len(), w));
-        let mut buf = Vec::with_capacity(w);
-        for (i, (r, _)) in rows.iter().enumerate() {
-            fitted.transform(&p, r, &mut buf);
-            x.row_mut(i).iter_mut().zip(&buf).for_each(|(d, s)| *d = *s);
-        }
-        (x, Array1::from_iter(rows.iter().map(|(_, y)| *y == 1.0)))
-    };
-    let (x_train, y_train) = matrix(&train);
+    let data = Dataset::build(&input, valid_from)?;
+    let fitted = &data.fitted;
+    let (x_train, y_train) = data.matrix(&p, &data.train);
     let model = spec.fit(x_train, y_train)?;
-    let (x_valid, y_valid) = matrix(&valid);
+    let (x_valid, y_valid) = data.matrix(&p, &data.valid);
     // Score with the serving code, not the training library: what is evaluated is what serves.
     let scores: Vec<f64> = x_valid
         .rows()
         .into_iter()
-        .map(|r| model.predict_proba(r.as_slice().unwrap_or(&r.to_vec())))
+        .map(|r| model.predict_proba(&r.to_vec()))
         .collect();
-    let metrics = evaluate(
-        &scores,
-        y_valid.as_slice().unwrap_or(&y_valid.to_vec()),
-        spec.threshold(),
-    );
+    let metrics = evaluate(&scores, &y_valid.to_vec(), spec.threshold());
 
-    let events_bytes =
-        std::fs::read(&events).with_context(|| format!("cannot read {}", events.display()))?;
+    let events_bytes = std::fs::read(&input.events)
+        .with_context(|| format!("cannot read {}", input.events.display()))?;
     let mut data_fp = sha256_hex(&events_bytes);
-    for (_, d) in &run.table_digests {
+    for (_, d) in &data.run.table_digests {
         data_fp.push_str(d);
     }
-    let feature_fingerprint = fingerprint(&p, &fitted);
+    let feature_fingerprint = fingerprint(&p, fitted);
     let manifest = Manifest {
         format: 1,
         name: name.clone(),
@@ -173,10 +116,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         files: Default::default(),
     };
     let files = vec![
-        ("pipeline.toml".to_string(), Bytes::from(text.clone())),
+        ("pipeline.toml".to_string(), Bytes::from(input.text.clone())),
         (
             "fitted.json".to_string(),
-            Bytes::from(serde_json::to_vec(&fitted)?),
+            Bytes::from(serde_json::to_vec(fitted)?),
         ),
         (
             "model.json".to_string(),
@@ -198,8 +141,8 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         kind: spec.kind(),
         store: args.store.clone(),
         alias: args.alias.clone(),
-        train_rows: train.len(),
-        valid_rows: valid.len(),
+        train_rows: data.train.len(),
+        valid_rows: data.valid.len(),
         feature_fingerprint,
         auc: metrics.auc,
         metrics,

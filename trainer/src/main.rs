@@ -2,6 +2,8 @@
 //! engine, fits and evaluates models, and publishes them to a versioned registry.
 
 mod cli;
+mod dataset;
+mod export;
 mod fit;
 mod metrics;
 mod model;

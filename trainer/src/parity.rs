@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
-use shared_features::Pipeline;
+
+use crate::dataset::Input;
 use shared_features::parity::{self, ParityReport};
 
 /// Arguments of `trainer parity`.
@@ -27,27 +27,8 @@ pub struct ParityArgs {
 
 /// Load the pipeline, run the check, print the report; exit 1 when any vector differs.
 pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.pipeline)
-        .with_context(|| format!("cannot read pipeline file {}", args.pipeline.display()))?;
-    let pipeline = Arc::new(Pipeline::parse(
-        &text,
-        &args.pipeline.display().to_string(),
-    )?);
-    let base = match &args.base {
-        Some(b) => b.clone(),
-        None => args
-            .pipeline
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-    };
-    let events = match (&args.events, &pipeline.events_path) {
-        (Some(e), _) => e.clone(),
-        (None, Some(p)) => base.join(p),
-        (None, None) => anyhow::bail!(
-            "{}: no `[events] path`; pass --events",
-            args.pipeline.display()
-        ),
-    };
+    let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let (pipeline, events, base) = (input.pipeline, input.events, input.base);
     let report = parity::check(&pipeline, &events, &base).context("parity check failed")?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

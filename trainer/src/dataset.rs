@@ -1,0 +1,138 @@
+//! The training matrix: features offline, labels, the time split and the fitted encoding.
+//! `trainer fit` trains on it and `trainer export-features` writes it out, so both see the same.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ndarray::{Array1, Array2};
+use shared_features::offline::{self, OfflineRun};
+use shared_features::{FittedState, Pipeline, eval};
+
+/// A pipeline file, read and checked, with where its data is.
+pub struct Input {
+    /// The file as given, for messages.
+    pub file: String,
+    /// Its text (bundled with the model).
+    pub text: String,
+    /// The checked pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Directory relative paths resolve against.
+    pub base: PathBuf,
+    /// The history file.
+    pub events: PathBuf,
+}
+
+impl Input {
+    /// Read and check `pipeline`; `base` and `events` override the defaults.
+    pub fn load(
+        pipeline: &Path,
+        base: Option<&Path>,
+        events: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let file = pipeline.display().to_string();
+        let text = std::fs::read_to_string(pipeline)
+            .with_context(|| format!("cannot read pipeline file {file}"))?;
+        let p = Arc::new(Pipeline::parse(&text, &file)?);
+        let base = match base {
+            Some(b) => b.to_path_buf(),
+            None => pipeline
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        };
+        let events = match (events, &p.events_path) {
+            (Some(e), _) => e.to_path_buf(),
+            (None, Some(e)) => base.join(e),
+            (None, None) => bail!("{file}: no `[events] path`; pass --events"),
+        };
+        Ok(Self {
+            file,
+            text,
+            pipeline: p,
+            base,
+            events,
+        })
+    }
+
+    /// The validation cut: `--valid-from` if given, else the pipeline's `[split] valid_from`.
+    pub fn valid_from(&self, flag: Option<&str>) -> anyhow::Result<i64> {
+        match flag {
+            Some(v) => shared_features::time::parse_date_or_timestamp(v)
+                .map_err(|m| anyhow::anyhow!("--valid-from: {m}")),
+            None => self.pipeline.valid_from.with_context(|| {
+                format!(
+                    "{}: training needs [split] valid_from (or --valid-from)",
+                    self.file
+                )
+            }),
+        }
+    }
+}
+
+/// Labelled events split by time, and the encoding fitted on the training part.
+pub struct Dataset {
+    /// The offline run (rows in event-time order).
+    pub run: OfflineRun,
+    /// `(row index, label)` of training events (before the cut), in event order.
+    pub train: Vec<(usize, bool)>,
+    /// `(row index, label)` of validation events (at or after the cut), in event order.
+    pub valid: Vec<(usize, bool)>,
+    /// Scaler and vocabularies fitted on `train`.
+    pub fitted: FittedState,
+}
+
+impl Dataset {
+    /// Compute features and split. Events without a label (null) are left out of both splits.
+    pub fn build(input: &Input, valid_from: i64) -> anyhow::Result<Self> {
+        let p = &input.pipeline;
+        let Some(label) = p.label.clone() else {
+            bail!("{}: training needs a [label]", input.file)
+        };
+        let run = offline::run(p, &input.events, &input.base).context("computing features")?;
+        let et = p.event_time_col();
+        let (mut train, mut valid) = (Vec::new(), Vec::new());
+        for (i, row) in run.rows.iter().enumerate() {
+            let Some(y) = eval::label(&label, row) else {
+                continue;
+            };
+            let t = row[et].as_i64().unwrap_or(i64::MIN);
+            let split = if t < valid_from {
+                &mut train
+            } else {
+                &mut valid
+            };
+            split.push((i, y == 1.0));
+        }
+        if train.is_empty() || valid.is_empty() {
+            bail!(
+                "{}: empty split: {} training and {} validation events with a label around valid_from",
+                input.file,
+                train.len(),
+                valid.len()
+            );
+        }
+        let fitted = FittedState::fit(
+            p,
+            train.iter().map(|(i, _)| &run.rows[*i][..]),
+            run.table_digests.clone(),
+        );
+        Ok(Self {
+            run,
+            train,
+            valid,
+            fitted,
+        })
+    }
+
+    /// The encoded matrix and labels of a split.
+    pub fn matrix(&self, p: &Pipeline, split: &[(usize, bool)]) -> (Array2<f64>, Array1<bool>) {
+        let w = self.fitted.width();
+        let mut x = Array2::<f64>::zeros((split.len(), w));
+        let mut buf = Vec::with_capacity(w);
+        for (n, (i, _)) in split.iter().enumerate() {
+            self.fitted.transform(p, &self.run.rows[*i], &mut buf);
+            x.row_mut(n).iter_mut().zip(&buf).for_each(|(d, s)| *d = *s);
+        }
+        (x, split.iter().map(|(_, y)| *y).collect())
+    }
+}
