@@ -73,10 +73,18 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::open(&args.store)?;
     let name = args.name.clone().unwrap_or_else(|| p.name.clone());
 
+    let progress = Progress::new();
+    progress.stage("reading history and computing features");
     let data = Dataset::build(&input, valid_from)?;
+    progress.stage(&format!(
+        "fitting {} on {} events",
+        spec.kind(),
+        data.train.len()
+    ));
     let fitted = &data.fitted;
     let (x_train, y_train) = data.matrix(&p, &data.train);
     let model = spec.fit(x_train, y_train)?;
+    progress.stage("evaluating on the validation split");
     let (x_valid, y_valid) = data.matrix(&p, &data.valid);
     // Score with the serving code, not the training library: what is evaluated is what serves.
     let scores: Vec<f64> = x_valid
@@ -126,6 +134,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             Bytes::from(serde_json::to_vec(&model)?),
         ),
     ];
+    progress.stage(&format!("publishing to {}", args.store));
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let published = rt.block_on(async {
         let m = registry.publish(manifest, files).await?;
@@ -135,6 +144,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(m)
     })?;
 
+    drop(progress);
     let report = FitReport {
         name: published.name.clone(),
         version: published.version,
@@ -177,4 +187,26 @@ fn print_table(r: &FitReport) {
         println!("  {k:<20}{v:>10.4}");
     }
     println!("  {:<20}{}", "feature fingerprint", r.feature_fingerprint);
+}
+
+/// A spinner naming the current stage, on stderr when it is a terminal; invisible when piped.
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Self(bar)
+    }
+
+    fn stage(&self, what: &str) {
+        self.0.set_message(what.to_string());
+    }
+}
+
+impl Drop for Progress {
+    /// Clear the spinner on success and on error alike, before anything else is printed.
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
