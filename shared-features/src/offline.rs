@@ -38,9 +38,8 @@ pub struct OfflineRun {
     pub table_digests: Vec<(String, String)>,
 }
 
-/// Where a pipeline's files are: paths in the pipeline are relative to its directory.
-pub fn resolve(p: &Pipeline, base: &Path, path: &str) -> PathBuf {
-    let _ = p;
+/// Where a table of the pipeline is: relative paths resolve against `base`.
+pub fn resolve(base: &Path, path: &str) -> PathBuf {
     let candidate = Path::new(path);
     if candidate.is_absolute() {
         candidate.to_path_buf()
@@ -98,7 +97,7 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
     df = df.filter(&has_time).map_err(|e| polars_err(events, e))?;
 
     for l in &p.lookups {
-        let path = resolve(p, base, &l.path);
+        let path = resolve(base, &l.path);
         let mut cols = vec![(l.key.clone(), l.key_ty)];
         cols.extend(l.columns.iter().cloned());
         let mut table = read_csv(&path, &cols, false)?;
@@ -129,7 +128,7 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         .map_err(|e| polars_err(events, e))?;
 
     for a in &p.asofs {
-        let path = resolve(p, base, &a.path);
+        let path = resolve(base, &a.path);
         let mut cols = vec![(a.key.clone(), a.key_ty)];
         cols.extend(a.columns.iter().cloned());
         let mut table = read_csv(&path, &cols, false)?;

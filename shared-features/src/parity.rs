@@ -79,7 +79,7 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
     let jsons = csv_to_json(p, &bytes, &file)?;
     drop(bytes);
     let tables = Tables::load(p, |path| {
-        std::fs::read(offline::resolve(p, base, path)).map_err(|e| e.to_string())
+        std::fs::read(offline::resolve(base, path)).map_err(|e| e.to_string())
     })?;
     let order = event_order(p, &jsons);
 
