@@ -4,22 +4,16 @@
 // A benchmark whose setup fails has nothing to measure: stopping loudly is right.
 #![allow(clippy::expect_used)]
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use polars::prelude::*;
-use shared_features::{Pipeline, offline};
+use shared_features::offline;
 
 fn offline_engine(c: &mut Criterion) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/flights");
-    let base = if root.join("raw/flights.csv").exists() {
-        root.clone()
-    } else {
-        root.join("fixtures")
-    };
-    let text = std::fs::read_to_string(root.join("pipeline.toml")).expect("pipeline");
-    let p = Arc::new(Pipeline::parse(&text, "pipeline.toml").expect("valid pipeline"));
+    let (p, base) = common::flights();
     let events = base.join("raw/flights.csv");
     let records = offline::run(&p, &events, &base)
         .map(|r| r.rows.len() + r.filtered + r.rejected.len())

@@ -6,7 +6,8 @@
 // A benchmark whose setup fails has nothing to measure: stopping loudly is right.
 #![allow(clippy::expect_used)]
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -14,15 +15,7 @@ use shared_features::events::{csv_to_json, event_order};
 use shared_features::{FittedState, OnlineEngine, Pipeline, Tables};
 
 fn setup() -> (Arc<Pipeline>, Arc<Tables>, Vec<Vec<u8>>, FittedState) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/flights");
-    // The full history when fetched (ci/fetch-data), else the committed three-day fixture.
-    let base = if root.join("raw/flights.csv").exists() {
-        root.clone()
-    } else {
-        root.join("fixtures")
-    };
-    let text = std::fs::read_to_string(root.join("pipeline.toml")).expect("pipeline");
-    let p = Arc::new(Pipeline::parse(&text, "pipeline.toml").expect("valid pipeline"));
+    let (p, base) = common::flights();
     let tables = Tables::load(&p, |path| {
         std::fs::read(base.join(path)).map_err(|e| e.to_string())
     })

@@ -18,6 +18,18 @@ fn trainer(args: &[&str]) -> std::process::Output {
         .expect("trainer runs")
 }
 
+/// `trainer parity` of the flights pipeline over the tables in `base`.
+fn parity_over(base: &Path) -> std::process::Output {
+    let base = base.to_str().unwrap();
+    trainer(&[
+        "parity",
+        "--pipeline",
+        "data/flights/pipeline.toml",
+        "--base",
+        base,
+    ])
+}
+
 #[test]
 fn parity_json_on_the_fixtures() {
     let out = trainer(&[
@@ -105,13 +117,7 @@ fn a_bad_data_row_names_file_line_and_column() {
     cells[5] = "late".to_string();
     lines[10] = cells.join(",");
     std::fs::write(dir.join("raw/flights.csv"), lines.join("\n") + "\n").unwrap();
-    let out = trainer(&[
-        "parity",
-        "--pipeline",
-        "data/flights/pipeline.toml",
-        "--base",
-        dir.to_str().unwrap(),
-    ]);
+    let out = parity_over(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -125,13 +131,7 @@ fn a_bad_data_row_names_file_line_and_column() {
 fn missing_history_says_how_to_get_it() {
     let dir = std::env::temp_dir().join(format!("trainer-cli-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = trainer(&[
-        "parity",
-        "--pipeline",
-        "data/flights/pipeline.toml",
-        "--base",
-        dir.to_str().unwrap(),
-    ]);
+    let out = parity_over(&dir);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run ci/fetch-data"));
     std::fs::remove_dir_all(dir).ok();
