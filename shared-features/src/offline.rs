@@ -172,14 +172,10 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
     }
 
     // Everything up to the window columns comes from polars; the rest from the shared stages.
-    let joined = p.windows.first().map_or_else(
-        || {
-            p.derives
-                .first()
-                .map_or(p.layout.len(), |_| p.layout.len() - p.derives.len())
-        },
-        |w| w.first_col,
-    );
+    let joined = p
+        .windows
+        .first()
+        .map_or(p.layout.len() - p.derives.len(), |w| w.first_col);
     let columns: Vec<Vec<Value>> = p.layout[..joined]
         .iter()
         .map(|c| column_values(&df, &c.name, c.ty))

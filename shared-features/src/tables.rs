@@ -82,7 +82,9 @@ impl Tables {
         for l in &p.lookups {
             let bytes = read(&l.path).map_err(|m| DataError::file(&l.path, m))?;
             let mut rows = HashMap::new();
-            for (line, key, vals) in parse_csv(&bytes, &l.path, (&l.key, l.key_ty), &l.columns)? {
+            for (line, key, vals) in
+                parse_csv(&bytes, &l.path, Some((&l.key, l.key_ty)), &l.columns)?
+            {
                 let Some(key) = key else { continue };
                 if rows.insert(key.clone(), vals).is_some() {
                     return Err(DataError::at(
@@ -104,7 +106,9 @@ impl Tables {
                 .position(|(n, _)| *n == a.time)
                 .unwrap_or(0);
             let mut grouped: HashMap<Key, Vec<TimedRow>> = HashMap::new();
-            for (line, key, vals) in parse_csv(&bytes, &a.path, (&a.key, a.key_ty), &a.columns)? {
+            for (line, key, vals) in
+                parse_csv(&bytes, &a.path, Some((&a.key, a.key_ty)), &a.columns)?
+            {
                 let Some(key) = key else { continue };
                 let Some(t) = vals[t_idx].as_i64() else {
                     return Err(DataError::at(
@@ -141,7 +145,7 @@ type ParsedRow = (usize, Option<Key>, Box<[Value]>);
 fn parse_csv(
     bytes: &[u8],
     file: &str,
-    (key, key_ty): (&str, FieldType),
+    key: Option<(&str, FieldType)>,
     columns: &[(String, FieldType)],
 ) -> Result<Vec<ParsedRow>, DataError> {
     let (mut reader, headers) = open_csv(bytes, file)?;
@@ -158,7 +162,9 @@ fn parse_csv(
             )
         })
     };
-    let key_idx = find(key)?;
+    let key_idx = key
+        .map(|(name, ty)| find(name).map(|i| (i, name, ty)))
+        .transpose()?;
     let idx: Vec<usize> = columns
         .iter()
         .map(|(n, _)| find(n))
@@ -168,7 +174,13 @@ fn parse_csv(
         let line = i + 2;
         let rec = rec.map_err(|e| DataError::at(file, line, "", e.to_string()))?;
         let cell = |c: usize| rec.get(c).unwrap_or("");
-        let k = parse_cell(cell(key_idx), key_ty).map_err(|m| DataError::at(file, line, key, m))?;
+        let k = match key_idx {
+            Some((c, name, ty)) => {
+                let v = parse_cell(cell(c), ty).map_err(|m| DataError::at(file, line, name, m))?;
+                Key::of(&v)
+            }
+            None => None,
+        };
         let vals = idx
             .iter()
             .zip(columns)
@@ -176,7 +188,7 @@ fn parse_csv(
                 parse_cell(cell(c), *ty).map_err(|m| DataError::at(file, line, name, m))
             })
             .collect::<Result<Box<[Value]>, _>>()?;
-        out.push((line, Key::of(&k), vals));
+        out.push((line, k, vals));
     }
     Ok(out)
 }
@@ -207,19 +219,7 @@ pub fn check_csv(
     file: &str,
     columns: &[(String, FieldType)],
 ) -> Result<(), DataError> {
-    let Some(((first, first_ty), rest)) = columns.split_first() else {
-        return Ok(());
-    };
-    let key_ty = if *first_ty == FieldType::Float {
-        FieldType::Str
-    } else {
-        *first_ty
-    };
-    // The first column stands in as the "key": parse it as text if it is a float (keys cannot be).
-    let rest_with_first: Vec<(String, FieldType)> = std::iter::once((first.clone(), *first_ty))
-        .chain(rest.iter().cloned())
-        .collect();
-    parse_csv(bytes, file, (first, key_ty), &rest_with_first).map(|_| ())
+    parse_csv(bytes, file, None, columns).map(|_| ())
 }
 
 /// A CSV reader over bytes, with the header record (line 1) already read.

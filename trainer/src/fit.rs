@@ -90,7 +90,11 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let scores: Vec<f64> = x_valid
         .rows()
         .into_iter()
-        .map(|r| model.predict_proba(&r.to_vec()))
+        // Rows of a fresh matrix are contiguous; copy only if one ever is not.
+        .map(|r| match r.as_slice() {
+            Some(x) => model.predict_proba(x),
+            None => model.predict_proba(&r.to_vec()),
+        })
         .collect();
     let metrics = evaluate(&scores, &y_valid.to_vec(), spec.threshold());
 

@@ -18,28 +18,23 @@ fn trainer(args: &[&str]) -> std::process::Output {
         .expect("trainer runs")
 }
 
-/// `trainer parity` of the flights pipeline over the tables in `base`.
-fn parity_over(base: &Path) -> std::process::Output {
+/// `trainer parity` of the flights pipeline over the tables in `base`, with extra flags.
+fn parity_over(base: &Path, extra: &[&str]) -> std::process::Output {
     let base = base.to_str().unwrap();
-    trainer(&[
+    let mut args = vec![
         "parity",
         "--pipeline",
         "data/flights/pipeline.toml",
         "--base",
         base,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
 }
 
 #[test]
 fn parity_json_on_the_fixtures() {
-    let out = trainer(&[
-        "parity",
-        "--pipeline",
-        "data/flights/pipeline.toml",
-        "--base",
-        "data/flights/fixtures",
-        "--json",
-    ]);
+    let out = parity_over(Path::new("data/flights/fixtures"), &["--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -60,13 +55,7 @@ fn parity_json_on_the_fixtures() {
 
 #[test]
 fn parity_table_on_the_fixtures() {
-    let out = trainer(&[
-        "parity",
-        "--pipeline",
-        "data/flights/pipeline.toml",
-        "--base",
-        "data/flights/fixtures",
-    ]);
+    let out = parity_over(Path::new("data/flights/fixtures"), &[]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -117,7 +106,7 @@ fn a_bad_data_row_names_file_line_and_column() {
     cells[5] = "late".to_string();
     lines[10] = cells.join(",");
     std::fs::write(dir.join("raw/flights.csv"), lines.join("\n") + "\n").unwrap();
-    let out = parity_over(&dir);
+    let out = parity_over(&dir, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -131,7 +120,7 @@ fn a_bad_data_row_names_file_line_and_column() {
 fn missing_history_says_how_to_get_it() {
     let dir = std::env::temp_dir().join(format!("trainer-cli-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = parity_over(&dir);
+    let out = parity_over(&dir, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run ci/fetch-data"));
     std::fs::remove_dir_all(dir).ok();
