@@ -66,19 +66,31 @@ pub fn csv_to_json(p: &Pipeline, bytes: &[u8], file: &str) -> Result<Vec<Vec<u8>
 /// The order a topic should carry events in: by event time, ties in file order. Events without
 /// a computable time (they will be refused anyway) go last, in file order.
 pub fn event_order(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<usize> {
-    let decoder = Decoder::new(p);
-    let mut row: Row = vec![Value::Null; p.layout.len()];
-    let mut keyed: Vec<(i64, usize)> = events
-        .iter()
+    let mut keyed: Vec<(i64, usize)> = event_meta(p, events)
+        .into_iter()
         .enumerate()
-        .map(|(i, e)| {
-            let t = decoder
-                .decode(e, &mut row)
-                .ok()
-                .and_then(|()| eval::event_time(p, &row).ok());
-            (t.unwrap_or(i64::MAX), i)
-        })
+        .map(|(i, (_, t))| (t.unwrap_or(i64::MAX), i))
         .collect();
     keyed.sort_by_key(|&(t, _)| t);
     keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Each event's partition key (as text) and event time, when they can be computed.
+pub fn event_meta(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<String>, Option<i64>)> {
+    let decoder = Decoder::new(p);
+    let mut row: Row = vec![Value::Null; p.layout.len()];
+    events
+        .iter()
+        .map(|e| {
+            if decoder.decode(e, &mut row).is_err() {
+                return (None, None);
+            }
+            let k = &row[p.key];
+            let key = match k.as_str() {
+                Some(s) => Some(s.to_string()),
+                None => (!k.is_null()).then(|| k.to_string()),
+            };
+            (key, eval::event_time(p, &row).ok())
+        })
+        .collect()
 }

@@ -45,6 +45,14 @@ pub enum RegistryError {
         /// The contested version.
         version: u64,
     },
+    /// A bundle whose files are intact but cannot be served.
+    #[error("bundle {model}: {message}")]
+    Invalid {
+        /// `name@version`.
+        model: String,
+        /// Why.
+        message: String,
+    },
     /// The object store failed.
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),

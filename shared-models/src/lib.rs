@@ -10,9 +10,12 @@
 mod bundle;
 mod error;
 mod linear;
+pub mod metrics;
 mod registry;
+mod serving;
 
 pub use bundle::{Bundle, MANIFEST, Manifest};
 pub use error::RegistryError;
 pub use linear::{LinearModel, sigmoid};
 pub use registry::{ModelRef, Registry};
+pub use serving::{Servable, bundle_table_file};

@@ -10,8 +10,9 @@ use shared_features::{fingerprint, tables::sha256_hex};
 use shared_models::{Manifest, Registry};
 
 use crate::dataset::{Dataset, Input};
-use crate::metrics::{Metrics, evaluate};
 use crate::model::ModelSpec;
+use shared_models::bundle_table_file;
+use shared_models::metrics::{Metrics, evaluate};
 
 /// Arguments of `trainer fit`.
 #[derive(Debug, clap::Args)]
@@ -127,7 +128,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         training_data_fingerprint: sha256_hex(data_fp.as_bytes()),
         files: Default::default(),
     };
-    let files = vec![
+    let mut files = vec![
         ("pipeline.toml".to_string(), Bytes::from(input.text.clone())),
         (
             "fitted.json".to_string(),
@@ -138,6 +139,14 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             Bytes::from(serde_json::to_vec(&model)?),
         ),
     ];
+    // The scorer serves from the bundle alone: the lookup and as-of tables travel with it, and
+    // their digests are part of the feature fingerprint it checks on load.
+    for (name, path) in p.table_paths() {
+        let full = input.base.join(path);
+        let bytes =
+            std::fs::read(&full).with_context(|| format!("cannot read {}", full.display()))?;
+        files.push((bundle_table_file(name), Bytes::from(bytes)));
+    }
     progress.stage(&format!("publishing to {}", args.store));
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let published = rt.block_on(async {

@@ -5,7 +5,6 @@ mod cli;
 mod dataset;
 mod export;
 mod fit;
-mod metrics;
 mod model;
 mod parity;
 mod registry;

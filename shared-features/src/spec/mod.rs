@@ -371,6 +371,19 @@ impl Pipeline {
         &self.layout[..self.n_fields]
     }
 
+    /// `(name, path)` of every table the pipeline joins: lookups, then as-of tables.
+    pub fn table_paths(&self) -> impl Iterator<Item = (&str, &str)> {
+        let lookups = self
+            .lookups
+            .iter()
+            .map(|l| (l.name.as_str(), l.path.as_str()));
+        lookups.chain(
+            self.asofs
+                .iter()
+                .map(|a| (a.name.as_str(), a.path.as_str())),
+        )
+    }
+
     /// Windows keyed by something other than the entity key. Online, their events are spread
     /// over partitions, so a consumer of some partitions sees only part of each window; they
     /// need a repartition step before they can be computed live.
