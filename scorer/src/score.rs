@@ -1,0 +1,159 @@
+//! The scoring core, shared by live scoring and replay: one event's bytes in, one prediction
+//! (or a reason to dead-letter it) out. No Kafka here, so it is tested without a broker.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use shared_features::{EventError, OnlineEngine, time::format_timestamp};
+use shared_models::Servable;
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePos<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// What became of one event.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Scored: the prediction is in [`Scorer::prediction`].
+    Scored {
+        /// The event's key.
+        key: String,
+        /// Its event time (epoch ms).
+        event_time: i64,
+    },
+    /// A pipeline filter dropped it (cancelled flights, say): no prediction is due.
+    Filtered,
+    /// It cannot be scored; it belongs in the dead-letter topic with this reason.
+    Dead(String),
+}
+
+/// One prediction as written to the output topic.
+#[derive(Serialize)]
+struct Prediction<'a> {
+    key: &'a str,
+    event_time: &'a str,
+    event_time_ms: i64,
+    score: f64,
+    decision: bool,
+    model: &'a str,
+    version: u64,
+    fingerprint: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// A model and the window state of the partitions it scores.
+#[derive(Debug)]
+pub struct Scorer {
+    model: Arc<Servable>,
+    engine: OnlineEngine,
+    max_event_bytes: usize,
+    x: Vec<f64>,
+    out: Vec<u8>,
+}
+
+impl Scorer {
+    /// A scorer with empty window state. Larger payloads than `max_event_bytes` are refused.
+    pub fn new(model: Arc<Servable>, max_event_bytes: usize) -> Self {
+        let engine = OnlineEngine::new(model.pipeline.clone(), model.tables.clone());
+        Self {
+            model,
+            engine,
+            max_event_bytes,
+            x: Vec::new(),
+            out: Vec::with_capacity(512),
+        }
+    }
+
+    /// The model being served.
+    pub fn model(&self) -> &Arc<Servable> {
+        &self.model
+    }
+
+    /// Swap in another model between batches. When its features are computed the same way
+    /// (same pipeline spec), window state carries over; otherwise it restarts empty, which the
+    /// return value (`false`) reports.
+    pub fn swap(&mut self, model: Arc<Servable>) -> bool {
+        let same = same_spec(&self.model, &model);
+        if !same {
+            self.engine = OnlineEngine::new(model.pipeline.clone(), model.tables.clone());
+        }
+        self.model = model;
+        same
+    }
+
+    /// Update the window state with an event without scoring it (warm-up before a replay
+    /// range). Errors are ignored here: the event would have been dead-lettered when live.
+    pub fn warm(&mut self, payload: &[u8]) {
+        if payload.len() <= self.max_event_bytes {
+            let _ = self.engine.process(payload);
+        }
+    }
+
+    /// Score one event. On [`Outcome::Scored`], [`Scorer::prediction`] holds the JSON value to
+    /// produce.
+    pub fn score(&mut self, payload: Option<&[u8]>, pos: SourcePos<'_>) -> Outcome {
+        let Some(payload) = payload else {
+            return Outcome::Dead("empty message: no payload".into());
+        };
+        if payload.len() > self.max_event_bytes {
+            return Outcome::Dead(format!(
+                "oversized payload: {} bytes, the limit is {} (--max-event-bytes)",
+                payload.len(),
+                self.max_event_bytes
+            ));
+        }
+        let m = &*self.model;
+        let p = &*m.pipeline;
+        let row = match self.engine.process(payload) {
+            Ok(Some(row)) => row,
+            Ok(None) => return Outcome::Filtered,
+            Err(e @ EventError::Late { .. }) => return Outcome::Dead(format!("late event: {e}")),
+            Err(e) => return Outcome::Dead(e.to_string()),
+        };
+        let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
+        let key = match row[p.key].as_str() {
+            Some(s) => s.to_string(),
+            None => row[p.key].to_string(),
+        };
+        m.fitted.transform(p, row, &mut self.x);
+        let score = m.model.predict_proba(&self.x);
+        let time = format_timestamp(event_time);
+        self.out.clear();
+        let pred = Prediction {
+            key: &key,
+            event_time: &time,
+            event_time_ms: event_time,
+            score,
+            decision: m.model.decide(score),
+            model: &m.name,
+            version: m.version,
+            fingerprint: &m.fingerprint,
+            topic: pos.topic,
+            partition: pos.partition,
+            offset: pos.offset,
+        };
+        // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score
+        // becomes null (serde_json), which the reader rejects loudly.
+        let _ = serde_json::to_writer(&mut self.out, &pred);
+        Outcome::Scored { key, event_time }
+    }
+
+    /// The JSON value of the last scored event.
+    pub fn prediction(&self) -> &[u8] {
+        &self.out
+    }
+}
+
+fn same_spec(a: &Servable, b: &Servable) -> bool {
+    a.tables.digests == b.tables.digests
+        && serde_json::to_vec(&*a.pipeline).ok() == serde_json::to_vec(&*b.pipeline).ok()
+}

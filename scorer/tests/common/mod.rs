@@ -1,0 +1,346 @@
+//! Test harness: a real tansu broker on loopback, a model fitted on the fixtures, the scorer
+//! binary, and readers of topics.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::topic_partition_list::Offset;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tansu broker (memory storage) on a free loopback port, killed on drop.
+pub struct Broker {
+    pub addr: String,
+    child: Child,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let out = Command::new(repo().join("ci/broker"))
+            .arg("path")
+            .output()
+            .expect("run ci/broker path");
+        assert!(
+            out.status.success(),
+            "ci/broker path: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let t0 = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "tansu did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { addr, child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, so that a failing test leaves none behind.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn scorer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scorer"))
+}
+
+/// The trainer binary, built beside the scorer by `cargo test --workspace`.
+pub fn trainer() -> Command {
+    let dir = Path::new(env!("CARGO_BIN_EXE_scorer"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let bin = dir.join("trainer");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+pub fn json_out(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+pub const PIPELINE: &str = "data/flights/pipeline.toml";
+pub const FIXTURES: &str = "data/flights/fixtures";
+
+/// Fit the flights model on the fixtures into `store` (a directory) and set `alias`.
+pub fn fit(store: &Path, alias: &str, extra: &[&str]) -> serde_json::Value {
+    let url = format!("file://{}", store.display());
+    let out = run_ok(
+        trainer()
+            .current_dir(repo())
+            .args([
+                "fit",
+                "--pipeline",
+                PIPELINE,
+                "--base",
+                FIXTURES,
+                "--store",
+                &url,
+            ])
+            .args(["--valid-from", "2013-01-03", "--alias", alias, "--json"])
+            .args(extra),
+    );
+    json_out(&out)
+}
+
+pub fn store_url(store: &Path) -> String {
+    format!("file://{}", store.display())
+}
+
+/// Feed the fixture flights into `topic`.
+pub fn feed(broker: &Broker, topic: &str) -> serde_json::Value {
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", &broker.addr, "--pipeline", PIPELINE])
+            .args([
+                "--events",
+                &format!("{FIXTURES}/raw/flights.csv"),
+                "--topic",
+                topic,
+                "--json",
+            ]),
+    );
+    json_out(&out)
+}
+
+/// Common `scorer run` arguments for tests.
+pub fn run_args(broker: &Broker, store: &Path, input: &str, group: &str) -> Vec<String> {
+    [
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--store",
+        &store_url(store),
+        "--model",
+        "flights_delay@champion",
+        "--input",
+        input,
+        "--output",
+        &format!("{input}.pred"),
+        "--dlq",
+        &format!("{input}.dlq"),
+        "--group",
+        group,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Rec {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+}
+
+/// Whether `topic` exists yet.
+pub fn broker_has(broker: &Broker, topic: &str) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    c.fetch_metadata(Some(topic), Duration::from_secs(5))
+        .is_ok_and(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
+}
+
+/// Every record of partition 0 of `topic`, up to its high watermark now.
+pub fn read_all(broker: &Broker, topic: &str) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (low, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut out = Vec::new();
+    if high <= low {
+        return out;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "reading {topic} timed out"
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            // Transaction markers take offsets but are never delivered: the position tells.
+            match c.position().unwrap().elements()[0].offset() {
+                Offset::Offset(at) if at >= high => break,
+                _ => continue,
+            }
+        };
+        let m = m.unwrap();
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for x in h.iter() {
+                headers.insert(
+                    x.key.to_string(),
+                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Rec {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
+}
+
+/// The committed offset of `group` on partition 0 of `topic` (`None`: nothing committed).
+pub fn committed(broker: &Broker, group: &str, topic: &str) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    match got.elements()[0].offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Produce raw records to partition 0 of `topic`.
+pub fn produce_raw(broker: &Broker, topic: &str, records: &[(&str, Vec<u8>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        p.send(
+            BaseRecord::to(topic)
+                .key(*k)
+                .payload(v.as_slice())
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// GET a path of the scorer's HTTP endpoint.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// The value of a metric in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

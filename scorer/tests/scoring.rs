@@ -1,0 +1,473 @@
+//! The scorer against a real Kafka-protocol broker (tansu, started by the test): live scoring of
+//! the fixture flights, every kind of poison event to the dead-letter topic, replay parity, hot
+//! reload, and crashes (SIGKILL) in at-least-once and exactly-once modes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Score of each source offset, from a predictions topic; repeats are counted.
+fn scores_by_offset(recs: &[Rec]) -> (BTreeMap<i64, f64>, usize) {
+    let mut m = BTreeMap::new();
+    let mut repeats = 0;
+    for r in recs {
+        let v = r.json();
+        let off = v["offset"].as_i64().unwrap();
+        if m.insert(off, v["score"].as_f64().unwrap()).is_some() {
+            repeats += 1;
+        }
+    }
+    (m, repeats)
+}
+
+#[test]
+fn live_scoring_dead_letters_and_replay_parity() {
+    let broker = Broker::start();
+    let store = tempdir("live");
+    let fitted = fit(&store, "champion", &[]);
+    let fed = feed(&broker, "flights");
+    assert_eq!(fed["fed"], 2699);
+
+    // Poison: one of each kind, after the good events. The late one is a real event of an
+    // aircraft moved a day back in time.
+    let good = read_all(&broker, "flights");
+    let last = good
+        .iter()
+        .map(Rec::json)
+        .rfind(|e| !e["dep_time"].is_null())
+        .unwrap();
+    let mut late = last.clone();
+    late["day"] = serde_json::json!(last["day"].as_i64().unwrap() - 1);
+    let mut wrong_type = last.clone();
+    wrong_type["dep_delay"] = serde_json::json!("late");
+    let mut missing = last.clone();
+    missing.as_object_mut().unwrap().remove("origin");
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "x",
+            b"{\"year\": 2013, \"month\": ".to_vec(),
+            "malformed JSON",
+        ),
+        ("x", b"[1, 2, 3]".to_vec(), "malformed JSON"),
+        (
+            "x",
+            serde_json::to_vec(&missing).unwrap(),
+            "field `origin` is missing",
+        ),
+        (
+            "x",
+            serde_json::to_vec(&wrong_type).unwrap(),
+            "field `dep_delay` should be",
+        ),
+        ("x", vec![b' '; 100_000], "oversized payload"),
+        ("x", serde_json::to_vec(&late).unwrap(), "late event"),
+    ];
+    let raw: Vec<(&str, Vec<u8>)> = poison.iter().map(|(k, v, _)| (*k, v.clone())).collect();
+    produce_raw(&broker, "flights", &raw);
+
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(run_args(&broker, &store, "flights", "live"))
+            .args([
+                "--exit-when-idle",
+                "3",
+                "--max-event-bytes",
+                "65536",
+                "--json",
+            ]),
+    );
+    let summary = json_out(&out);
+    let preds = read_all(&broker, "flights.pred");
+    let dlq = read_all(&broker, "flights.dlq");
+    // Every good event is either scored or filtered (cancelled flights); nothing else.
+    let filtered = summary["filtered"].as_u64().unwrap();
+    assert_eq!(summary["consumed"], 2699 + poison.len() as u64);
+    let errors: Vec<&String> = dlq.iter().map(|d| &d.headers["kml.error"]).collect();
+    assert_eq!(preds.len() as u64, 2699 - filtered, "{summary} {errors:?}");
+    assert!(filtered > 0 && filtered < 100, "{summary}");
+    assert_eq!(summary["predicted"].as_u64().unwrap(), preds.len() as u64);
+    assert_eq!(
+        summary["dead_lettered"].as_u64().unwrap(),
+        poison.len() as u64
+    );
+
+    // The dead letters: original bytes, the error, the source position.
+    assert_eq!(dlq.len(), poison.len());
+    for (d, (_, bytes, why)) in dlq.iter().zip(&poison) {
+        assert_eq!(&d.payload, bytes);
+        assert!(
+            d.headers["kml.error"].contains(why),
+            "{:?} vs {why}",
+            d.headers
+        );
+        assert_eq!(d.headers["kml.source.topic"], "flights");
+        let off: i64 = d.headers["kml.source.offset"].parse().unwrap();
+        assert_eq!(
+            good.len() as i64 + dlq.iter().position(|x| x.offset == d.offset).unwrap() as i64,
+            off
+        );
+    }
+
+    // Lineage on every prediction, in the value and in headers.
+    let version = fitted["version"].as_u64().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for p in &preds {
+        let v = p.json();
+        assert_eq!(v["model"], "flights_delay");
+        assert_eq!(v["version"], version);
+        assert_eq!(v["fingerprint"], fitted["feature_fingerprint"]);
+        assert_eq!(v["topic"], "flights");
+        let off = v["offset"].as_i64().unwrap();
+        assert!(seen.insert(off), "offset {off} predicted twice");
+        assert_eq!(p.headers["kml.source.offset"], off.to_string());
+        assert_eq!(p.headers["kml.model"], format!("flights_delay@{version}"));
+        let src = good[off as usize].json();
+        assert_eq!(p.key, src["tailnum"].as_str().unwrap().as_bytes());
+        let s = v["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+        assert_eq!(v["decision"], s >= 0.5);
+    }
+
+    // Replaying the whole topic gives bit-identical scores for every event.
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(&store),
+            ])
+            .args(["--model", "flights_delay@champion", "--input", "flights"])
+            .args(["--output", "flights.replay", "--json"]),
+    );
+    let rs = json_out(&out);
+    assert_eq!(rs["replayed"].as_u64().unwrap(), preds.len() as u64);
+    let (live, _) = scores_by_offset(&preds);
+    let (replayed, _) = scores_by_offset(&read_all(&broker, "flights.replay"));
+    assert_eq!(live.len(), replayed.len());
+    for (off, s) in &live {
+        assert_eq!(s.to_bits(), replayed[off].to_bits(), "offset {off}");
+    }
+
+    // A replayed range by event time, warmed from before it, equals the live scores there.
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(&store),
+            ])
+            .args(["--model", "flights_delay@champion", "--input", "flights"])
+            .args([
+                "--from",
+                "2013-01-02T12:00:00Z",
+                "--to",
+                "2013-01-03",
+                "--output",
+                "flights.day",
+            ])
+            .args(["--json"]),
+    );
+    let day = json_out(&out);
+    let (part, _) = scores_by_offset(&read_all(&broker, "flights.day"));
+    assert!(day["warmed"].as_u64().unwrap() > 1000);
+    assert_eq!(part.len() as u64, day["replayed"].as_u64().unwrap());
+    assert!(part.len() > 200, "{day}");
+    for (off, s) in &part {
+        assert_eq!(s.to_bits(), live[off].to_bits(), "offset {off}");
+    }
+}
+
+#[test]
+fn a_model_that_cannot_be_loaded_is_a_clear_error() {
+    let broker = Broker::start();
+    let store = tempdir("noload");
+    let out = scorer()
+        .args(run_args(&broker, &store, "flights", "g"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot load model `flights_delay@champion`"),
+        "{err}"
+    );
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kml-scorer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The scorer's metrics address, read from its log.
+fn metrics_addr(log: &std::path::Path) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("metrics and health endpoints"))
+        {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            return v["addr"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no metrics address in {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
+    let broker = Broker::start();
+    let store = tempdir("reload");
+    let v1 = fit(&store, "champion", &[])["version"].as_u64().unwrap();
+    feed(&broker, "flights");
+    let log = store.join("scorer.log");
+    let mut child = Guard(
+        scorer()
+            .current_dir(repo())
+            .args(run_args(&broker, &store, "flights", "reload"))
+            .args(["--reload-interval", "0.2"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = metrics_addr(&log);
+    let get = |m: &str| metric(&http_get(&addr, "/metrics").1, m);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    wait_until("the fixtures scored", 60, || {
+        get("kml_predictions_total") > 2600.0
+    });
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    assert_eq!(get("kml_model_version"), v1 as f64);
+
+    // A good new version (other hyperparameters, same features) is swapped in.
+    let v2 = fit(&store, "champion", &["--set", "alpha=10"])["version"]
+        .as_u64()
+        .unwrap();
+    wait_until("reload to v2", 30, || get("kml_model_version") == v2 as f64);
+    assert_eq!(get("kml_model_reloads_total"), 1.0);
+
+    // A corrupt one (a file that does not match its checksum) is refused; v2 keeps serving.
+    let v3 = fit(&store, "challenger", &[])["version"].as_u64().unwrap();
+    let dir = store.join(format!("models/flights_delay/versions/{v3}"));
+    std::fs::write(
+        dir.join("model.json"),
+        b"{\"weights\": [], \"intercept\": 0}",
+    )
+    .unwrap();
+    run_ok(
+        trainer()
+            .args([
+                "promote",
+                &format!("flights_delay@{v3}"),
+                "--alias",
+                "champion",
+            ])
+            .args(["--store", &store_url(&store)]),
+    );
+    wait_until("the refusal", 30, || {
+        get("kml_model_reload_failures_total") == 1.0
+    });
+    assert_eq!(get("kml_model_version"), v2 as f64);
+
+    // New events are scored by v2.
+    let first = read_all(&broker, "flights.pred").len();
+    // Re-send the last 50 departed flights a day later: valid, in order, scored by v2.
+    let recs: Vec<Rec> = read_all(&broker, "flights")
+        .into_iter()
+        .filter(|r| !r.json()["dep_time"].is_null())
+        .collect();
+    let later: Vec<(String, Vec<u8>)> = recs[recs.len() - 50..]
+        .iter()
+        .map(|r| {
+            let mut v = r.json();
+            v["day"] = serde_json::json!(v["day"].as_i64().unwrap() + 1);
+            (
+                String::from_utf8(r.key.clone()).unwrap(),
+                serde_json::to_vec(&v).unwrap(),
+            )
+        })
+        .collect();
+    let later: Vec<(&str, Vec<u8>)> = later.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    produce_raw(&broker, "flights", &later);
+    wait_until("the new events", 60, || {
+        read_all(&broker, "flights.pred").len() >= first + 50
+    });
+    let preds = read_all(&broker, "flights.pred");
+    for p in &preds[first..] {
+        assert_eq!(p.json()["version"], v2);
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("new model version refused"), "{text}");
+    assert!(
+        text.contains("model.json"),
+        "the refusal names the file: {text}"
+    );
+}
+
+/// Start a scorer, SIGKILL it mid-stream, restart it with the same group until it is idle;
+/// return (predictions, committed offset seen after the crash, total events).
+fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
+    let broker = Broker::start();
+    let store = tempdir(name);
+    fit(&store, "champion", &[]);
+    // The events arrive while the scorer runs (800 per second), so that it dies mid-stream.
+    let n = 2699;
+    let mut feeder = Guard(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "feed",
+                "--brokers",
+                &broker.addr,
+                "--pipeline",
+                PIPELINE,
+                "--topic",
+                "flights",
+            ])
+            .args([
+                "--events",
+                &format!("{FIXTURES}/raw/flights.csv"),
+                "--rate",
+                "800",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut args = run_args(&broker, &store, "flights", name);
+    // A member killed without leaving holds up the restart's join for the poll interval.
+    for x in [
+        "--batch-size",
+        "100",
+        "-X",
+        "max.poll.interval.ms=8000",
+        "-X",
+        "session.timeout.ms=6000",
+    ] {
+        args.push(x.to_string());
+    }
+    let mut child = Guard(
+        scorer()
+            .current_dir(repo())
+            .args(&args)
+            .args(["-X", "auto.commit.interval.ms=100"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("a third of the predictions", 60, || {
+        broker_has(&broker, "flights.pred") && read_all(&broker, "flights.pred").len() > n / 3
+    });
+    child.0.kill().unwrap(); // SIGKILL: no commit, no leaving the group
+    child.0.wait().unwrap();
+    assert!(feeder.0.wait().unwrap().success());
+    let committed = committed(&broker, name, "flights").expect("something was committed");
+    assert!(
+        committed > 0 && (committed as usize) < n,
+        "committed {committed}"
+    );
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(&args)
+            .args(["--exit-when-idle", "3", "--json"])
+            .args(extra),
+    );
+    let s = json_out(&out);
+    assert_eq!(
+        s["warmed"].as_i64().unwrap(),
+        committed,
+        "state rebuilt from the events before the commit"
+    );
+    (read_all(&broker, "flights.pred"), committed, n)
+}
+
+/// No prediction is lost; every repeat comes after the last commit the crashed run made.
+fn check_no_loss(preds: &[Rec], committed: i64, n: usize) -> Vec<i64> {
+    let mut count: HashMap<i64, usize> = HashMap::new();
+    for p in preds {
+        *count
+            .entry(p.json()["offset"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    // Events that are never predicted are the filtered ones; the same count as a clean run.
+    let missing = (0..n as i64).filter(|o| !count.contains_key(o)).count();
+    assert!(missing < 100, "{missing} events without a prediction");
+    let mut repeated: Vec<i64> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(o, _)| *o)
+        .collect();
+    repeated.sort_unstable();
+    for (o, c) in &count {
+        assert!(*c <= 2, "offset {o} predicted {c} times");
+        if *o < committed {
+            assert_eq!(
+                *c, 1,
+                "offset {o} before the commit {committed} was predicted again"
+            );
+        }
+    }
+    repeated
+}
+
+#[test]
+fn sigkill_at_least_once_loses_nothing_and_repeats_only_uncommitted_work() {
+    let (preds, committed, n) = crash_and_restart("alo", &[]);
+    let repeated = check_no_loss(&preds, committed, n);
+    eprintln!(
+        "at-least-once: committed {committed}, {} repeated predictions",
+        repeated.len()
+    );
+}
+
+#[test]
+fn sigkill_exactly_once_resumes_at_the_last_committed_transaction() {
+    let (preds, committed, n) = crash_and_restart("eos", &["--exactly-once"]);
+    let repeated = check_no_loss(&preds, committed, n);
+    // Every repeat belongs to the transaction open at the crash: the batch after the commit.
+    for o in &repeated {
+        assert!(
+            *o >= committed && *o < committed + 100,
+            "repeat at {o}, commit {committed}"
+        );
+    }
+    eprintln!(
+        "exactly-once: committed {committed}, {} repeated predictions",
+        repeated.len()
+    );
+}
