@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use shared_features::tables::sha256_hex;
@@ -65,6 +69,54 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// A bucket store for `s3://`, `gs://` and `az://` URLs (`None` for other schemes); a path after
+/// the bucket becomes a prefix of every key.
+fn cloud(
+    url: &str,
+    options: impl IntoIterator<Item = (String, String)>,
+) -> std::result::Result<Option<Arc<dyn ObjectStore>>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(None);
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err("the URL names no bucket".into());
+    }
+    let bucket_url = format!("{scheme}://{bucket}");
+    let options: Vec<(String, String)> = options.into_iter().collect();
+    let bad = |e: &dyn std::fmt::Display| e.to_string();
+    let store: Arc<dyn ObjectStore> = match scheme {
+        "s3" | "s3a" => {
+            let mut b = AmazonS3Builder::from_env().with_url(&bucket_url);
+            for (k, v) in &options {
+                b = b.with_config(k.parse().map_err(|e| bad(&e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(&e))?)
+        }
+        "gs" => {
+            let mut b = GoogleCloudStorageBuilder::from_env().with_url(&bucket_url);
+            for (k, v) in &options {
+                b = b.with_config(k.parse().map_err(|e| bad(&e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(&e))?)
+        }
+        "az" | "azure" | "abfs" | "abfss" => {
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(&bucket_url);
+            for (k, v) in &options {
+                b = b.with_config(k.parse().map_err(|e| bad(&e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(&e))?)
+        }
+        _ => return Ok(None),
+    };
+    let prefix = prefix.trim_matches('/');
+    Ok(Some(if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }))
+}
+
 #[derive(Serialize, Deserialize)]
 struct AliasTarget {
     version: u64,
@@ -80,8 +132,21 @@ pub struct Registry {
 
 impl Registry {
     /// Open a store: `file://DIR` (created if missing; relative paths are relative to the working
-    /// directory), a plain directory path, or `memory://` (for tests).
+    /// directory), a plain directory path, `memory://` (for tests), or a bucket with an optional
+    /// prefix: `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`. Cloud
+    /// credentials and endpoints come from the environment, as object_store reads them
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`,
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, ...).
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with_options(url, std::iter::empty::<(String, String)>())
+    }
+
+    /// [`Registry::open`] with object_store configuration keys (`aws_endpoint`,
+    /// `aws_allow_http`, `google_service_account`, ...) applied over the environment's.
+    pub fn open_with_options(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let store_err = |message: String| RegistryError::Store {
             url: url.to_string(),
             message,
@@ -96,9 +161,13 @@ impl Registry {
                 .map_err(|e| store_err(format!("cannot create {dir}: {e}")))?;
             let dir = std::fs::canonicalize(dir).map_err(|e| store_err(e.to_string()))?;
             Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| store_err(e.to_string()))?)
+        } else if let Some(store) = cloud(url, options).map_err(store_err)? {
+            store
         } else {
             return Err(store_err(
-                "unsupported scheme: use file://DIR or memory://".to_string(),
+                "unsupported scheme: use file://DIR, s3://BUCKET, gs://BUCKET, az://CONTAINER \
+                 or memory://"
+                    .to_string(),
             ));
         };
         Ok(Self {
@@ -113,6 +182,11 @@ impl Registry {
             store,
             url: url.to_string(),
         }
+    }
+
+    /// The object store underneath (keys as the registry writes them).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// The URL the registry was opened with.

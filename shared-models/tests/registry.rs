@@ -1,5 +1,6 @@
-//! The registry on `memory://` and on `file://`: publish, list, resolve, promote, roll back,
-//! corrupt bundles and interrupted publishes.
+//! The registry on `memory://`, on `file://` and on `s3://` against a real S3-compatible server
+//! (moto, started by the test through `ci/s3-server`): publish, list, resolve, promote, roll
+//! back, corrupt bundles and interrupted publishes.
 
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use shared_models::{Manifest, ModelRef, Registry, RegistryError};
 
 fn manifest(name: &str, auc: f64) -> Manifest {
@@ -115,10 +116,112 @@ async fn lifecycle_on_the_file_system() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// moto's S3 server on a free loopback port (`ci/s3-server start`), killed on drop, with one
+/// empty bucket.
+struct S3Server {
+    endpoint: String,
+    pid: String,
+    dir: std::path::PathBuf,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Self {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::temp_dir().join(format!(
+            "kml-s3-{}-{bucket}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s3");
+        let out = std::process::Command::new(root.join("ci/s3-server"))
+            .arg("start")
+            .arg(&file)
+            .arg(bucket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().trim().to_string();
+        S3Server {
+            endpoint: read(&file),
+            pid: read(&dir.join("s3.pid")),
+            dir,
+        }
+    }
+
+    fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The raw store under `prefix` (to damage bundles behind the registry's back) and a
+    /// registry on the same place.
+    fn open(&self, url: &str) -> (Arc<dyn ObjectStore>, Registry) {
+        let reg = Registry::open_with_options(url, self.options()).unwrap();
+        (reg.store(), reg)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg(&self.pid).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Distinguishes servers started by tests of one process.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn lifecycle_on_s3() {
+    let s3 = S3Server::start("models");
+    let (_, reg) = s3.open("s3://models/team-a");
+    lifecycle(&reg).await;
+    // Another registry on the same bucket and prefix sees them; another prefix does not.
+    let (_, again) = s3.open("s3://models/team-a");
+    assert_eq!(again.versions("delay").await.unwrap(), vec![1, 2]);
+    let (_, other) = s3.open("s3://models/team-b");
+    assert!(other.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_refused_and_named_on_s3() {
+    let s3 = S3Server::start("models");
+    let (store, reg) = s3.open("s3://models");
+    corrupt_file(store, reg).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_publish_leaves_no_visible_version_on_s3() {
+    let s3 = S3Server::start("models");
+    let (store, reg) = s3.open("s3://models");
+    interrupted_publish(store, reg).await;
+}
+
 #[tokio::test]
 async fn a_corrupt_file_is_refused_and_named() {
     let store = Arc::new(InMemory::new());
     let reg = Registry::with_store(store.clone(), "memory://");
+    corrupt_file(store, reg).await;
+}
+
+async fn corrupt_file(store: Arc<dyn ObjectStore>, reg: Registry) {
     let m = reg
         .publish(manifest("delay", 0.7), files("[1.0]"))
         .await
@@ -142,6 +245,10 @@ async fn a_corrupt_file_is_refused_and_named() {
 async fn an_interrupted_publish_leaves_no_visible_version() {
     let store = Arc::new(InMemory::new());
     let reg = Registry::with_store(store.clone(), "memory://");
+    interrupted_publish(store, reg).await;
+}
+
+async fn interrupted_publish(store: Arc<dyn ObjectStore>, reg: Registry) {
     reg.publish(manifest("delay", 0.7), files("[1.0]"))
         .await
         .unwrap();

@@ -20,7 +20,8 @@ pub struct FitArgs {
     /// The pipeline file.
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
-    /// The model store: file://DIR (default ./model-store) or memory://.
+    /// The model store: file://DIR (default ./model-store), s3://BUCKET/PREFIX, gs://..., az://...
+    /// (credentials from the environment), or memory://.
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     store: String,
     /// History to train on (CSV); defaults to the pipeline's `[events] path`.
@@ -148,7 +149,9 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         files.push((bundle_table_file(name), Bytes::from(bytes)));
     }
     progress.stage(&format!("publishing to {}", args.store));
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let published = rt.block_on(async {
         let m = registry.publish(manifest, files).await?;
         if let Some(alias) = &args.alias {

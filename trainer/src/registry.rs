@@ -7,7 +7,8 @@ use shared_models::{ModelRef, Registry};
 /// Where the models are.
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
-    /// The model store: file://DIR (default ./model-store) or memory://.
+    /// The model store: file://DIR (default ./model-store), s3://BUCKET/PREFIX, gs://..., az://...
+    /// (credentials from the environment), or memory://.
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     store: String,
     /// Print JSON instead of a table.
@@ -37,7 +38,9 @@ pub struct PromoteArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Every complete version, with metrics and the aliases pointing at it.

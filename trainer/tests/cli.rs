@@ -11,8 +11,13 @@ fn repo() -> PathBuf {
 }
 
 fn trainer(args: &[&str]) -> std::process::Output {
+    trainer_env(args, &[])
+}
+
+fn trainer_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(repo())
         .output()
         .expect("trainer runs")
@@ -129,7 +134,47 @@ fn missing_history_says_how_to_get_it() {
 #[test]
 fn fit_publishes_versions_that_list_show_and_promote() {
     let dir = std::env::temp_dir().join(format!("trainer-cli-store-{}", std::process::id()));
-    let store = format!("file://{}", dir.display());
+    fit_list_promote(&format!("file://{}", dir.display()), &[]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fit_list_promote_on_an_s3_compatible_server() {
+    // moto's S3 server, started by the project's script on a free loopback port.
+    let dir = std::env::temp_dir().join(format!("trainer-cli-s3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s3");
+    let out = Command::new(repo().join("ci/s3-server"))
+        .arg("start")
+        .arg(&file)
+        .arg("models")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(dir.join("s3.pid")).unwrap();
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let result = std::panic::catch_unwind(|| fit_list_promote("s3://models/flights", &env));
+    let _ = Command::new("kill").arg(pid.trim()).status();
+    std::fs::remove_dir_all(dir).ok();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
+    let store = store.to_string();
+    let trainer = |args: &[&str]| trainer_env(args, env);
     let fit = |extra: &[&str]| {
         let mut args = vec![
             "fit",
@@ -225,7 +270,6 @@ fn fit_publishes_versions_that_list_show_and_promote() {
         serde_json::from_slice::<serde_json::Value>(&show.stdout).unwrap()["version"].as_u64(),
         Some(1)
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
