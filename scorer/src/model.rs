@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 /// Which model, from which store.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// The model store: file://DIR, a local directory, or memory:// (tests).
+    /// The model store: file://DIR, a local directory, s3://BUCKET/PREFIX, gs://..., az://...
+    /// (credentials from the environment), or memory:// (tests).
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     pub store: String,
     /// The model: `name` (newest version), `name@version` or `name@alias`. With a name or an

@@ -250,7 +250,7 @@ fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
     let v1 = fit(&store, "champion", &[])["version"].as_u64().unwrap();
     feed(&broker, "flights");
     let log = store.join("scorer.log");
-    let mut child = Guard(
+    let mut child = Guard::new(
         scorer()
             .current_dir(repo())
             .args(run_args(&broker, &store, "flights", "reload"))
@@ -326,8 +326,8 @@ fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
     for p in &preds[first..] {
         assert_eq!(p.json()["version"], v2);
     }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.child().kill().unwrap();
+    child.child().wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("new model version refused"), "{text}");
     assert!(
@@ -344,7 +344,7 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
     fit(&store, "champion", &[]);
     // The events arrive while the scorer runs (800 per second), so that it dies mid-stream.
     let n = 2699;
-    let mut feeder = Guard(
+    let mut feeder = Guard::new(
         scorer()
             .current_dir(repo())
             .args([
@@ -378,7 +378,7 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
     ] {
         args.push(x.to_string());
     }
-    let mut child = Guard(
+    let mut child = Guard::new(
         scorer()
             .current_dir(repo())
             .args(&args)
@@ -392,9 +392,9 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
     wait_until("a third of the predictions", 60, || {
         broker_has(&broker, "flights.pred") && read_all(&broker, "flights.pred").len() > n / 3
     });
-    child.0.kill().unwrap(); // SIGKILL: no commit, no leaving the group
-    child.0.wait().unwrap();
-    assert!(feeder.0.wait().unwrap().success());
+    child.child().kill().unwrap(); // SIGKILL: no commit, no leaving the group
+    child.child().wait().unwrap();
+    assert!(feeder.child().wait().unwrap().success());
     let committed = committed(&broker, name, "flights").expect("something was committed");
     assert!(
         committed > 0 && (committed as usize) < n,
@@ -469,5 +469,48 @@ fn sigkill_exactly_once_resumes_at_the_last_committed_transaction() {
     eprintln!(
         "exactly-once: committed {committed}, {} repeated predictions",
         repeated.len()
+    );
+}
+
+#[test]
+fn a_broker_that_is_down_at_start_is_waited_for() {
+    let store = tempdir("down");
+    fit(&store, "champion", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = store.join("scorer.log");
+    let args: Vec<String> = run_args_at(&addr, &store, "flights", "down");
+    let child = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(&args)
+            .args(["--exit-when-idle", "3", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("a retry logged", 30, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("broker not ready; retrying")
+    });
+    let broker = Broker::start_on(port);
+    feed(&broker, "flights");
+    let out = child.output();
+    assert!(
+        out.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let s = json_out(&out);
+    assert_eq!(s["consumed"], 2699);
+    assert_eq!(
+        read_all(&broker, "flights.pred").len() as u64,
+        s["predicted"].as_u64().unwrap()
     );
 }

@@ -27,6 +27,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    /// A broker on a given port (one that a client may already be trying to reach).
+    pub fn start_on(port: u16) -> Self {
         let out = Command::new(repo().join("ci/broker"))
             .arg("path")
             .output()
@@ -37,11 +47,6 @@ impl Broker {
             String::from_utf8_lossy(&out.stderr)
         );
         let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let addr = format!("127.0.0.1:{port}");
         let url = format!("tcp://{addr}");
         let child = Command::new(bin)
@@ -77,12 +82,29 @@ impl Drop for Broker {
 }
 
 /// A child process killed (SIGKILL) when dropped, so that a failing test leaves none behind.
-pub struct Guard(pub Child);
+pub struct Guard(Option<Child>);
+
+impl Guard {
+    pub fn new(c: Child) -> Self {
+        Guard(Some(c))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// Wait for the child to exit on its own and collect its output.
+    pub fn output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -169,10 +191,15 @@ pub fn feed(broker: &Broker, topic: &str) -> serde_json::Value {
 
 /// Common `scorer run` arguments for tests.
 pub fn run_args(broker: &Broker, store: &Path, input: &str, group: &str) -> Vec<String> {
+    run_args_at(&broker.addr, store, input, group)
+}
+
+/// [`run_args`] for a broker address.
+pub fn run_args_at(brokers: &str, store: &Path, input: &str, group: &str) -> Vec<String> {
     [
         "run",
         "--brokers",
-        &broker.addr,
+        brokers,
         "--store",
         &store_url(store),
         "--model",
