@@ -187,6 +187,42 @@ fn live_scoring_dead_letters_and_replay_parity() {
     for (off, s) in &part {
         assert_eq!(s.to_bits(), live[off].to_bits(), "offset {off}");
     }
+
+    // A decision tree is served the same way (replayed here to a JSON-lines file).
+    let tree = fit(&store, "tree", &["--set", "kind=decision_tree"]);
+    assert_eq!(tree["kind"], "decision_tree");
+    let lines = store.join("tree.jsonl");
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(&store),
+            ])
+            .args([
+                "--model",
+                "flights_delay@tree",
+                "--input",
+                "flights",
+                "--out",
+            ])
+            .arg(&lines),
+    );
+    let text = std::fs::read_to_string(&lines).unwrap();
+    let scored: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scored.len(), preds.len());
+    assert!(scored.iter().all(|v| v["version"] == tree["version"]));
+    let distinct: std::collections::BTreeSet<u64> = scored
+        .iter()
+        .map(|v| v["score"].as_f64().unwrap().to_bits())
+        .collect();
+    assert!(distinct.len() > 2, "leaf shares, not one constant");
 }
 
 #[test]

@@ -11,11 +11,15 @@ mod bundle;
 mod error;
 mod linear;
 pub mod metrics;
+mod predictor;
 mod registry;
 mod serving;
+mod tree;
 
 pub use bundle::{Bundle, MANIFEST, Manifest};
 pub use error::RegistryError;
 pub use linear::{LinearModel, sigmoid};
+pub use predictor::Predictor;
 pub use registry::{ModelRef, Registry};
 pub use serving::{Servable, bundle_table_file};
+pub use tree::{TreeModel, TreeNode};

@@ -7,7 +7,7 @@ use shared_features::{FittedState, Pipeline, Tables, fingerprint};
 
 use crate::bundle::Bundle;
 use crate::error::RegistryError;
-use crate::linear::LinearModel;
+use crate::predictor::Predictor;
 
 /// The bundle file that carries the table `name` (a `[[lookup]]` or `[[asof]]` of the pipeline).
 pub fn bundle_table_file(name: &str) -> String {
@@ -32,7 +32,7 @@ pub struct Servable {
     /// Scalers and vocabularies.
     pub fitted: FittedState,
     /// The model.
-    pub model: LinearModel,
+    pub model: Predictor,
     /// Validation metrics recorded at training time (`auc`, ...).
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
@@ -58,7 +58,7 @@ impl Servable {
         let pipeline = Pipeline::parse(text, "pipeline.toml").map_err(|e| bad(e.to_string()))?;
         let fitted: FittedState = serde_json::from_slice(file("fitted.json")?)
             .map_err(|e| bad(format!("fitted.json: {e}")))?;
-        let model: LinearModel = serde_json::from_slice(file("model.json")?)
+        let model = Predictor::from_json(&m.kind, file("model.json")?)
             .map_err(|e| bad(format!("model.json: {e}")))?;
         let names: Vec<(String, String)> = pipeline
             .table_paths()
@@ -91,13 +91,17 @@ impl Servable {
             )));
         }
         let names = fitted.names();
-        if names != m.input_signature || names.len() != model.weights.len() {
+        if names != m.input_signature || !model.accepts(names.len()) {
             return Err(bad(format!(
-                "input signature: features give {} inputs, the manifest lists {}, the model has {} \
-                 weights",
+                "input signature: features give {} inputs, the manifest lists {}, and the model \
+                 {} them",
                 names.len(),
                 m.input_signature.len(),
-                model.weights.len()
+                if model.accepts(names.len()) {
+                    "takes"
+                } else {
+                    "does not take"
+                }
             )));
         }
         Ok(Self {

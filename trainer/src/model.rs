@@ -4,8 +4,9 @@
 use anyhow::{Context, bail};
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
-use ndarray::{Array1, Array2};
-use shared_models::LinearModel;
+use linfa_trees::{DecisionTree, TreeNode as LinfaNode};
+use ndarray::{Array1, Array2, ArrayView1};
+use shared_models::{LinearModel, Predictor, TreeModel, TreeNode};
 
 /// A checked model choice.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -22,7 +23,30 @@ pub enum ModelSpec {
         /// Decision threshold on the probability.
         threshold: f64,
     },
+    /// CART decision tree (linfa-trees, Gini); leaves score the share of positive training
+    /// labels that reach them.
+    DecisionTree {
+        /// Deepest level of a split.
+        max_depth: u64,
+        /// Fewest training rows a node needs to be split.
+        min_weight_split: f64,
+        /// Fewest training rows in a leaf.
+        min_weight_leaf: f64,
+        /// Smallest impurity decrease a split must bring.
+        min_impurity_decrease: f64,
+        /// Decision threshold on the probability.
+        threshold: f64,
+    },
 }
+
+const TREE_KEYS: &[&str] = &[
+    "kind",
+    "max_depth",
+    "min_weight_split",
+    "min_weight_leaf",
+    "min_impurity_decrease",
+    "threshold",
+];
 
 const LOGISTIC_KEYS: &[&str] = &[
     "kind",
@@ -40,6 +64,16 @@ impl ModelSpec {
         file: &str,
     ) -> anyhow::Result<Self> {
         let mut t = table.cloned().unwrap_or_default();
+        // `--set kind=...` choosing another kind starts from that kind's defaults: the table's
+        // hyperparameters belong to its own kind.
+        for o in overrides {
+            if let Some((k, v)) = o.split_once('=')
+                && k.trim() == "kind"
+                && t.get("kind").and_then(|x| x.as_str()) != Some(v.trim().trim_matches('"'))
+            {
+                t.clear();
+            }
+        }
         for o in overrides {
             let (k, v) = o
                 .split_once('=')
@@ -85,8 +119,47 @@ impl ModelSpec {
                     threshold,
                 })
             }
+            "decision_tree" => {
+                if let Some(k) = t.keys().find(|k| !TREE_KEYS.contains(&k.as_str())) {
+                    bail!(
+                        "{file}: [model] unknown hyperparameter `{k}` for decision_tree (known: {})",
+                        TREE_KEYS[1..].join(", ")
+                    );
+                }
+                let max_depth = match t.get("max_depth") {
+                    None => 8,
+                    Some(toml::Value::Integer(i)) if *i > 0 => *i as u64,
+                    Some(v) => {
+                        bail!("{file}: [model] max_depth must be a positive integer, got {v:?}")
+                    }
+                };
+                let min_weight_split = float(&t, "min_weight_split", 100.0, file)?;
+                let min_weight_leaf = float(&t, "min_weight_leaf", 50.0, file)?;
+                let min_impurity_decrease = float(&t, "min_impurity_decrease", 1e-7, file)?;
+                let threshold = float(&t, "threshold", 0.5, file)?;
+                if min_weight_split < 1.0
+                    || min_weight_leaf < 1.0
+                    || min_impurity_decrease <= 0.0
+                    || !(0.0..=1.0).contains(&threshold)
+                {
+                    bail!(
+                        "{file}: [model] needs min_weight_split >= 1, min_weight_leaf >= 1, \
+                         min_impurity_decrease > 0 and 0 <= threshold <= 1"
+                    );
+                }
+                Ok(Self::DecisionTree {
+                    max_depth,
+                    min_weight_split,
+                    min_weight_leaf,
+                    min_impurity_decrease,
+                    threshold,
+                })
+            }
             other => {
-                bail!("{file}: [model] unknown model kind `{other}` (known: logistic_regression)")
+                bail!(
+                    "{file}: [model] unknown model kind `{other}` (known: logistic_regression, \
+                     decision_tree)"
+                )
             }
         }
     }
@@ -95,18 +168,21 @@ impl ModelSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::LogisticRegression { .. } => "logistic_regression",
+            Self::DecisionTree { .. } => "decision_tree",
         }
     }
 
     /// The decision threshold.
     pub fn threshold(&self) -> f64 {
         match self {
-            Self::LogisticRegression { threshold, .. } => *threshold,
+            Self::LogisticRegression { threshold, .. } | Self::DecisionTree { threshold, .. } => {
+                *threshold
+            }
         }
     }
 
     /// Fit on a feature matrix and labels. Deterministic: the same inputs give the same weights.
-    pub fn fit(&self, x: Array2<f64>, y: Array1<bool>) -> anyhow::Result<LinearModel> {
+    pub fn fit(&self, x: Array2<f64>, y: Array1<bool>) -> anyhow::Result<Predictor> {
         match self {
             Self::LogisticRegression {
                 alpha,
@@ -124,14 +200,94 @@ impl ModelSpec {
                 // linfa models the probability of its "positive" class, which is the more
                 // frequent label; ours is always `true`. sigmoid(-z) = 1 - sigmoid(z).
                 let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-                Ok(LinearModel {
+                Ok(Predictor::Linear(LinearModel {
                     weights: fitted.params().iter().map(|w| sign * w).collect(),
                     intercept: sign * fitted.intercept(),
                     threshold: *threshold,
-                })
+                }))
+            }
+            Self::DecisionTree {
+                max_depth,
+                min_weight_split,
+                min_weight_leaf,
+                min_impurity_decrease,
+                threshold,
+            } => {
+                let data = Dataset::new(x, y);
+                let fitted = DecisionTree::params()
+                    .max_depth(Some(*max_depth as usize))
+                    .min_weight_split(*min_weight_split as f32)
+                    .min_weight_leaf(*min_weight_leaf as f32)
+                    .min_impurity_decrease(*min_impurity_decrease)
+                    .fit(&data)
+                    .context("decision tree did not fit")?;
+                let mut tree = TreeModel {
+                    nodes: Vec::new(),
+                    threshold: *threshold,
+                };
+                flatten(fitted.root_node(), &mut tree.nodes);
+                leaf_shares(&mut tree, data.records(), data.targets());
+                Ok(Predictor::Tree(tree))
             }
         }
     }
+}
+
+/// Copy linfa's tree into flat nodes, root first (leaf values filled in by [`leaf_shares`]).
+fn flatten(node: &LinfaNode<f64, bool>, out: &mut Vec<TreeNode>) -> usize {
+    let at = out.len();
+    let (feature, split, _) = node.split();
+    out.push(TreeNode {
+        feature,
+        split,
+        left: 0,
+        right: 0,
+        leaf: node.is_leaf().then_some(0.0),
+    });
+    if !node.is_leaf() {
+        let children = node.children();
+        let mut idx = [at, at];
+        for (slot, child) in idx.iter_mut().zip(children) {
+            if let Some(c) = child {
+                *slot = flatten(c, out);
+            }
+        }
+        out[at].left = idx[0];
+        out[at].right = idx[1];
+    }
+    at
+}
+
+/// Each leaf scores the share of positive training labels that reach it.
+fn leaf_shares(tree: &mut TreeModel, x: &Array2<f64>, y: &Array1<bool>) {
+    let mut counts = vec![(0u64, 0u64); tree.nodes.len()];
+    for (row, &label) in x.rows().into_iter().zip(y) {
+        if let Some(leaf) = leaf_of(tree, row) {
+            counts[leaf].0 += u64::from(label);
+            counts[leaf].1 += 1;
+        }
+    }
+    for (node, (pos, n)) in tree.nodes.iter_mut().zip(counts) {
+        if node.leaf.is_some() {
+            node.leaf = Some(if n == 0 { 0.5 } else { pos as f64 / n as f64 });
+        }
+    }
+}
+
+fn leaf_of(tree: &TreeModel, x: ArrayView1<'_, f64>) -> Option<usize> {
+    let mut i = 0;
+    for _ in 0..=tree.nodes.len() {
+        let n = tree.nodes.get(i)?;
+        if n.leaf.is_some() {
+            return Some(i);
+        }
+        i = if x[n.feature] < n.split {
+            n.left
+        } else {
+            n.right
+        };
+    }
+    None
 }
 
 fn float(t: &toml::Table, key: &str, default: f64, file: &str) -> anyhow::Result<f64> {
@@ -210,13 +366,64 @@ mod tests {
         let a = spec.fit(x.clone(), y.clone()).unwrap();
         let b = spec.fit(x.clone(), y.clone()).unwrap();
         assert_eq!(a, b, "same data, same weights, bit for bit");
+        let Predictor::Linear(w) = &a else {
+            panic!("{a:?}")
+        };
         assert!(
-            a.weights[0] > 0.0 && a.weights[0].abs() > 10.0 * a.weights[1].abs(),
+            w.weights[0] > 0.0 && w.weights[0].abs() > 10.0 * w.weights[1].abs(),
             "{a:?}"
         );
         let right = (0..n)
             .filter(|&i| a.decide(a.predict_proba(&[x[(i, 0)], x[(i, 1)]])) == y[i])
             .count();
         assert!(right >= n * 95 / 100, "{right}/{n}");
+    }
+
+    #[test]
+    fn a_tree_learns_the_rule_reproducibly_with_leaf_shares() {
+        // y = x1 > 0.5 except a noisy band; the tree must split on x1 and its leaves must hold
+        // the share of positives that reach them.
+        let n = 400;
+        let x = Array2::from_shape_fn((n, 2), |(i, j)| {
+            if j == 0 {
+                ((i * 7919) % 97) as f64 / 97.0
+            } else {
+                i as f64 / n as f64
+            }
+        });
+        let y = Array1::from_shape_fn(n, |i| i >= n / 2 || i % 10 == 0);
+        let spec = ModelSpec::from_table(
+            Some(&table("kind = \"logistic_regression\"\nalpha = 0.01")),
+            &[
+                "kind=decision_tree".into(),
+                "max_depth=2".into(),
+                "min_weight_leaf=5".into(),
+            ],
+            "p",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.kind(),
+            "decision_tree",
+            "--set kind drops the other kind's keys"
+        );
+        let a = spec.fit(x.clone(), y.clone()).unwrap();
+        assert_eq!(a, spec.fit(x.clone(), y.clone()).unwrap(), "reproducible");
+        let Predictor::Tree(t) = &a else {
+            panic!("{a:?}")
+        };
+        let root = &t.nodes[0];
+        assert!(
+            root.feature == 1 && root.split > 0.4975 && root.split <= 0.5,
+            "{t:?}"
+        );
+        // Rows below the split: 1 in 10 is positive.
+        let low = a.predict_proba(&[0.3, 0.1]);
+        assert!((low - 0.1).abs() < 0.05, "{low}");
+        assert_eq!(a.predict_proba(&[0.3, 0.9]), 1.0);
+        let right = (0..n)
+            .filter(|&i| a.decide(a.predict_proba(&[x[(i, 0)], x[(i, 1)]])) == y[i])
+            .count();
+        assert!(right >= n * 89 / 100, "{right}/{n}");
     }
 }
