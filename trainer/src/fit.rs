@@ -11,6 +11,7 @@ use shared_models::{Manifest, Registry};
 
 use crate::dataset::{Dataset, Input};
 use crate::model::ModelSpec;
+use crate::plots;
 use shared_models::bundle_table_file;
 use shared_models::metrics::{Metrics, evaluate};
 
@@ -98,7 +99,8 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             None => model.predict_proba(&r.to_vec()),
         })
         .collect();
-    let metrics = evaluate(&scores, &y_valid.to_vec(), spec.threshold());
+    let labels = y_valid.to_vec();
+    let metrics = evaluate(&scores, &labels, spec.threshold());
 
     let events_bytes = std::fs::read(&input.events)
         .with_context(|| format!("cannot read {}", input.events.display()))?;
@@ -140,6 +142,14 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             Bytes::from(serde_json::to_vec(&model)?),
         ),
     ];
+    files.push((
+        "roc.png".to_string(),
+        Bytes::from(plots::roc_png(&scores, &labels)),
+    ));
+    files.push((
+        "calibration.png".to_string(),
+        Bytes::from(plots::calibration_png(&scores, &labels)),
+    ));
     // The scorer serves from the bundle alone: the lookup and as-of tables travel with it, and
     // their digests are part of the feature fingerprint it checks on load.
     for (name, path) in p.table_paths() {

@@ -7,6 +7,7 @@ mod export;
 mod fit;
 mod model;
 mod parity;
+mod plots;
 mod registry;
 
 use std::process::ExitCode;

@@ -238,7 +238,13 @@ fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
     let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(manifest["version"].as_u64(), Some(2));
     assert_eq!(manifest["hyperparameters"]["alpha"].as_f64(), Some(0.1));
-    for file in ["pipeline.toml", "fitted.json", "model.json"] {
+    for file in [
+        "pipeline.toml",
+        "fitted.json",
+        "model.json",
+        "roc.png",
+        "calibration.png",
+    ] {
         assert!(
             manifest["files"][file]
                 .as_str()
