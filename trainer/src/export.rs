@@ -1,5 +1,5 @@
-//! `trainer export-features`: the exact matrix a model is trained and validated on, as CSV, so
-//! anyone can check our models with other tools (`ci/sklearn-check` does).
+//! `trainer export-features`: the exact matrix a model is trained and validated on, as CSV or
+//! Parquet, so anyone can check our models with other tools (`ci/sklearn-check` does).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ pub struct ExportArgs {
     /// The pipeline file.
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
-    /// Where to write the CSV: event_time, split (train|valid), label, then every input slot.
+    /// Where to write the matrix, `.csv` or `.parquet`: event_time, split (train|valid), label,
+    /// then every input slot.
     #[arg(long)]
     out: PathBuf,
     /// History (CSV); defaults to the pipeline's `[events] path`.
@@ -32,15 +33,77 @@ pub struct ExportArgs {
 
 /// Compute the matrix exactly as `trainer fit` does and write it.
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    if args.out.extension().is_none_or(|e| e != "csv") {
-        bail!("--out {}: write a .csv file", args.out.display());
-    }
+    let parquet = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("csv") => false,
+        Some("parquet") => true,
+        _ => bail!(
+            "--out {}: write a .csv or a .parquet file",
+            args.out.display()
+        ),
+    };
     let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
     let data = Dataset::build(&input, valid_from)?;
+    if parquet {
+        write_parquet(&input, &data, &args.out)?;
+    } else {
+        write_csv(&input, &data, &args.out)?;
+    }
+    eprintln!(
+        "wrote {} training and {} validation rows of {} features to {}",
+        data.train.len(),
+        data.valid.len(),
+        data.fitted.width(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parquet: `event_time` (RFC 3339 text in UTC, as in the CSV), `split`, `label` (bool), then
+/// one f64 column per input slot.
+fn write_parquet(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow::Result<()> {
+    use polars::prelude::{Column, DataFrame, ParquetWriter};
     let p = &input.pipeline;
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let names = data.fitted.names();
+    let n = data.train.len() + data.valid.len();
+    let mut times = Vec::with_capacity(n);
+    let mut splits = Vec::with_capacity(n);
+    let mut labels = Vec::with_capacity(n);
+    let mut slots: Vec<Vec<f64>> = vec![Vec::with_capacity(n); names.len()];
+    let mut buf = Vec::new();
+    for (split, rows) in [("train", &data.train), ("valid", &data.valid)] {
+        for (i, y) in rows {
+            let row = &data.run.rows[*i];
+            data.fitted.transform(p, row, &mut buf);
+            times.push(row[p.event_time_col()].as_i64().map(format_timestamp));
+            splits.push(split);
+            labels.push(*y);
+            for (col, v) in slots.iter_mut().zip(&buf) {
+                col.push(*v);
+            }
+        }
+    }
+    let mut columns = vec![
+        Column::new("event_time".into(), times),
+        Column::new("split".into(), splits),
+        Column::new("label".into(), labels),
+    ];
+    for (name, col) in names.iter().zip(slots) {
+        columns.push(Column::new(name.as_str().into(), col));
+    }
+    let mut df = DataFrame::new(n, columns)?;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    ParquetWriter::new(file)
+        .finish(&mut df)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+fn write_csv(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow::Result<()> {
+    let p = &input.pipeline;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let mut header = vec![
         "event_time".to_string(),
@@ -69,12 +132,5 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     w.flush()?;
-    eprintln!(
-        "wrote {} training and {} validation rows of {} features to {}",
-        data.train.len(),
-        data.valid.len(),
-        data.fitted.width(),
-        args.out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

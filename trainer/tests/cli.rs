@@ -323,3 +323,65 @@ fn fit_refuses_bad_configuration_before_reading_data() {
     );
     std::fs::remove_dir_all(empty).ok();
 }
+
+#[test]
+fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
+    use polars::prelude::*;
+    let dir = std::env::temp_dir().join(format!("trainer-cli-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let export = |file: &str| {
+        let out = dir.join(file);
+        let run = trainer(&[
+            "export-features",
+            "--pipeline",
+            "data/flights/pipeline.toml",
+            "--base",
+            "data/flights/fixtures",
+            "--valid-from",
+            "2013-01-03",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    };
+    let csv = std::fs::read_to_string(export("m.csv")).unwrap();
+    let file = std::fs::File::open(export("m.parquet")).unwrap();
+    let df = ParquetReader::new(file).finish().unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, header, "same columns in the same order");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(df.height(), rows.len());
+    assert!(rows.len() > 2000);
+    let split = df.column("split").unwrap().str().unwrap().clone();
+    let label = df.column("label").unwrap().bool().unwrap().clone();
+    let time = df.column("event_time").unwrap().str().unwrap().clone();
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(time.get(i), Some(r[0]));
+        assert_eq!(split.get(i), Some(r[1]));
+        assert_eq!(label.get(i), Some(r[2] == "1"));
+    }
+    // Every feature slot, bit for bit.
+    for (j, name) in header.iter().enumerate().skip(3) {
+        let col = df.column(name).unwrap().f64().unwrap().clone();
+        for (i, r) in rows.iter().enumerate() {
+            let want: f64 = r[j].parse().unwrap();
+            assert_eq!(
+                col.get(i).map(f64::to_bits),
+                Some(want.to_bits()),
+                "{name} row {i}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
