@@ -25,6 +25,28 @@ fn scores_by_offset(recs: &[Rec]) -> (BTreeMap<i64, f64>, usize) {
     (m, repeats)
 }
 
+/// `scorer replay` of the topic `flights` with `model`, plus `extra` arguments.
+fn replay(
+    broker: &Broker,
+    store: &std::path::Path,
+    model: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(store),
+            ])
+            .args(["--model", model, "--input", "flights"])
+            .args(extra),
+    )
+}
+
 #[test]
 fn live_scoring_dead_letters_and_replay_parity() {
     let broker = Broker::start();
@@ -135,18 +157,11 @@ fn live_scoring_dead_letters_and_replay_parity() {
     }
 
     // Replaying the whole topic gives bit-identical scores for every event.
-    let out = run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(&store),
-            ])
-            .args(["--model", "flights_delay@champion", "--input", "flights"])
-            .args(["--output", "flights.replay", "--json"]),
+    let out = replay(
+        &broker,
+        &store,
+        "flights_delay@champion",
+        &["--output", "flights.replay", "--json"],
     );
     let rs = json_out(&out);
     assert_eq!(rs["replayed"].as_u64().unwrap(), preds.len() as u64);
@@ -158,26 +173,19 @@ fn live_scoring_dead_letters_and_replay_parity() {
     }
 
     // A replayed range by event time, warmed from before it, equals the live scores there.
-    let out = run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(&store),
-            ])
-            .args(["--model", "flights_delay@champion", "--input", "flights"])
-            .args([
-                "--from",
-                "2013-01-02T12:00:00Z",
-                "--to",
-                "2013-01-03",
-                "--output",
-                "flights.day",
-            ])
-            .args(["--json"]),
+    let range = [
+        "--from",
+        "2013-01-02T12:00:00Z",
+        "--to",
+        "2013-01-03",
+        "--output",
+        "flights.day",
+    ];
+    let out = replay(
+        &broker,
+        &store,
+        "flights_delay@champion",
+        &[&range[..], &["--json"]].concat(),
     );
     let day = json_out(&out);
     let (part, _) = scores_by_offset(&read_all(&broker, "flights.day"));
@@ -192,24 +200,11 @@ fn live_scoring_dead_letters_and_replay_parity() {
     let tree = fit(&store, "tree", &["--set", "kind=decision_tree"]);
     assert_eq!(tree["kind"], "decision_tree");
     let lines = store.join("tree.jsonl");
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(&store),
-            ])
-            .args([
-                "--model",
-                "flights_delay@tree",
-                "--input",
-                "flights",
-                "--out",
-            ])
-            .arg(&lines),
+    replay(
+        &broker,
+        &store,
+        "flights_delay@tree",
+        &["--out", lines.to_str().unwrap()],
     );
     let text = std::fs::read_to_string(&lines).unwrap();
     let scored: Vec<serde_json::Value> = text
@@ -378,7 +373,7 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
     let broker = Broker::start();
     let store = tempdir(name);
     fit(&store, "champion", &[]);
-    // The events arrive while the scorer runs (800 per second), so that it dies mid-stream.
+    // The events arrive while the scorer runs (400 per second), so that it dies mid-stream.
     let n = 2699;
     let mut feeder = Guard::new(
         scorer()
@@ -396,7 +391,7 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
                 "--events",
                 &format!("{FIXTURES}/raw/flights.csv"),
                 "--rate",
-                "800",
+                "400",
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -425,8 +420,10 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
             .spawn()
             .unwrap(),
     );
+    // The high watermark is a cheap look (a full read would let the scorer finish meanwhile).
     wait_until("a third of the predictions", 60, || {
-        broker_has(&broker, "flights.pred") && read_all(&broker, "flights.pred").len() > n / 3
+        broker_has(&broker, "flights.pred")
+            && high_watermark(&broker, "flights.pred") > n as i64 / 3
     });
     child.child().kill().unwrap(); // SIGKILL: no commit, no leaving the group
     child.child().wait().unwrap();

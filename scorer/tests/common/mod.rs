@@ -250,6 +250,16 @@ pub fn broker_has(broker: &Broker, topic: &str) -> bool {
         })
 }
 
+/// The high watermark of partition 0 of `topic`.
+pub fn high_watermark(broker: &Broker, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_or(0, |(_, high)| high)
+}
+
 /// Every record of partition 0 of `topic`, up to its high watermark now.
 pub fn read_all(broker: &Broker, topic: &str) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
