@@ -218,8 +218,60 @@ fn file_digest(path: &Path) -> Result<String, DataError> {
         .map_err(|e| DataError::file(&path.display().to_string(), e.to_string()))
 }
 
-/// Read the declared columns of a CSV file with their types; timestamps become epoch ms.
-/// On a parse failure, find the offending line and column with the strict reader.
+/// The declared columns of a Parquet file, cast to their declared types (integers of any
+/// width to i64, floats to f64; strings and timestamps must be text). A missing column or one
+/// that cannot be cast is an error naming the file and the column.
+fn read_parquet(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    row_index: bool,
+) -> Result<DataFrame, DataError> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
+    let mut df = ParquetReader::new(f)
+        .finish()
+        .map_err(|e| polars_err(path, e))?;
+    let mut out = Vec::with_capacity(columns.len() + 1);
+    for (name, ty) in columns {
+        let c = df.column(name).map_err(|_| {
+            DataError::at(&file, 1, name, "declared field is not a column of the file")
+        })?;
+        let want = match ty {
+            FieldType::Int => DataType::Int64,
+            FieldType::Float => DataType::Float64,
+            FieldType::Str | FieldType::Timestamp => DataType::String,
+        };
+        let ok = match ty {
+            FieldType::Int => c.dtype().is_integer(),
+            FieldType::Float => c.dtype().is_primitive_numeric(),
+            FieldType::Str | FieldType::Timestamp => c.dtype() == &DataType::String,
+        };
+        if !ok {
+            return Err(DataError::at(
+                &file,
+                1,
+                name,
+                format!("column of type {} cannot be read as {ty:?}", c.dtype()),
+            ));
+        }
+        let cast = c
+            .strict_cast(&want)
+            .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?;
+        out.push(cast);
+    }
+    let height = df.height();
+    df = DataFrame::new(height, out).map_err(|e| polars_err(path, e))?;
+    if row_index {
+        df = df
+            .with_row_index(ROW.into(), None)
+            .map_err(|e| polars_err(path, e))?;
+    }
+    Ok(df)
+}
+
+/// Read the declared columns of a CSV (or, by extension, Parquet) file with their types;
+/// timestamps become epoch ms. On a CSV parse failure, find the offending line and column with
+/// the strict reader.
 fn read_csv(
     path: &Path,
     columns: &[(String, FieldType)],
@@ -232,44 +284,10 @@ fn read_csv(
             "no such file (for the nycflights13 data, run ci/fetch-data)",
         ));
     }
-    let schema: Schema = columns
-        .iter()
-        .map(|(n, ty)| {
-            let dt = match ty {
-                FieldType::Int => DataType::Int64,
-                FieldType::Float => DataType::Float64,
-                FieldType::Str | FieldType::Timestamp => DataType::String,
-            };
-            Field::new(n.as_str().into(), dt)
-        })
-        .collect();
-    let names: Arc<[PlSmallStr]> = columns
-        .iter()
-        .map(|(n, _)| PlSmallStr::from(n.as_str()))
-        .collect();
-    let options = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_schema_overwrite(Some(Arc::new(schema)))
-        .with_columns(Some(names))
-        .with_row_index(row_index.then(|| RowIndex {
-            name: ROW.into(),
-            offset: 0,
-        }))
-        .map_parse_options(|o| {
-            o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
-        });
-    let read = options
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .and_then(|r| r.finish());
-    let mut df = match read {
-        Ok(df) => df,
-        Err(e) => {
-            // polars says what failed; the strict reader says where.
-            let bytes = std::fs::read(path).map_err(|io| DataError::file(&file, io.to_string()))?;
-            check_csv(&bytes, &file, columns)?;
-            return Err(DataError::file(&file, e.to_string()));
-        }
+    let mut df = if path.extension().is_some_and(|e| e == "parquet") {
+        read_parquet(path, columns, row_index)?
+    } else {
+        read_csv_file(path, columns, row_index)?
     };
     for (name, ty) in columns {
         if *ty == FieldType::Float {
@@ -306,6 +324,53 @@ fn read_csv(
         }
     }
     Ok(df)
+}
+
+fn read_csv_file(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    row_index: bool,
+) -> Result<DataFrame, DataError> {
+    let file = path.display().to_string();
+    let schema: Schema = columns
+        .iter()
+        .map(|(n, ty)| {
+            let dt = match ty {
+                FieldType::Int => DataType::Int64,
+                FieldType::Float => DataType::Float64,
+                FieldType::Str | FieldType::Timestamp => DataType::String,
+            };
+            Field::new(n.as_str().into(), dt)
+        })
+        .collect();
+    let names: Arc<[PlSmallStr]> = columns
+        .iter()
+        .map(|(n, _)| PlSmallStr::from(n.as_str()))
+        .collect();
+    let options = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_schema_overwrite(Some(Arc::new(schema)))
+        .with_columns(Some(names))
+        .with_row_index(row_index.then(|| RowIndex {
+            name: ROW.into(),
+            offset: 0,
+        }))
+        .map_parse_options(|o| {
+            o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
+        });
+    let read = options
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish());
+    match read {
+        Ok(df) => Ok(df),
+        Err(e) => {
+            // polars says what failed; the strict reader says where.
+            let bytes = std::fs::read(path).map_err(|io| DataError::file(&file, io.to_string()))?;
+            check_csv(&bytes, &file, columns)?;
+            Err(DataError::file(&file, e.to_string()))
+        }
+    }
 }
 
 /// Rename a table's key to `__key` and its other columns to their layout names.

@@ -198,3 +198,54 @@ proptest! {
         prop_assert_eq!(report.events, kept);
     }
 }
+
+#[test]
+fn parquet_history_gives_the_same_rows_as_csv() {
+    use polars::prelude::*;
+    let p = flights_pipeline();
+    let csv_path = fixtures().join("raw/flights.csv");
+    // The fixtures as a Parquet file, typed the way a user's export would be: polars infers
+    // integers for the delays and times, text for the rest.
+    let mut df = CsvReadOptions::default()
+        .with_has_header(true)
+        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
+        .try_into_reader_with_file_path(Some(csv_path.clone()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert!(
+        df.column("dep_delay").unwrap().dtype().is_integer(),
+        "a cast is exercised"
+    );
+    let dir = std::env::temp_dir().join(format!("kml-parquet-{}", std::process::id()));
+    let parquet = dir.join("flights.parquet");
+    std::fs::create_dir_all(&dir).unwrap();
+    ParquetWriter::new(std::fs::File::create(&parquet).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let from_csv = offline::run(&p, &csv_path, &fixtures()).unwrap();
+    let from_parquet = offline::run(&p, &parquet, &fixtures()).unwrap();
+    assert_eq!(from_csv.rows.len(), from_parquet.rows.len());
+    assert!(from_csv.rows.len() > 2600);
+    assert_eq!(
+        from_csv.rows, from_parquet.rows,
+        "every column of every event"
+    );
+
+    // A column that is not what the pipeline declares is refused with its name.
+    let mut bad = df.clone();
+    bad.with_column(Column::new("dep_delay".into(), vec!["late"; bad.height()]))
+        .unwrap();
+    let bad_path = dir.join("bad.parquet");
+    ParquetWriter::new(std::fs::File::create(&bad_path).unwrap())
+        .finish(&mut bad)
+        .unwrap();
+    let err = offline::run(&p, &bad_path, &fixtures())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.parquet") && err.contains("dep_delay"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

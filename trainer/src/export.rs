@@ -20,7 +20,8 @@ pub struct ExportArgs {
     /// then every input slot.
     #[arg(long)]
     out: PathBuf,
-    /// History (CSV); defaults to the pipeline's `[events] path`.
+    /// History (CSV, or Parquet by the .parquet extension); defaults to the pipeline's
+    /// `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).

@@ -25,7 +25,8 @@ pub struct FitArgs {
     /// (credentials from the environment), or memory://.
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     store: String,
-    /// History to train on (CSV); defaults to the pipeline's `[events] path`.
+    /// History to train on (CSV, or Parquet by the .parquet extension); defaults to the
+    /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
