@@ -13,7 +13,7 @@ use shared_models::metrics::roc_auc;
 
 use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
-use crate::replay::{each_message, reader};
+use crate::replay::{End, each_message, reader};
 
 /// `scorer evaluate` options.
 #[derive(clap::Args, Debug)]
@@ -76,26 +76,33 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         let (low, high) = consumer
             .fetch_watermarks(&args.predictions, part, Duration::from_secs(30))
             .context("cannot read offsets of the predictions topic")?;
-        each_message(&consumer, &args.predictions, part, low, high, |m| {
-            let pred: Pred =
-                serde_json::from_slice(m.payload().unwrap_or_default()).with_context(|| {
-                    format!(
-                        "{}/{part}@{}: not a prediction",
-                        args.predictions,
-                        m.offset()
-                    )
-                })?;
-            if pred.topic == args.input {
-                predictions += 1;
-                if scores
-                    .insert((pred.partition, pred.offset), pred.score)
-                    .is_some()
-                {
-                    repeated += 1;
+        each_message(
+            &consumer,
+            &args.predictions,
+            part,
+            low,
+            End::Tail(high),
+            |m| {
+                let pred: Pred = serde_json::from_slice(m.payload().unwrap_or_default())
+                    .with_context(|| {
+                        format!(
+                            "{}/{part}@{}: not a prediction",
+                            args.predictions,
+                            m.offset()
+                        )
+                    })?;
+                if pred.topic == args.input {
+                    predictions += 1;
+                    if scores
+                        .insert((pred.partition, pred.offset), pred.score)
+                        .is_some()
+                    {
+                        repeated += 1;
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
     }
     let (mut ys, mut ss) = (Vec::new(), Vec::new());
     let (mut labelled, mut unscored) = (0u64, 0u64);
@@ -104,7 +111,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             .fetch_watermarks(&args.input, part, Duration::from_secs(30))
             .context("cannot read offsets of the input topic")?;
         let mut engine = OnlineEngine::new(servable.pipeline.clone(), servable.tables.clone());
-        each_message(&consumer, &args.input, part, low, high, |m| {
+        each_message(&consumer, &args.input, part, low, End::Tail(high), |m| {
             let Ok(Some(row)) = engine.process(m.payload().unwrap_or_default()) else {
                 return Ok(());
             };

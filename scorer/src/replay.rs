@@ -144,18 +144,16 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             .fetch_watermarks(&args.input, p, Duration::from_secs(30))
             .with_context(|| format!("cannot read offsets of {}/{p}", args.input))?;
         let end = match to {
-            Some(Bound::Offset(o)) => o.min(high),
-            _ => high,
+            Some(Bound::Offset(o)) if o <= high => End::At(o),
+            _ => End::Tail(high),
         };
         let mut scorer = Scorer::new(servable.clone(), args.max_event_bytes);
         let mut batch = Batch::new(vec![out_topic.clone(), dlq_topic.clone()]);
         let give_up = || false;
         each_message(&consumer, &args.input, p, low, end, |msg| {
             s.read += 1;
-            let in_offsets = match from {
-                Some(Bound::Offset(o)) => msg.offset() >= o,
-                _ => true,
-            };
+            let in_offsets = !matches!(from, Some(Bound::Offset(o)) if msg.offset() < o)
+                && !matches!(to, Some(Bound::Offset(o)) if msg.offset() >= o);
             let n_before = batch.records.len();
             let outcome = append(&mut scorer, msg, &mut batch);
             let in_time = |t: i64| {
@@ -252,40 +250,57 @@ pub fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer<Ctx>> {
         .context("cannot create a consumer")
 }
 
-/// Call `f` on every message of `topic`/`partition` with `start <= offset < end`, in order.
+/// Where reading a partition stops.
+#[derive(Clone, Copy, Debug)]
+pub enum End {
+    /// Before this offset.
+    At(i64),
+    /// At the end of the partition, which is at or after this high watermark. Reading goes on
+    /// past it until nothing more arrives: tansu reports a high watermark that counts only the
+    /// first record of the newest batch, so the watermark alone would drop the tail.
+    Tail(i64),
+}
+
+/// Call `f` on every message of `topic`/`partition` from offset `start` to `end`, in order.
 pub fn each_message(
     consumer: &BaseConsumer<Ctx>,
     topic: &str,
     partition: i32,
     start: i64,
-    end: i64,
+    end: End,
     mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<()>,
 ) -> Result<()> {
-    if start >= end {
+    let (stop, tail) = match end {
+        End::At(o) => (o, false),
+        End::Tail(hw) => (hw, true),
+    };
+    if start >= stop {
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
     consumer.assign(&tpl)?;
     let mut last_progress = Instant::now();
+    let wait = Duration::from_millis(if tail { 500 } else { 200 });
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(wait) {
             Some(Ok(msg)) => {
                 last_progress = Instant::now();
-                if msg.offset() >= end {
+                if !tail && msg.offset() >= stop {
                     break;
                 }
                 f(&msg)?;
-                if msg.offset() + 1 >= end {
+                if !tail && msg.offset() + 1 >= stop {
                     break;
                 }
             }
             Some(Err(e)) => log::warn("read error", json!({"error": e.to_string()})),
-            // Transaction markers take offsets but are never delivered: the position tells.
-            None if position(consumer) >= end => break,
+            // Quiet, and at or past the last offset known: done. (Transaction markers take
+            // offsets but are never delivered, so the position tells, not the last message.)
+            None if position(consumer) >= stop => break,
             None if last_progress.elapsed() > Duration::from_secs(60) => {
                 bail!(
-                    "no message from {topic}/{partition} for 60 s while reading up to offset {end}"
+                    "no message from {topic}/{partition} for 60 s while reading up to offset {stop}"
                 )
             }
             None => {}
@@ -325,7 +340,7 @@ pub fn warm(
         .with_context(|| format!("cannot read offsets of {topic}/{partition}"))?;
     let t0 = Instant::now();
     let mut n = 0u64;
-    each_message(&consumer, topic, partition, low, until, |msg| {
+    each_message(&consumer, topic, partition, low, End::At(until), |msg| {
         scorer.warm(msg.payload().unwrap_or_default());
         n += 1;
         Ok(())

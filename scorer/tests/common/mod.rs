@@ -285,8 +285,10 @@ pub fn read_all(broker: &Broker, topic: &str) -> Vec<Rec> {
             t0.elapsed() < Duration::from_secs(60),
             "reading {topic} timed out"
         );
-        let Some(m) = c.poll(Duration::from_millis(200)) else {
-            // Transaction markers take offsets but are never delivered: the position tells.
+        // Read past the high watermark until quiet: tansu's counts only the first record of
+        // the newest batch. Transaction markers take offsets but are never delivered, so the
+        // position tells where reading is, not the last message.
+        let Some(m) = c.poll(Duration::from_millis(500)) else {
             match c.position().unwrap().elements()[0].offset() {
                 Offset::Offset(at) if at >= high => break,
                 _ => continue,
