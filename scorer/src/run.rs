@@ -387,6 +387,9 @@ pub fn append(scorer: &mut Scorer, msg: &BorrowedMessage<'_>, batch: &mut Batch)
         offset: msg.offset(),
     };
     let outcome = scorer.score(msg.payload(), pos);
+    if matches!(outcome, Outcome::Filtered) {
+        return outcome;
+    }
     let src_topic = batch.push(msg.topic().as_bytes());
     let src_part = batch.push_fmt(format_args!("{}", msg.partition()));
     let src_off = batch.push_fmt(format_args!("{}", msg.offset()));
@@ -410,7 +413,7 @@ pub fn append(scorer: &mut Scorer, msg: &BorrowedMessage<'_>, batch: &mut Batch)
                 ],
             });
         }
-        Outcome::Filtered => {}
+        Outcome::Filtered => {} // returned above: nothing to produce
         Outcome::Dead(reason) => {
             let key = batch.push(msg.key().unwrap_or_default());
             let payload = batch.push(msg.payload().unwrap_or_default());

@@ -120,10 +120,7 @@ impl Scorer {
             Err(e) => return Outcome::Dead(e.to_string()),
         };
         let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
-        let key = match row[p.key].as_str() {
-            Some(s) => s.to_string(),
-            None => row[p.key].to_string(),
-        };
+        let key = row[p.key].key_text().unwrap_or_default();
         m.fitted.transform(p, row, &mut self.x);
         let score = m.model.predict_proba(&self.x);
         let time = format_timestamp(event_time);

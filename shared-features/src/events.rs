@@ -85,12 +85,7 @@ pub fn event_meta(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<String>,
             if decoder.decode(e, &mut row).is_err() {
                 return (None, None);
             }
-            let k = &row[p.key];
-            let key = match k.as_str() {
-                Some(s) => Some(s.to_string()),
-                None => (!k.is_null()).then(|| k.to_string()),
-            };
-            (key, eval::event_time(p, &row).ok())
+            (row[p.key].key_text(), eval::event_time(p, &row).ok())
         })
         .collect()
 }

@@ -101,6 +101,15 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The value as a message key: text as it is (no quotes), numbers printed, null none.
+    pub fn key_text(&self) -> Option<String> {
+        match self {
+            Self::Null => None,
+            Self::Str(s) => Some(s.to_string()),
+            v => Some(v.to_string()),
+        }
+    }
 }
 
 impl PartialEq for Value {

@@ -32,18 +32,27 @@ impl TreeModel {
     /// The probability of the positive class: the leaf's share of positives. A malformed tree
     /// (a child index out of range, or a cycle longer than the node count) scores NaN.
     pub fn predict_proba(&self, x: &[f64]) -> f64 {
+        self.leaf(|f| x.get(f).copied().unwrap_or(f64::NAN))
+            .and_then(|i| self.nodes[i].leaf)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The index of the leaf an input reaches; `x(slot)` reads an input slot. `None` for a
+    /// malformed tree.
+    pub fn leaf(&self, x: impl Fn(usize) -> f64) -> Option<usize> {
         let mut i = 0;
         for _ in 0..=self.nodes.len() {
-            let Some(n) = self.nodes.get(i) else {
-                return f64::NAN;
-            };
-            if let Some(p) = n.leaf {
-                return p;
+            let n = self.nodes.get(i)?;
+            if n.leaf.is_some() {
+                return Some(i);
             }
-            let v = x.get(n.feature).copied().unwrap_or(f64::NAN);
-            i = if v < n.split { n.left } else { n.right };
+            i = if x(n.feature) < n.split {
+                n.left
+            } else {
+                n.right
+            };
         }
-        f64::NAN
+        None
     }
 
     /// The decision at the threshold.

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use linfa_trees::{DecisionTree, TreeNode as LinfaNode};
-use ndarray::{Array1, Array2, ArrayView1};
+use ndarray::{Array1, Array2};
 use shared_models::{LinearModel, Predictor, TreeModel, TreeNode};
 
 /// A checked model choice.
@@ -262,7 +262,7 @@ fn flatten(node: &LinfaNode<f64, bool>, out: &mut Vec<TreeNode>) -> usize {
 fn leaf_shares(tree: &mut TreeModel, x: &Array2<f64>, y: &Array1<bool>) {
     let mut counts = vec![(0u64, 0u64); tree.nodes.len()];
     for (row, &label) in x.rows().into_iter().zip(y) {
-        if let Some(leaf) = leaf_of(tree, row) {
+        if let Some(leaf) = tree.leaf(|f| row[f]) {
             counts[leaf].0 += u64::from(label);
             counts[leaf].1 += 1;
         }
@@ -272,22 +272,6 @@ fn leaf_shares(tree: &mut TreeModel, x: &Array2<f64>, y: &Array1<bool>) {
             node.leaf = Some(if n == 0 { 0.5 } else { pos as f64 / n as f64 });
         }
     }
-}
-
-fn leaf_of(tree: &TreeModel, x: ArrayView1<'_, f64>) -> Option<usize> {
-    let mut i = 0;
-    for _ in 0..=tree.nodes.len() {
-        let n = tree.nodes.get(i)?;
-        if n.leaf.is_some() {
-            return Some(i);
-        }
-        i = if x[n.feature] < n.split {
-            n.left
-        } else {
-            n.right
-        };
-    }
-    None
 }
 
 fn float(t: &toml::Table, key: &str, default: f64, file: &str) -> anyhow::Result<f64> {
