@@ -196,28 +196,35 @@ fn live_scoring_dead_letters_and_replay_parity() {
         assert_eq!(s.to_bits(), live[off].to_bits(), "offset {off}");
     }
 
-    // A decision tree is served the same way (replayed here to a JSON-lines file).
-    let tree = fit(&store, "tree", &["--set", "kind=decision_tree"]);
-    assert_eq!(tree["kind"], "decision_tree");
-    let lines = store.join("tree.jsonl");
-    replay(
-        &broker,
-        &store,
-        "flights_delay@tree",
-        &["--out", lines.to_str().unwrap()],
-    );
-    let text = std::fs::read_to_string(&lines).unwrap();
-    let scored: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(scored.len(), preds.len());
-    assert!(scored.iter().all(|v| v["version"] == tree["version"]));
-    let distinct: std::collections::BTreeSet<u64> = scored
-        .iter()
-        .map(|v| v["score"].as_f64().unwrap().to_bits())
-        .collect();
-    assert!(distinct.len() > 2, "leaf shares, not one constant");
+    // A decision tree and a burn MLP are served the same way (replayed here to JSON lines):
+    // the tree scores its leaves' shares, the MLP a continuous probability.
+    for (kind, at_least_distinct) in [("decision_tree", 3), ("mlp", preds.len() / 2)] {
+        let fitted = fit(&store, kind, &["--set", &format!("kind={kind}")]);
+        assert_eq!(fitted["kind"], kind);
+        let lines = store.join(format!("{kind}.jsonl"));
+        replay(
+            &broker,
+            &store,
+            &format!("flights_delay@{kind}"),
+            &["--out", lines.to_str().unwrap()],
+        );
+        let text = std::fs::read_to_string(&lines).unwrap();
+        let scored: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(scored.len(), preds.len());
+        assert!(scored.iter().all(|v| v["version"] == fitted["version"]));
+        let distinct: std::collections::BTreeSet<u64> = scored
+            .iter()
+            .map(|v| v["score"].as_f64().unwrap().to_bits())
+            .collect();
+        assert!(
+            distinct.len() >= at_least_distinct,
+            "{kind}: {}",
+            distinct.len()
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::linear::LinearModel;
+use crate::mlp::MlpModel;
 use crate::tree::TreeModel;
 
 /// A fitted model: what `model.json` of a bundle holds, read according to the manifest's kind.
@@ -13,6 +14,8 @@ pub enum Predictor {
     Linear(LinearModel),
     /// Decision tree.
     Tree(TreeModel),
+    /// Multilayer perceptron.
+    Mlp(MlpModel),
 }
 
 impl Predictor {
@@ -25,6 +28,11 @@ impl Predictor {
             "decision_tree" => serde_json::from_slice(bytes)
                 .map(Self::Tree)
                 .map_err(|e| e.to_string()),
+            "mlp" => {
+                let m: MlpModel = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                m.validate()?;
+                Ok(Self::Mlp(m))
+            }
             other => Err(format!("unknown model kind `{other}`")),
         }
     }
@@ -34,6 +42,7 @@ impl Predictor {
         match self {
             Self::Linear(m) => m.predict_proba(x),
             Self::Tree(m) => m.predict_proba(x),
+            Self::Mlp(m) => m.predict_proba(x),
         }
     }
 
@@ -42,15 +51,17 @@ impl Predictor {
         match self {
             Self::Linear(m) => m.decide(score),
             Self::Tree(m) => m.decide(score),
+            Self::Mlp(m) => m.decide(score),
         }
     }
 
     /// Whether the model can take inputs of `width` slots: a linear model needs exactly one
-    /// weight per slot, a tree must read no slot beyond them.
+    /// weight per slot, an MLP one input per slot, a tree must read no slot beyond them.
     pub fn accepts(&self, width: usize) -> bool {
         match self {
             Self::Linear(m) => m.weights.len() == width,
             Self::Tree(m) => m.inputs_read() <= width,
+            Self::Mlp(m) => m.inputs() == width,
         }
     }
 }

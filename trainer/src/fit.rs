@@ -87,7 +87,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     ));
     let fitted = &data.fitted;
     let (x_train, y_train) = data.matrix(&p, &data.train);
-    let model = spec.fit(x_train, y_train)?;
+    let fitting = format!("fitting {} on {} events", spec.kind(), data.train.len());
+    let model = spec.fit(x_train, y_train, &mut |m| {
+        progress.stage(&format!("{fitting}: {m}"))
+    })?;
     progress.stage("evaluating on the validation split");
     let (x_valid, y_valid) = data.matrix(&p, &data.valid);
     // Score with the serving code, not the training library: what is evaluated is what serves.

@@ -37,7 +37,72 @@ pub enum ModelSpec {
         /// Decision threshold on the probability.
         threshold: f64,
     },
+    /// Multilayer perceptron (burn: autodiff over the ndarray backend on CPU, Adam, binary
+    /// cross-entropy), ReLU hidden layers and a logistic output.
+    Mlp(MlpSpec),
 }
+
+/// Hyperparameters of the MLP.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MlpSpec {
+    /// Widths of the hidden layers.
+    pub hidden: Vec<usize>,
+    /// Passes over the training rows.
+    pub epochs: usize,
+    /// Rows per gradient step.
+    pub batch_size: usize,
+    /// Adam's step size.
+    pub learning_rate: f64,
+    /// L2 penalty.
+    pub weight_decay: f64,
+    /// Seed of the initial weights and the batch order.
+    pub seed: u64,
+    /// Decision threshold on the probability.
+    pub threshold: f64,
+}
+
+impl MlpSpec {
+    fn params(&self) -> mlp::Params {
+        mlp::Params {
+            hidden: self.hidden.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            threshold: self.threshold,
+        }
+    }
+
+    fn fit(
+        &self,
+        x: Array2<f64>,
+        y: Array1<bool>,
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Predictor> {
+        let cols = x.ncols();
+        let x = x.as_standard_layout();
+        let values = x.as_slice().context("feature matrix is not contiguous")?;
+        let labels = y.to_vec();
+        let epochs = self.epochs;
+        let model = mlp::fit(values, cols, &labels, &self.params(), |epoch, loss| {
+            progress(format!("epoch {epoch}/{epochs}, training loss {loss:.4}"))
+        })
+        .map_err(|m| anyhow::anyhow!("the MLP did not fit: {m}"))?;
+        Ok(Predictor::Mlp(model))
+    }
+}
+
+const MLP_KEYS: &[&str] = &[
+    "kind",
+    "hidden",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "seed",
+    "threshold",
+];
 
 const TREE_KEYS: &[&str] = &[
     "kind",
@@ -155,10 +220,56 @@ impl ModelSpec {
                     threshold,
                 })
             }
+            "mlp" => {
+                if let Some(k) = t.keys().find(|k| !MLP_KEYS.contains(&k.as_str())) {
+                    bail!(
+                        "{file}: [model] unknown hyperparameter `{k}` for mlp (known: {})",
+                        MLP_KEYS[1..].join(", ")
+                    );
+                }
+                let hidden = match t.get("hidden") {
+                    None => vec![32],
+                    Some(toml::Value::Array(a)) => a
+                        .iter()
+                        .map(|v| match v {
+                            toml::Value::Integer(i) if *i > 0 => Ok(*i as usize),
+                            _ => Err(()),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|()| {
+                            anyhow::anyhow!(
+                                "{file}: [model] hidden must be a list of positive integers, \
+                                 got {a:?}"
+                            )
+                        })?,
+                    Some(toml::Value::Integer(i)) if *i > 0 => vec![*i as usize],
+                    Some(v) => bail!(
+                        "{file}: [model] hidden must be a list of layer widths like [32], \
+                         got {v:?}"
+                    ),
+                };
+                let spec = MlpSpec {
+                    hidden,
+                    epochs: positive(&t, "epochs", 8, file)? as usize,
+                    batch_size: positive(&t, "batch_size", 256, file)? as usize,
+                    learning_rate: float(&t, "learning_rate", 1e-3, file)?,
+                    weight_decay: float(&t, "weight_decay", 0.0, file)?,
+                    seed: match t.get("seed") {
+                        None => 42,
+                        Some(toml::Value::Integer(i)) if *i >= 0 => *i as u64,
+                        Some(v) => {
+                            bail!("{file}: [model] seed must be a non-negative integer, got {v:?}")
+                        }
+                    },
+                    threshold: float(&t, "threshold", 0.5, file)?,
+                };
+                mlp::check(&spec.params()).map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
+                Ok(Self::Mlp(spec))
+            }
             other => {
                 bail!(
                     "{file}: [model] unknown model kind `{other}` (known: logistic_regression, \
-                     decision_tree)"
+                     decision_tree, mlp)"
                 )
             }
         }
@@ -169,20 +280,27 @@ impl ModelSpec {
         match self {
             Self::LogisticRegression { .. } => "logistic_regression",
             Self::DecisionTree { .. } => "decision_tree",
+            Self::Mlp(_) => "mlp",
         }
     }
 
     /// The decision threshold.
     pub fn threshold(&self) -> f64 {
         match self {
-            Self::LogisticRegression { threshold, .. } | Self::DecisionTree { threshold, .. } => {
-                *threshold
-            }
+            Self::LogisticRegression { threshold, .. }
+            | Self::DecisionTree { threshold, .. }
+            | Self::Mlp(MlpSpec { threshold, .. }) => *threshold,
         }
     }
 
     /// Fit on a feature matrix and labels. Deterministic: the same inputs give the same weights.
-    pub fn fit(&self, x: Array2<f64>, y: Array1<bool>) -> anyhow::Result<Predictor> {
+    /// `progress` hears how training goes (the MLP's epochs and losses).
+    pub fn fit(
+        &self,
+        x: Array2<f64>,
+        y: Array1<bool>,
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Predictor> {
         match self {
             Self::LogisticRegression {
                 alpha,
@@ -229,6 +347,7 @@ impl ModelSpec {
                 leaf_shares(&mut tree, data.records(), data.targets());
                 Ok(Predictor::Tree(tree))
             }
+            Self::Mlp(spec) => spec.fit(x, y, progress),
         }
     }
 }
@@ -271,6 +390,14 @@ fn leaf_shares(tree: &mut TreeModel, x: &Array2<f64>, y: &Array1<bool>) {
         if node.leaf.is_some() {
             node.leaf = Some(if n == 0 { 0.5 } else { pos as f64 / n as f64 });
         }
+    }
+}
+
+fn positive(t: &toml::Table, key: &str, default: u64, file: &str) -> anyhow::Result<u64> {
+    match t.get(key) {
+        None => Ok(default),
+        Some(toml::Value::Integer(i)) if *i > 0 => Ok(*i as u64),
+        Some(v) => bail!("{file}: [model] {key} must be a positive integer, got {v:?}"),
     }
 }
 
@@ -347,8 +474,8 @@ mod tests {
             "p",
         )
         .unwrap();
-        let a = spec.fit(x.clone(), y.clone()).unwrap();
-        let b = spec.fit(x.clone(), y.clone()).unwrap();
+        let a = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
+        let b = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
         assert_eq!(a, b, "same data, same weights, bit for bit");
         let Predictor::Linear(w) = &a else {
             panic!("{a:?}")
@@ -391,8 +518,12 @@ mod tests {
             "decision_tree",
             "--set kind drops the other kind's keys"
         );
-        let a = spec.fit(x.clone(), y.clone()).unwrap();
-        assert_eq!(a, spec.fit(x.clone(), y.clone()).unwrap(), "reproducible");
+        let a = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
+        assert_eq!(
+            a,
+            spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap(),
+            "reproducible"
+        );
         let Predictor::Tree(t) = &a else {
             panic!("{a:?}")
         };

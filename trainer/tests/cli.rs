@@ -279,17 +279,90 @@ fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
 }
 
 #[test]
+fn an_mlp_fit_is_reproducible_to_the_byte() {
+    let dir = std::env::temp_dir().join(format!("trainer-cli-mlp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = format!("file://{}", dir.display());
+    let fit = || {
+        let out = trainer(&[
+            "fit",
+            "--pipeline",
+            "data/flights/pipeline.toml",
+            "--base",
+            "data/flights/fixtures",
+            "--valid-from",
+            "2013-01-03",
+            "--store",
+            &store,
+            "--set",
+            "kind=mlp",
+            "--set",
+            "hidden=[16, 8]",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (fit(), fit());
+    assert_eq!(
+        (a["kind"].as_str(), a["version"].as_u64()),
+        (Some("mlp"), Some(1))
+    );
+    assert_eq!(a["auc"], b["auc"]);
+    let model = |v: &serde_json::Value| {
+        let version = format!("flights_delay@{}", v["version"]);
+        let show = trainer(&["show", &version, "--store", &store, "--json"]);
+        let m: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        (
+            m["files"]["model.json"].clone(),
+            m["hyperparameters"].clone(),
+        )
+    };
+    let ((wa, ha), (wb, _)) = (model(&a), model(&b));
+    assert!(wa.as_str().is_some_and(|h| h.len() == 64));
+    assert_eq!(
+        wa, wb,
+        "same data, pipeline and seed: the same weights, byte for byte"
+    );
+    assert_eq!(ha["hidden"], serde_json::json!([16, 8]));
+    assert_eq!(ha["seed"].as_u64(), Some(42));
+    let auc = a["auc"].as_f64().unwrap();
+    assert!(auc > 0.6, "the MLP learns from a departure delay: {auc}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn fit_refuses_bad_configuration_before_reading_data() {
     // The base directory has no data at all: these must fail on the configuration, not the data.
     let empty = std::env::temp_dir().join(format!("trainer-cli-nodata-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    for (set, words) in [
-        ("kind=forest", "unknown model kind `forest`"),
-        ("alhpa=1", "unknown hyperparameter `alhpa`"),
-        ("alpha", "write key=value"),
-        ("threshold=high", "threshold must be a number"),
+    for (sets, words) in [
+        (&["kind=forest"][..], "unknown model kind `forest`"),
+        (&["alhpa=1"], "unknown hyperparameter `alhpa`"),
+        (&["alpha"], "write key=value"),
+        (&["threshold=high"], "threshold must be a number"),
+        (
+            &["kind=mlp", "hidden=[32, 0]"],
+            "hidden must be a list of positive",
+        ),
+        (
+            &["kind=mlp", "hidden=[4096]"],
+            "widths must be between 1 and 512",
+        ),
+        (
+            &["kind=mlp", "learning_rate=0"],
+            "learning_rate must be positive",
+        ),
+        (
+            &["kind=mlp", "alpha=1"],
+            "unknown hyperparameter `alpha` for mlp",
+        ),
     ] {
-        let out = trainer(&[
+        let mut args = vec![
             "fit",
             "--pipeline",
             "data/flights/pipeline.toml",
@@ -297,9 +370,12 @@ fn fit_refuses_bad_configuration_before_reading_data() {
             empty.to_str().unwrap(),
             "--store",
             "memory://",
-            "--set",
-            set,
-        ]);
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let out = trainer(&args);
+        let set = sets.join(" ");
         assert_eq!(out.status.code(), Some(2), "{set}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
