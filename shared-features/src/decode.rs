@@ -28,14 +28,29 @@ impl Decoder {
     /// A decoder for the event fields of `p`.
     pub fn new(p: &Pipeline) -> Self {
         let fields = p.fields();
+        Self::for_fields(fields.iter().map(|c| (c.name.clone(), c.ty)))
+    }
+
+    /// A decoder for these fields, in this order (the offline engine reads JSON-lines history
+    /// with it, so that a file and a topic of the same events decode alike).
+    pub fn for_fields(fields: impl IntoIterator<Item = (String, FieldType)>) -> Self {
+        let (names, types): (Vec<String>, Vec<FieldType>) = fields.into_iter().unzip();
         Self {
-            index: fields
+            index: names
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (c.name.clone().into_boxed_str(), i))
+                .map(|(i, n)| (n.clone().into_boxed_str(), i))
                 .collect(),
-            names: fields.iter().map(|c| c.name.clone()).collect(),
-            types: fields.iter().map(|c| c.ty).collect(),
+            names,
+            types,
+        }
+    }
+
+    /// The field an error is about, if it names one.
+    pub fn field_of(e: &EventError) -> Option<&str> {
+        match e {
+            EventError::Missing { field } | EventError::WrongType { field, .. } => Some(field),
+            _ => None,
         }
     }
 

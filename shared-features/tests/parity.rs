@@ -249,3 +249,128 @@ fn parquet_history_gives_the_same_rows_as_csv() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn json_lines_history_gives_the_same_rows_as_csv_and_bad_lines_name_their_place() {
+    // The fixtures as JSON lines, typed as a producer would send them on a topic: integers for
+    // `int` fields, numbers for `float`, strings for text, null for NA, undeclared fields too.
+    let p = flights_pipeline();
+    let csv_path = fixtures().join("raw/flights.csv");
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let types: std::collections::HashMap<String, _> = p
+        .fields()
+        .iter()
+        .map(|f| (f.name.clone(), f.ty.name()))
+        .collect();
+    let mut jsonl = String::new();
+    for line in lines {
+        let mut obj = serde_json::Map::new();
+        for (name, cell) in header.iter().zip(line.split(',')) {
+            let v = match (cell, types.get(*name).copied()) {
+                ("NA" | "", _) => serde_json::Value::Null,
+                (c, Some("int")) => c.parse::<i64>().unwrap().into(),
+                (c, Some("float")) => c.parse::<f64>().unwrap().into(),
+                (c, _) => c.into(),
+            };
+            obj.insert(name.to_string(), v);
+        }
+        jsonl.push_str(&serde_json::Value::Object(obj).to_string());
+        jsonl.push('\n');
+    }
+    let dir = std::env::temp_dir().join(format!("kml-jsonl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flights.jsonl");
+    std::fs::write(&path, &jsonl).unwrap();
+    let from_csv = offline::run(&p, &csv_path, &fixtures()).unwrap();
+    let from_json = offline::run(&p, &path, &fixtures()).unwrap();
+    assert!(from_csv.rows.len() > 2600);
+    assert_eq!(from_csv.rows, from_json.rows, "every column of every event");
+
+    // A mistyped field on line 3 is refused with file, line and field.
+    let mut bad: Vec<String> = jsonl.lines().map(str::to_string).collect();
+    bad[2] = bad[2].replacen("\"dep_delay\":", "\"dep_delay\":\"late\",\"x\":", 1);
+    let bad_path = dir.join("bad.ndjson");
+    std::fs::write(&bad_path, bad.join("\n")).unwrap();
+    let err = offline::run(&p, &bad_path, &fixtures())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.ndjson:3:") && err.contains("`dep_delay` should be float"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn parquet_timestamp_columns_are_event_times() {
+    use polars::prelude::*;
+    // The same three events with their time as RFC 3339 text (CSV) and as Parquet timestamps in
+    // microseconds: the same rows either way.
+    let text = r#"
+[pipeline]
+name = "ts"
+[events]
+key = "k"
+[events.fields]
+at = "timestamp"
+k = "str"
+v = "float"
+[events.time]
+fn = "field"
+field = "at"
+[[window]]
+name = "w"
+key = "k"
+length = "1h"
+aggs = [{ name = "n", fn = "count" }, { name = "s", fn = "sum", field = "v" }]
+[features]
+numeric = ["v", "n", "s"]
+"#;
+    let p = Arc::new(Pipeline::parse(text, "ts.toml").unwrap());
+    let dir = std::env::temp_dir().join(format!("kml-ts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let times = [
+        "2001-01-01T00:01:00.000Z",
+        "2001-01-01T00:30:00.500Z",
+        "2001-01-01T02:00:00.000Z",
+    ];
+    let csv = dir.join("events.csv");
+    let mut body = String::from("at,k,v\n");
+    for (i, t) in times.iter().enumerate() {
+        body.push_str(&format!("{t},a,{}\n", i as f64 + 0.5));
+    }
+    std::fs::write(&csv, body).unwrap();
+    let micros: Vec<i64> = times
+        .iter()
+        .map(|t| parse_timestamp(t).unwrap() * 1000)
+        .collect();
+    let at = Int64Chunked::from_vec("at".into(), micros)
+        .into_datetime(TimeUnit::Microseconds, None)
+        .into_column();
+    let mut df = DataFrame::new(
+        3,
+        vec![
+            at,
+            Column::new("k".into(), ["a", "a", "a"]),
+            Column::new("v".into(), [0.5, 1.5, 2.5]),
+        ],
+    )
+    .unwrap();
+    let parquet = dir.join("events.parquet");
+    ParquetWriter::new(std::fs::File::create(&parquet).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let from_csv = offline::run(&p, &csv, &dir).unwrap();
+    let from_parquet = offline::run(&p, &parquet, &dir).unwrap();
+    assert_eq!(from_csv.rows.len(), 3);
+    assert_eq!(from_csv.rows, from_parquet.rows);
+    let et = p.event_time_col();
+    assert_eq!(
+        from_parquet.rows[1][et].as_i64(),
+        Some(parse_timestamp(times[1]).unwrap()),
+        "microseconds become milliseconds"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
