@@ -22,6 +22,6 @@ pub use error::RegistryError;
 pub use linear::{LinearModel, sigmoid};
 pub use mlp::{DenseLayer, MAX_WIDTH, MlpModel};
 pub use predictor::Predictor;
-pub use registry::{ModelRef, Registry};
+pub use registry::{ModelRef, Registry, get_url, is_bucket_url};
 pub use serving::{Servable, bundle_table_file};
 pub use tree::{TreeModel, TreeNode};

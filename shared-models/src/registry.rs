@@ -117,6 +117,41 @@ fn cloud(
     }))
 }
 
+/// Whether `text` names an object in a bucket store: `s3://`, `gs://` or `az://` (and their
+/// object_store spellings `s3a://`, `azure://`, `abfs://`, `abfss://`).
+pub fn is_bucket_url(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        matches!(
+            scheme,
+            "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss"
+        )
+    })
+}
+
+/// Read one object named by its full URL, `s3://BUCKET/KEY` (or `gs://`, `az://`), with
+/// credentials and endpoints from the environment as [`Registry::open`] takes them.
+pub async fn get_url(url: &str) -> Result<Bytes> {
+    let err = |message: String| RegistryError::Store {
+        url: url.to_string(),
+        message,
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| err("not a URL".into()))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if key.is_empty() {
+        return Err(err("the URL names a bucket but no object".into()));
+    }
+    let store = cloud(&format!("{scheme}://{bucket}"), [])
+        .map_err(&err)?
+        .ok_or_else(|| err("unsupported scheme: use s3://, gs:// or az://".into()))?;
+    let got = store
+        .get(&Path::from(key))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    got.bytes().await.map_err(|e| err(e.to_string()))
+}
+
 #[derive(Serialize, Deserialize)]
 struct AliasTarget {
     version: u64,

@@ -19,8 +19,49 @@ pub struct Input {
     pub pipeline: Arc<Pipeline>,
     /// Directory relative paths resolve against.
     pub base: PathBuf,
-    /// The history file.
+    /// The history file, local (a copy in a temporary directory when it came from a store).
     pub events: PathBuf,
+    /// Where the history came from, as given: a path or a store URL (for messages).
+    pub events_source: String,
+    /// Removes the downloaded copy when the input is dropped.
+    _download: Option<Download>,
+}
+
+/// A temporary directory holding history fetched from a store; removed on drop.
+struct Download(PathBuf);
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copy the object at a store URL into a fresh temporary directory, under its own file name
+/// (whose extension tells the reader its format).
+fn download(url: &str) -> anyhow::Result<(PathBuf, Download)> {
+    let name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !n.contains("://"))
+        .unwrap_or("history.csv");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bytes = rt
+        .block_on(shared_models::get_url(url))
+        .with_context(|| format!("cannot read history from {url}"))?;
+    let dir = std::env::temp_dir().join(format!(
+        "kml-trainer-history-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let guard = Download(dir.clone());
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((path, guard))
 }
 
 impl Input {
@@ -40,9 +81,21 @@ impl Input {
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
         };
-        let events = match (events, &p.events_path) {
-            (Some(e), _) => e.to_path_buf(),
-            (None, Some(e)) => base.join(e),
+        // History is a local file (CSV, Parquet or JSON lines, by extension) or an object in a
+        // store (s3://, gs://, az://), fetched once before anything is computed.
+        let (events_source, local) = match (events, &p.events_path) {
+            (Some(e), _) => {
+                let text = e.to_string_lossy().into_owned();
+                let local = text.strip_prefix("file://").map(PathBuf::from);
+                (text, local.unwrap_or_else(|| e.to_path_buf()))
+            }
+            (None, Some(e)) => {
+                let local = match e.strip_prefix("file://") {
+                    Some(abs) => PathBuf::from(abs),
+                    None => base.join(e),
+                };
+                (e.clone(), local)
+            }
             (None, None) => bail!("{file}: no `[events] path`; pass --events"),
         };
         Ok(Self {
@@ -50,8 +103,21 @@ impl Input {
             text,
             pipeline: p,
             base,
-            events,
+            events: local,
+            events_source,
+            _download: None,
         })
+    }
+
+    /// Fetch history that lives in a store (s3://, gs://, az://) into a temporary file, once;
+    /// a local file is left as it is. Call it after the configuration is checked.
+    pub fn fetch(&mut self) -> anyhow::Result<()> {
+        if shared_models::is_bucket_url(&self.events_source) && self._download.is_none() {
+            let (path, guard) = download(&self.events_source)?;
+            self.events = path;
+            self._download = Some(guard);
+        }
+        Ok(())
     }
 
     /// The validation cut: `--valid-from` if given, else the pipeline's `[split] valid_from`.
@@ -88,7 +154,8 @@ impl Dataset {
         let Some(label) = p.label.clone() else {
             bail!("{}: training needs a [label]", input.file)
         };
-        let run = offline::run(p, &input.events, &input.base).context("computing features")?;
+        let run = offline::run(p, &input.events, &input.base)
+            .with_context(|| format!("computing features from {}", input.events_source))?;
         let et = p.event_time_col();
         let (mut train, mut valid) = (Vec::new(), Vec::new());
         for (i, row) in run.rows.iter().enumerate() {

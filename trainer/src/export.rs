@@ -20,7 +20,8 @@ pub struct ExportArgs {
     /// then every input slot.
     #[arg(long)]
     out: PathBuf,
-    /// History (CSV, or Parquet by the .parquet extension); defaults to the pipeline's
+    /// History: CSV, Parquet (.parquet) or JSON lines (.jsonl, .ndjson, .json), a local path or
+    /// an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the pipeline's
     /// `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
@@ -42,8 +43,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         ),
     };
-    let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
+    input.fetch()?;
     let data = Dataset::build(&input, valid_from)?;
     if parquet {
         write_parquet(&input, &data, &args.out)?;

@@ -25,7 +25,8 @@ pub struct FitArgs {
     /// (credentials from the environment), or memory://.
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     store: String,
-    /// History to train on (CSV, or Parquet by the .parquet extension); defaults to the
+    /// History to train on: CSV, Parquet (.parquet) or JSON lines (.jsonl, .ndjson, .json), a
+    /// local path or an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the
     /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
@@ -62,12 +63,28 @@ struct FitReport {
     feature_fingerprint: String,
     auc: f64,
     metrics: Metrics,
+    seconds: Seconds,
+}
+
+/// Where the time went (wall clock).
+#[derive(Serialize)]
+struct Seconds {
+    /// Reading history and tables, and computing the features.
+    features: f64,
+    /// Encoding the training rows into the feature matrix.
+    matrix: f64,
+    /// Fitting the model on that matrix.
+    fit: f64,
+    /// Scoring the validation split and computing metrics and plots.
+    evaluate: f64,
+    /// Writing the bundle to the store.
+    publish: f64,
 }
 
 /// Check everything, then fit, evaluate and publish.
 pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     // Refuse bad configuration before any work.
-    let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
     let (p, file) = (input.pipeline.clone(), input.file.clone());
     let spec = ModelSpec::from_table(p.model.as_ref(), &args.overrides, &file)?;
     if p.label.is_none() {
@@ -79,18 +96,19 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
 
     let progress = Progress::new();
     progress.stage("reading history and computing features");
+    let clock = std::time::Instant::now();
+    input.fetch()?;
     let data = Dataset::build(&input, valid_from)?;
-    progress.stage(&format!(
-        "fitting {} on {} events",
-        spec.kind(),
-        data.train.len()
-    ));
+    let features_s = clock.elapsed().as_secs_f64();
+    let fitting = format!("fitting {} on {} events", spec.kind(), data.train.len());
+    progress.stage(&fitting);
     let fitted = &data.fitted;
     let (x_train, y_train) = data.matrix(&p, &data.train);
-    let fitting = format!("fitting {} on {} events", spec.kind(), data.train.len());
+    let matrix_s = clock.elapsed().as_secs_f64() - features_s;
     let model = spec.fit(x_train, y_train, &mut |m| {
         progress.stage(&format!("{fitting}: {m}"))
     })?;
+    let fit_s = clock.elapsed().as_secs_f64() - features_s - matrix_s;
     progress.stage("evaluating on the validation split");
     let (x_valid, y_valid) = data.matrix(&p, &data.valid);
     // Score with the serving code, not the training library: what is evaluated is what serves.
@@ -162,6 +180,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             std::fs::read(&full).with_context(|| format!("cannot read {}", full.display()))?;
         files.push((bundle_table_file(name), Bytes::from(bytes)));
     }
+    let evaluate_s = clock.elapsed().as_secs_f64() - features_s - matrix_s - fit_s;
     progress.stage(&format!("publishing to {}", args.store));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,6 +194,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     drop(progress);
+    let publish_s = clock.elapsed().as_secs_f64() - features_s - matrix_s - fit_s - evaluate_s;
     let report = FitReport {
         name: published.name.clone(),
         version: published.version,
@@ -186,6 +206,13 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         feature_fingerprint,
         auc: metrics.auc,
         metrics,
+        seconds: Seconds {
+            features: features_s,
+            matrix: matrix_s,
+            fit: fit_s,
+            evaluate: evaluate_s,
+            publish: publish_s,
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -217,6 +244,11 @@ fn print_table(r: &FitReport) {
         println!("  {k:<20}{v:>10.4}");
     }
     println!("  {:<20}{}", "feature fingerprint", r.feature_fingerprint);
+    let t = &r.seconds;
+    println!(
+        "  {:<20}features {:.1} s, matrix {:.1} s, fit {:.1} s, evaluate {:.1} s, publish {:.1} s",
+        "time", t.features, t.matrix, t.fit, t.evaluate, t.publish
+    );
 }
 
 /// A spinner naming the current stage, on stderr when it is a terminal; invisible when piped.

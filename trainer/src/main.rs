@@ -6,6 +6,7 @@ mod dataset;
 mod export;
 mod fit;
 mod model;
+mod newton;
 mod parity;
 mod plots;
 mod registry;

@@ -12,8 +12,11 @@ use shared_models::{LinearModel, Predictor, TreeModel, TreeNode};
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelSpec {
-    /// L2-regularised logistic regression (linfa-logistic, L-BFGS).
+    /// L2-regularised logistic regression: Newton's method (ours) or L-BFGS (linfa-logistic),
+    /// both minimising `sum(log loss) + alpha/2 |w|^2`.
     LogisticRegression {
+        /// `newton` or `lbfgs`.
+        solver: Solver,
         /// L2 penalty.
         alpha: f64,
         /// Optimiser iterations at most.
@@ -93,6 +96,16 @@ impl MlpSpec {
     }
 }
 
+/// How a logistic regression is fitted.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// Newton's method with a Cholesky solve per step (see `newton.rs`).
+    Newton,
+    /// linfa-logistic's L-BFGS.
+    Lbfgs,
+}
+
 const MLP_KEYS: &[&str] = &[
     "kind",
     "hidden",
@@ -115,6 +128,7 @@ const TREE_KEYS: &[&str] = &[
 
 const LOGISTIC_KEYS: &[&str] = &[
     "kind",
+    "solver",
     "alpha",
     "max_iterations",
     "gradient_tolerance",
@@ -177,7 +191,16 @@ impl ModelSpec {
                         "{file}: [model] needs alpha >= 0, 0 <= threshold <= 1 and gradient_tolerance > 0"
                     );
                 }
+                let solver = match t.get("solver") {
+                    None => Solver::Newton,
+                    Some(toml::Value::String(v)) if v == "newton" => Solver::Newton,
+                    Some(toml::Value::String(v)) if v == "lbfgs" => Solver::Lbfgs,
+                    Some(v) => {
+                        bail!("{file}: [model] solver must be \"newton\" or \"lbfgs\", got {v:?}")
+                    }
+                };
                 Ok(Self::LogisticRegression {
+                    solver,
                     alpha,
                     max_iterations,
                     gradient_tolerance,
@@ -303,6 +326,30 @@ impl ModelSpec {
     ) -> anyhow::Result<Predictor> {
         match self {
             Self::LogisticRegression {
+                solver: Solver::Newton,
+                alpha,
+                max_iterations,
+                gradient_tolerance,
+                threshold,
+            } => {
+                let labels = y.to_vec();
+                let fitted = crate::newton::fit(
+                    x.view(),
+                    &labels,
+                    *alpha,
+                    *max_iterations,
+                    *gradient_tolerance,
+                )
+                .map_err(|m| anyhow::anyhow!("logistic regression did not fit: {m}"))?;
+                progress(format!("{} Newton steps", fitted.iterations));
+                Ok(Predictor::Linear(LinearModel {
+                    weights: fitted.weights,
+                    intercept: fitted.intercept,
+                    threshold: *threshold,
+                }))
+            }
+            Self::LogisticRegression {
+                solver: Solver::Lbfgs,
                 alpha,
                 max_iterations,
                 gradient_tolerance,
@@ -430,6 +477,7 @@ mod tests {
         assert_eq!(
             s,
             ModelSpec::LogisticRegression {
+                solver: Solver::Newton,
                 alpha: 0.25,
                 max_iterations: 100,
                 gradient_tolerance: 1e-4,
@@ -447,6 +495,7 @@ mod tests {
         assert!(err(&t, &["alpha=lots"]).contains("alpha must be a number"));
         assert!(err(&t, &["kind=forest"]).contains("unknown model kind `forest`"));
         assert!(err(&t, &["threshold=2"]).contains("threshold <= 1"));
+        assert!(err(&t, &["solver=sgd"]).contains("solver must be \"newton\" or \"lbfgs\""));
         assert!(
             ModelSpec::from_table(None, &[], "p.toml")
                 .unwrap_err()
@@ -468,26 +517,36 @@ mod tests {
             }
         });
         let y = Array1::from_shape_fn(n, |i| i >= n * 3 / 5);
-        let spec = ModelSpec::from_table(
-            Some(&table("kind = \"logistic_regression\"\nalpha = 0.01")),
-            &[],
-            "p",
-        )
-        .unwrap();
-        let a = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
-        let b = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
-        assert_eq!(a, b, "same data, same weights, bit for bit");
-        let Predictor::Linear(w) = &a else {
-            panic!("{a:?}")
-        };
-        assert!(
-            w.weights[0] > 0.0 && w.weights[0].abs() > 10.0 * w.weights[1].abs(),
-            "{a:?}"
-        );
-        let right = (0..n)
-            .filter(|&i| a.decide(a.predict_proba(&[x[(i, 0)], x[(i, 1)]])) == y[i])
-            .count();
-        assert!(right >= n * 95 / 100, "{right}/{n}");
+        let mut fitted = Vec::new();
+        for solver in ["newton", "lbfgs"] {
+            let spec = ModelSpec::from_table(
+                Some(&table("kind = \"logistic_regression\"\nalpha = 0.01")),
+                &[format!("solver=\"{solver}\"")],
+                "p",
+            )
+            .unwrap();
+            let a = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
+            let b = spec.fit(x.clone(), y.clone(), &mut |_| {}).unwrap();
+            assert_eq!(a, b, "{solver}: same data, same weights, bit for bit");
+            let Predictor::Linear(w) = &a else {
+                panic!("{a:?}")
+            };
+            assert!(
+                w.weights[0] > 0.0 && w.weights[0].abs() > 10.0 * w.weights[1].abs(),
+                "{solver}: {a:?}"
+            );
+            let right = (0..n)
+                .filter(|&i| a.decide(a.predict_proba(&[x[(i, 0)], x[(i, 1)]])) == y[i])
+                .count();
+            assert!(right >= n * 95 / 100, "{solver}: {right}/{n}");
+            fitted.push(w.clone());
+        }
+        // Both minimise the same objective: the same model up to L-BFGS's tolerance.
+        let (newton, lbfgs) = (&fitted[0], &fitted[1]);
+        let scale = newton.weights[0].abs();
+        for (a, b) in newton.weights.iter().zip(&lbfgs.weights) {
+            assert!((a - b).abs() < 0.05 * scale, "{newton:?} vs {lbfgs:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct ParityArgs {
     /// The pipeline file.
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
-    /// History to replay (CSV); defaults to the pipeline's `[events] path`.
+    /// History to replay (CSV; a local path or s3://, gs://, az://); defaults to the pipeline's
+    /// `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
@@ -27,7 +28,8 @@ pub struct ParityArgs {
 
 /// Load the pipeline, run the check, print the report; exit 1 when any vector differs.
 pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    input.fetch()?;
     let (pipeline, events, base) = (input.pipeline, input.events, input.base);
     let report = parity::check(&pipeline, &events, &base).context("parity check failed")?;
     if args.json {

@@ -164,12 +164,86 @@ fn fit_list_promote_on_an_s3_compatible_server() {
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
     ];
-    let result = std::panic::catch_unwind(|| fit_list_promote("s3://models/flights", &env));
+    let result = std::panic::catch_unwind(|| {
+        fit_list_promote("s3://models/flights", &env);
+        fit_from_history_in_the_store(&endpoint, &env);
+    });
     let _ = Command::new("kill").arg(pid.trim()).status();
     std::fs::remove_dir_all(dir).ok();
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// History read from `s3://` trains the same model as the same file read locally.
+fn fit_from_history_in_the_store(endpoint: &str, env: &[(&str, &str)]) {
+    use object_store::{ObjectStoreExt, PutPayload, path::Path as Key};
+    let history = repo().join("data/flights/fixtures/raw/flights.csv");
+    let bytes = std::fs::read(&history).unwrap();
+    let registry = shared_models::Registry::open_with_options(
+        "s3://models",
+        [
+            ("aws_endpoint", endpoint),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(
+        registry
+            .store()
+            .put(&Key::from("history/flights.csv"), PutPayload::from(bytes)),
+    )
+    .unwrap();
+    let fit = |events: &str| {
+        trainer_env(
+            &[
+                "fit",
+                "--pipeline",
+                "data/flights/pipeline.toml",
+                "--base",
+                "data/flights/fixtures",
+                "--events",
+                events,
+                "--valid-from",
+                "2013-01-03",
+                "--store",
+                "memory://",
+                "--json",
+            ],
+            env,
+        )
+    };
+    let local = fit(history.to_str().unwrap());
+    let remote = fit("s3://models/history/flights.csv");
+    assert!(
+        remote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let (local, remote): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&local.stdout).unwrap(),
+        serde_json::from_slice(&remote.stdout).unwrap(),
+    );
+    assert_eq!(local["train_rows"], remote["train_rows"]);
+    assert_eq!(
+        local["auc"], remote["auc"],
+        "the same history, the same model"
+    );
+    let missing = fit("s3://models/history/nope.csv");
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("cannot read history from s3://models/history/nope.csv"),
+        "{err}"
+    );
 }
 
 fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
