@@ -1,6 +1,7 @@
 //! `scorer`: the online half. Consumes live topics, computes features with the same engine the
 //! trainer validated, scores with a model pulled from the registry, and produces predictions
-//! with lineage; dead-letters what it cannot score; replays history; feeds topics for demos.
+//! with lineage; dead-letters what it cannot score; replays history; serves the model over HTTP;
+//! feeds topics for demos.
 
 pub mod evaluate;
 pub mod feed;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod replay;
 pub mod run;
 pub mod score;
+pub mod serve;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Publish a history file's events to a topic in event order.
     Feed(feed::FeedArgs),
+    /// Serve the model over HTTP (the model-server pattern, e.g. a Kubernetes sidecar).
+    Serve(serve::ServeArgs),
     /// Join predictions with the labels of the events they scored; report online ROC AUC.
     Evaluate(evaluate::EvaluateArgs),
 }
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay::replay(a),
         Command::Feed(a) => feed::feed(a),
         Command::Evaluate(a) => evaluate::evaluate(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

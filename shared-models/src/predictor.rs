@@ -37,6 +37,15 @@ impl Predictor {
         }
     }
 
+    /// The kind, as a manifest names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Linear(_) => "logistic_regression",
+            Self::Tree(_) => "decision_tree",
+            Self::Mlp(_) => "mlp",
+        }
+    }
+
     /// The probability of the positive class.
     pub fn predict_proba(&self, x: &[f64]) -> f64 {
         match self {

@@ -356,7 +356,7 @@ pub fn produce_raw(broker: &Broker, topic: &str, records: &[(&str, Vec<u8>)]) {
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();

@@ -1,0 +1,223 @@
+//! `scorer serve` over real HTTP: the scores it returns equal live/replay scores of the same
+//! events bit for bit; bad events are refused line by line and the server keeps serving; a new
+//! version behind the alias is picked up; malformed requests get HTTP errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// POST on a kept-alive connection; the status and the body.
+fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, String) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    read_response(conn)
+}
+
+fn read_response(conn: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-head"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+fn lines(body: &str) -> Vec<serde_json::Value> {
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
+    let broker = Broker::start();
+    let store = std::env::temp_dir().join(format!("kml-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    std::fs::create_dir_all(&store).unwrap();
+    fit(&store, "champion", &[]);
+    feed(&broker, "flights");
+
+    // The reference: every event of the topic scored by replay (the live code path).
+    let replayed = store.join("replay.jsonl");
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["replay", "--brokers", &broker.addr])
+            .args(["--store", &store_url(&store)])
+            .args(["--model", "flights_delay@champion", "--input", "flights"])
+            .args(["--out", replayed.to_str().unwrap()]),
+    );
+    let reference: BTreeMap<i64, u64> = lines(&std::fs::read_to_string(&replayed).unwrap())
+        .iter()
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap(),
+                v["score"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect();
+    let events = read_all(&broker, "flights");
+    assert!(reference.len() > 2000);
+
+    let log = store.join("serve.log");
+    let _server = Guard::new(
+        scorer()
+            .args(["serve", "--store", &store_url(&store)])
+            .args(["--model", "flights_delay@champion", "--addr", "127.0.0.1:0"])
+            .args(["--reload-interval", "0.2"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("serving the model over HTTP"))
+        {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            break v["addr"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no address in {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Every event, in topic order, 500 to a request on one kept-alive connection.
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    let (mut scored, mut filtered) = (0, 0);
+    for chunk in events.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|r| r.payload.iter().copied().chain([b'\n']))
+            .collect();
+        let (status, text) = post(&mut conn, "/v1/score", &body);
+        assert_eq!(status, 200, "{text}");
+        let answers = lines(&text);
+        assert_eq!(answers.len(), chunk.len(), "one answer per event line");
+        for (rec, a) in chunk.iter().zip(&answers) {
+            if a["filtered"] == true {
+                assert!(
+                    !reference.contains_key(&rec.offset),
+                    "offset {}",
+                    rec.offset
+                );
+                filtered += 1;
+            } else {
+                assert_eq!(
+                    a["score"].as_f64().unwrap().to_bits(),
+                    reference[&rec.offset],
+                    "offset {}: HTTP and replay disagree",
+                    rec.offset
+                );
+                assert_eq!(a["topic"], "http");
+                scored += 1;
+            }
+        }
+    }
+    assert_eq!(
+        scored,
+        reference.len(),
+        "every replayed event scored over HTTP"
+    );
+    assert!(filtered > 0, "the fixtures hold cancelled flights");
+
+    // Bad lines are refused one by one, with their line; the good one is scored.
+    let last_scored = events
+        .iter()
+        .rev()
+        .find(|r| reference.contains_key(&r.offset))
+        .unwrap();
+    let good = String::from_utf8(last_scored.payload.clone()).unwrap();
+    let mistyped = good.replacen("\"dep_delay\":", "\"dep_delay\":\"late\",\"x\":", 1);
+    let body = format!("{good}\n{{not json\n\n{mistyped}\n");
+    let (status, text) = post(&mut conn, "/v1/score", body.as_bytes());
+    assert_eq!(status, 422, "{text}");
+    let answers = lines(&text);
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(answers[0]["score"].is_number(), "{text}");
+    assert_eq!(answers[1]["line"], 2);
+    assert!(
+        answers[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
+    assert_eq!(answers[2]["line"], 4);
+    assert!(
+        answers[2]["error"].as_str().unwrap().contains("dep_delay"),
+        "{text}"
+    );
+
+    // Malformed requests get HTTP errors, not a crash.
+    let (status, _) = post(&mut conn, "/v1/score", b"\n\n");
+    assert_eq!(status, 400);
+    let (status, _) = post(&mut conn, "/v1/nope", b"{}");
+    assert_eq!(status, 404);
+    let mut chunked = TcpStream::connect(&addr).unwrap();
+    chunked
+        .write_all(b"POST /v1/score HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut chunked).0, 411);
+
+    // The model, then a new version behind the alias, picked up between requests.
+    let (status, text) = http_get(&addr, "/v1/model");
+    assert_eq!(status, 200);
+    let model: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (model["version"].as_u64(), model["kind"].as_str()),
+        (Some(1), Some("logistic_regression"))
+    );
+    let shown = run_ok(
+        trainer()
+            .args(["show", "flights_delay@1", "--store", &store_url(&store)])
+            .arg("--json"),
+    );
+    assert_eq!(model["inputs"], json_out(&shown)["input_signature"]);
+    fit(&store, "champion", &["--set", "kind=mlp"]);
+    let t0 = Instant::now();
+    loop {
+        let (_, text) = post(&mut conn, "/v1/score", good.as_bytes());
+        if lines(&text)[0]["version"] == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, text) = http_get(&addr, "/v1/model");
+    assert!(text.contains("\"kind\":\"mlp\""), "{text}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metric(&metrics, "kml_predictions_total") >= scored as f64);
+    assert_eq!(metric(&metrics, "kml_model_reloads_total"), 1.0);
+    std::fs::remove_dir_all(&store).ok();
+}
