@@ -26,8 +26,12 @@ pub struct FeedArgs {
     #[arg(long)]
     events: Option<PathBuf>,
     /// The topic (created with `--partitions` if it does not exist).
-    #[arg(long)]
-    topic: String,
+    #[arg(long, required_unless_present = "out")]
+    topic: Option<String>,
+    /// Write the events, in the same order, as JSON lines to this file instead of a topic (for
+    /// `scorer serve`, or JSON-lines history for the trainer).
+    #[arg(long, conflicts_with = "topic")]
+    out: Option<PathBuf>,
     /// Partitions of a topic this command creates.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
@@ -94,14 +98,69 @@ pub fn feed(args: FeedArgs) -> Result<()> {
         .collect();
     order.sort_by_key(|&i| meta[i].1.unwrap_or(i64::MAX));
 
-    kafka::ensure_topics(&args.kafka, &[&args.topic], args.partitions)?;
+    let t0 = Instant::now();
+    let topic = match (&args.topic, &args.out) {
+        (_, Some(out)) => {
+            use std::io::Write;
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            for &i in &order {
+                w.write_all(&events[i])?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            out.display().to_string()
+        }
+        (Some(topic), None) => {
+            produce(&args, topic, &order, &events, &meta)?;
+            topic.clone()
+        }
+        (None, None) => bail!("give --topic or --out"),
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let fmt = |i: Option<&usize>| i.and_then(|&i| meta[i].1).map(format_timestamp);
+    let s = FeedSummary {
+        topic,
+        fed: order.len() as u64,
+        first_event_time: fmt(order.first()),
+        last_event_time: fmt(order.last()),
+        seconds,
+        events_per_second: order.len() as f64 / seconds.max(1e-9),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "fed {} events to {} ({} .. {}) in {:.1} s ({:.0} events/s)",
+            s.fed,
+            s.topic,
+            s.first_event_time.as_deref().unwrap_or("-"),
+            s.last_event_time.as_deref().unwrap_or("-"),
+            s.seconds,
+            s.events_per_second
+        );
+    }
+    Ok(())
+}
+
+/// Publish `events` in `order`, keyed, with their event time as the Kafka timestamp.
+fn produce(
+    args: &FeedArgs,
+    topic: &str,
+    order: &[usize],
+    events: &[Vec<u8>],
+    meta: &[(Option<String>, Option<i64>)],
+) -> Result<()> {
+    kafka::ensure_topics(&args.kafka, &[topic], args.partitions)?;
     let producer: BaseProducer<Ctx> = args
         .kafka
         .config(&[("enable.idempotence", "true"), ("linger.ms", "20")])
         .create_with_context(Ctx::default())
         .context("cannot create the producer")?;
     let t0 = Instant::now();
-    let mut batch = Batch::new(vec![args.topic.clone()]);
+    let mut batch = Batch::new(vec![topic.to_string()]);
     let chunk = match args.rate {
         Some(r) if r > 0.0 => ((r / 10.0).ceil() as usize).clamp(1, 10_000),
         _ => 10_000,
@@ -127,29 +186,6 @@ pub fn feed(args: FeedArgs) -> Result<()> {
                 std::thread::sleep(wait);
             }
         }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let fmt = |i: Option<&usize>| i.and_then(|&i| meta[i].1).map(format_timestamp);
-    let s = FeedSummary {
-        topic: args.topic.clone(),
-        fed: order.len() as u64,
-        first_event_time: fmt(order.first()),
-        last_event_time: fmt(order.last()),
-        seconds,
-        events_per_second: order.len() as f64 / seconds.max(1e-9),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        println!(
-            "fed {} events to {} ({} .. {}) in {:.1} s ({:.0} events/s)",
-            s.fed,
-            s.topic,
-            s.first_event_time.as_deref().unwrap_or("-"),
-            s.last_event_time.as_deref().unwrap_or("-"),
-            s.seconds,
-            s.events_per_second
-        );
     }
     Ok(())
 }
