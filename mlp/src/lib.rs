@@ -23,8 +23,8 @@ use shared_models::{DenseLayer, MAX_WIDTH, MlpModel};
 type Train = Autodiff<NdArray<f32>>;
 type Serve = NdArray<f32>;
 
-/// Hyperparameters of a fit.
-#[derive(Clone, Debug, PartialEq)]
+/// Hyperparameters of a fit (serialised into the bundle's manifest).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Params {
     /// Widths of the hidden layers, input side first.
     pub hidden: Vec<usize>,

@@ -252,22 +252,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 
 /// The scorer's metrics address, read from its log.
 fn metrics_addr(log: &std::path::Path) -> String {
-    let t0 = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("metrics and health endpoints"))
-        {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            return v["addr"].as_str().unwrap().to_string();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no metrics address in {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    addr_in_log(log, "metrics and health endpoints")
 }
 
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

@@ -96,22 +96,7 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
             .spawn()
             .unwrap(),
     );
-    let t0 = Instant::now();
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = text
-            .lines()
-            .find(|l| l.contains("serving the model over HTTP"))
-        {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            break v["addr"].as_str().unwrap().to_string();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no address in {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = addr_in_log(&log, "serving the model over HTTP");
 
     // Every event, in topic order, 500 to a request on one kept-alive connection.
     let mut conn = TcpStream::connect(&addr).unwrap();

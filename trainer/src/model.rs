@@ -42,58 +42,28 @@ pub enum ModelSpec {
     },
     /// Multilayer perceptron (burn: autodiff over the ndarray backend on CPU, Adam, binary
     /// cross-entropy), ReLU hidden layers and a logistic output.
-    Mlp(MlpSpec),
+    Mlp(mlp::Params),
 }
 
-/// Hyperparameters of the MLP.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct MlpSpec {
-    /// Widths of the hidden layers.
-    pub hidden: Vec<usize>,
-    /// Passes over the training rows.
-    pub epochs: usize,
-    /// Rows per gradient step.
-    pub batch_size: usize,
-    /// Adam's step size.
-    pub learning_rate: f64,
-    /// L2 penalty.
-    pub weight_decay: f64,
-    /// Seed of the initial weights and the batch order.
-    pub seed: u64,
-    /// Decision threshold on the probability.
-    pub threshold: f64,
-}
-
-impl MlpSpec {
-    fn params(&self) -> mlp::Params {
-        mlp::Params {
-            hidden: self.hidden.clone(),
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            learning_rate: self.learning_rate,
-            weight_decay: self.weight_decay,
-            seed: self.seed,
-            threshold: self.threshold,
-        }
-    }
-
-    fn fit(
-        &self,
-        x: Array2<f64>,
-        y: Array1<bool>,
-        progress: &mut dyn FnMut(String),
-    ) -> anyhow::Result<Predictor> {
-        let cols = x.ncols();
-        let x = x.as_standard_layout();
-        let values = x.as_slice().context("feature matrix is not contiguous")?;
-        let labels = y.to_vec();
-        let epochs = self.epochs;
-        let model = mlp::fit(values, cols, &labels, &self.params(), |epoch, loss| {
-            progress(format!("epoch {epoch}/{epochs}, training loss {loss:.4}"))
-        })
-        .map_err(|m| anyhow::anyhow!("the MLP did not fit: {m}"))?;
-        Ok(Predictor::Mlp(model))
-    }
+/// Fit the MLP, reporting epochs and losses to `progress`.
+fn fit_mlp(
+    p: &mlp::Params,
+    x: Array2<f64>,
+    y: Array1<bool>,
+    progress: &mut dyn FnMut(String),
+) -> anyhow::Result<Predictor> {
+    let cols = x.ncols();
+    let x = x.as_standard_layout();
+    let values = x.as_slice().context("feature matrix is not contiguous")?;
+    let labels = y.to_vec();
+    let model = mlp::fit(values, cols, &labels, p, |epoch, loss| {
+        progress(format!(
+            "epoch {epoch}/{}, training loss {loss:.4}",
+            p.epochs
+        ))
+    })
+    .map_err(|m| anyhow::anyhow!("the MLP did not fit: {m}"))?;
+    Ok(Predictor::Mlp(model))
 }
 
 /// How a logistic regression is fitted.
@@ -271,7 +241,7 @@ impl ModelSpec {
                          got {v:?}"
                     ),
                 };
-                let spec = MlpSpec {
+                let spec = mlp::Params {
                     hidden,
                     epochs: positive(&t, "epochs", 8, file)? as usize,
                     batch_size: positive(&t, "batch_size", 256, file)? as usize,
@@ -286,7 +256,7 @@ impl ModelSpec {
                     },
                     threshold: float(&t, "threshold", 0.5, file)?,
                 };
-                mlp::check(&spec.params()).map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
+                mlp::check(&spec).map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
                 Ok(Self::Mlp(spec))
             }
             other => {
@@ -312,7 +282,7 @@ impl ModelSpec {
         match self {
             Self::LogisticRegression { threshold, .. }
             | Self::DecisionTree { threshold, .. }
-            | Self::Mlp(MlpSpec { threshold, .. }) => *threshold,
+            | Self::Mlp(mlp::Params { threshold, .. }) => *threshold,
         }
     }
 
@@ -394,7 +364,7 @@ impl ModelSpec {
                 leaf_shares(&mut tree, data.records(), data.targets());
                 Ok(Predictor::Tree(tree))
             }
-            Self::Mlp(spec) => spec.fit(x, y, progress),
+            Self::Mlp(p) => fit_mlp(p, x, y, progress),
         }
     }
 }

@@ -383,3 +383,20 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// The `addr` of the first JSON log line containing `message`, waiting up to 30 s for it.
+pub fn addr_in_log(log: &Path, message: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(message)) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            return v["addr"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no `{message}` in {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
