@@ -76,7 +76,26 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
 
     let file = events.display().to_string();
     let bytes = std::fs::read(events).map_err(|e| DataError::file(&file, e.to_string()))?;
-    let jsons = csv_to_json(p, &bytes, &file)?;
+    // The online side sees each event as JSON: a CSV row converted, or a JSON line as it is.
+    // `lines[i]` is the file line of record i, for messages.
+    let ext = events.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if matches!(ext, "jsonl" | "ndjson" | "json") {
+        bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, l)| (l.to_vec(), i + 1))
+            .unzip()
+    } else if ext == "parquet" {
+        return Err(DataError::file(
+            &file,
+            "the parity check reads CSV or JSON-lines history, not Parquet",
+        ));
+    } else {
+        let jsons = csv_to_json(p, &bytes, &file)?;
+        let lines = (2..jsons.len() + 2).collect();
+        (jsons, lines)
+    };
     drop(bytes);
     let tables = Tables::load(p, |path| {
         std::fs::read(offline::resolve(base, path)).map_err(|e| e.to_string())
@@ -118,7 +137,7 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
         let online = engine.process(&jsons[rec]);
         let cmp_started = Instant::now();
         let offline_row = by_record[rec].map(|pos| &off.rows[pos as usize]);
-        let line = rec + 2;
+        let line = lines[rec];
         let mismatch = match (offline_row, online) {
             (None, Ok(None)) if !refused[rec] => {
                 compare_time += cmp_started.elapsed();

@@ -287,6 +287,14 @@ fn json_lines_history_gives_the_same_rows_as_csv_and_bad_lines_name_their_place(
     let from_json = offline::run(&p, &path, &fixtures()).unwrap();
     assert!(from_csv.rows.len() > 2600);
     assert_eq!(from_csv.rows, from_json.rows, "every column of every event");
+    // The parity check takes JSON-lines history too: the lines are the online events.
+    let report = parity::check(&p, &path, &fixtures()).unwrap();
+    assert_eq!(report.events, from_json.rows.len());
+    assert_eq!(
+        report.identical, report.events,
+        "{:?}",
+        report.first_mismatch
+    );
 
     // A mistyped field on line 3 is refused with file, line and field.
     let mut bad: Vec<String> = jsonl.lines().map(str::to_string).collect();

@@ -14,8 +14,8 @@ pub struct ParityArgs {
     /// The pipeline file.
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
-    /// History to replay (CSV; a local path or s3://, gs://, az://); defaults to the pipeline's
-    /// `[events] path`.
+    /// History to replay (CSV or JSON lines; a local path or s3://, gs://, az://); defaults to
+    /// the pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
