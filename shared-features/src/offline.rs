@@ -219,8 +219,9 @@ fn file_digest(path: &Path) -> Result<String, DataError> {
 }
 
 /// The declared columns of a Parquet file, cast to their declared types (integers of any
-/// width to i64, floats to f64; strings and timestamps must be text). A missing column or one
-/// that cannot be cast is an error naming the file and the column.
+/// width to i64, floats to f64; strings must be text; timestamps are RFC 3339 text or a Parquet
+/// timestamp of any unit, read as UTC when it has no zone). A missing column or one that cannot
+/// be cast is an error naming the file and the column.
 fn read_parquet(
     path: &Path,
     columns: &[(String, FieldType)],

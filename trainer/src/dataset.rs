@@ -24,7 +24,7 @@ pub struct Input {
     /// Where the history came from, as given: a path or a store URL (for messages).
     pub events_source: String,
     /// Removes the downloaded copy when the input is dropped.
-    _download: Option<Download>,
+    downloaded: Option<Download>,
 }
 
 /// A temporary directory holding history fetched from a store; removed on drop.
@@ -105,17 +105,17 @@ impl Input {
             base,
             events: local,
             events_source,
-            _download: None,
+            downloaded: None,
         })
     }
 
     /// Fetch history that lives in a store (s3://, gs://, az://) into a temporary file, once;
     /// a local file is left as it is. Call it after the configuration is checked.
     pub fn fetch(&mut self) -> anyhow::Result<()> {
-        if shared_models::is_bucket_url(&self.events_source) && self._download.is_none() {
+        if shared_models::is_bucket_url(&self.events_source) && self.downloaded.is_none() {
             let (path, guard) = download(&self.events_source)?;
             self.events = path;
-            self._download = Some(guard);
+            self.downloaded = Some(guard);
         }
         Ok(())
     }
