@@ -150,10 +150,11 @@ pub fn ensure_topics(args: &KafkaArgs, topics: &[&str], partitions: i32) -> Resu
     Ok(())
 }
 
-/// Partitions of a topic, from the broker's metadata.
+/// Partitions of a topic, from the broker's metadata. Gives up after 10 s so that a broker that
+/// is down is reported (and retried by the caller) promptly.
 pub fn partitions(consumer: &BaseConsumer<Ctx>, topic: &str) -> Result<Vec<i32>> {
     let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("cannot read metadata of topic `{topic}`"))?;
     let t = md
         .topics()

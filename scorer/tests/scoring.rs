@@ -519,7 +519,8 @@ fn a_broker_that_is_down_at_start_is_waited_for() {
             .spawn()
             .unwrap(),
     );
-    wait_until("a retry logged", 30, || {
+    // The first metadata request gives up after 10 s; 90 s only guards against a hang.
+    wait_until("a retry logged", 90, || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("broker not ready; retrying")
@@ -538,4 +539,5 @@ fn a_broker_that_is_down_at_start_is_waited_for() {
         read_all(&broker, "flights.pred").len() as u64,
         s["predicted"].as_u64().unwrap()
     );
+    std::fs::remove_dir_all(&store).ok();
 }
