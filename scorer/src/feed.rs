@@ -22,7 +22,8 @@ pub struct FeedArgs {
     /// The pipeline: its fields type the CSV and its key and event time order the events.
     #[arg(long)]
     pipeline: PathBuf,
-    /// The history file (CSV); default: the pipeline's `[events] path`.
+    /// The history file (CSV, or JSON lines by the .jsonl/.ndjson/.json extension); default: the
+    /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// The topic (created with `--partitions` if it does not exist).
@@ -81,7 +82,20 @@ pub fn feed(args: FeedArgs) -> Result<()> {
     };
     let bytes = std::fs::read(&events_path)
         .with_context(|| format!("cannot read {}", events_path.display()))?;
-    let events = csv_to_json(&p, &bytes, &events_path.display().to_string())?;
+    // CSV rows become JSON events; JSON lines are events already (blank lines skipped).
+    let ext = events_path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
+    let events: Vec<Vec<u8>> = if matches!(ext, "jsonl" | "ndjson" | "json") {
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        csv_to_json(&p, &bytes, &events_path.display().to_string())?
+    };
     let meta = event_meta(&p, &events);
     let bound = |t: &Option<String>, flag: &str| {
         t.as_deref()
