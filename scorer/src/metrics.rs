@@ -31,6 +31,8 @@ pub struct Metrics {
     pub model_version: AtomicU64,
     /// Sum over assigned partitions of high watermark minus position.
     pub lag: AtomicI64,
+    /// Keys holding window state, over windows and partitions.
+    pub window_keys: AtomicU64,
     /// Transactions committed (exactly-once mode).
     pub transactions: AtomicU64,
     /// The consumer has an assignment and a model: ready to score.
@@ -104,6 +106,12 @@ impl Metrics {
             "# HELP kml_consumer_lag Messages behind the high watermark, all partitions.\n\
              # TYPE kml_consumer_lag gauge\nkml_consumer_lag {}",
             self.lag.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP kml_window_keys Entities holding window state, summed over windows and \
+             partitions.\n# TYPE kml_window_keys gauge\nkml_window_keys {}",
+            self.window_keys.load(Relaxed)
         );
         let name = "kml_event_latency_seconds";
         let _ = writeln!(

@@ -332,6 +332,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         metrics.dead_lettered.fetch_add(dead, Relaxed);
         metrics.filtered.fetch_add(filtered, Relaxed);
         metrics.observe_latency(started.elapsed().as_secs_f64(), n);
+        let keys: usize = parts.iter().map(|p| p.scorer.state_keys()).sum();
+        metrics.window_keys.store(keys as u64, Relaxed);
         summary.consumed += n;
         summary.predicted += predicted;
         summary.dead_lettered += dead;

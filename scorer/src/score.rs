@@ -144,6 +144,11 @@ impl Scorer {
         Outcome::Scored { key, event_time }
     }
 
+    /// Keys holding window state, summed over the pipeline's windows.
+    pub fn state_keys(&self) -> usize {
+        self.engine.state_keys()
+    }
+
     /// The JSON value of the last scored event.
     pub fn prediction(&self) -> &[u8] {
         &self.out

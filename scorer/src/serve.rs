@@ -403,6 +403,9 @@ fn score(
         );
     }
     metrics.observe_latency(started.elapsed().as_secs_f64(), n);
+    metrics
+        .window_keys
+        .store(st.scorer.state_keys() as u64, Relaxed);
     let status = if refused {
         "422 Unprocessable Content"
     } else {

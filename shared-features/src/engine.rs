@@ -53,7 +53,7 @@ impl Stages {
             }
         }
         for (w, state) in p.windows.iter().zip(&mut self.windows) {
-            state.update(w, t, row, p.lateness_ms);
+            state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
         }
         for (i, d) in p.derives.iter().enumerate() {
             let col = p.layout.len() - p.derives.len() + i;
@@ -65,6 +65,11 @@ impl Stages {
             row[col] = v;
         }
         Ok(())
+    }
+
+    /// Keys holding window state, summed over windows (cheap: no walk over the keys).
+    pub fn state_keys(&self) -> usize {
+        self.windows.iter().map(WindowState::keys).sum()
     }
 
     /// Keys and events held in window state, summed over windows.
@@ -136,6 +141,11 @@ impl OnlineEngine {
     /// Keys and events held in window state.
     pub fn state_size(&self) -> (usize, usize) {
         self.stages.state_size()
+    }
+
+    /// Keys holding window state, summed over windows.
+    pub fn state_keys(&self) -> usize {
+        self.stages.state_keys()
     }
 }
 

@@ -18,6 +18,10 @@ pub struct WindowState {
     /// For each aggregate, its field's index into `fields`.
     slots: Vec<Option<usize>>,
     by_key: HashMap<Key, KeyWindow>,
+    /// The newest event time seen for any key.
+    newest: i64,
+    /// `newest` when idle keys were last swept.
+    swept_at: i64,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,8 @@ impl WindowState {
             fields,
             slots,
             by_key: HashMap::new(),
+            newest: i64::MIN,
+            swept_at: i64::MIN,
         }
     }
 
@@ -78,7 +84,18 @@ impl WindowState {
     /// `lateness_ms` bounds how far behind its key's watermark an event may be; the caller has
     /// already refused events later than that, so eviction never removes an entry that an
     /// accepted event could still need.
-    pub fn update(&mut self, w: &Window, t: i64, row: &mut [Value], lateness_ms: i64) {
+    ///
+    /// With `idle_ttl_ms`, keys whose newest event is more than that behind the newest event of
+    /// any key are forgotten (swept each time the newest time advances by a quarter of the TTL),
+    /// so state is bounded by the keys active within the TTL rather than every key ever seen.
+    pub fn update(
+        &mut self,
+        w: &Window,
+        t: i64,
+        row: &mut [Value],
+        lateness_ms: i64,
+        idle_ttl_ms: Option<i64>,
+    ) {
         let current: Box<[Value]> = self.fields.iter().map(|&c| row[c].clone()).collect();
         let key = Key::of(&row[w.key]);
         let lo = t.saturating_sub(w.length_ms);
@@ -109,6 +126,14 @@ impl WindowState {
             .saturating_sub(w.length_ms);
         while kw.entries.front().is_some_and(|e| e.t <= horizon) {
             kw.entries.pop_front();
+        }
+        self.newest = self.newest.max(t);
+        if let Some(ttl) = idle_ttl_ms
+            && self.newest.saturating_sub(self.swept_at) >= ttl / 4
+        {
+            let oldest_kept = self.newest.saturating_sub(ttl);
+            self.by_key.retain(|_, kw| kw.watermark >= oldest_kept);
+            self.swept_at = self.newest;
         }
     }
 }

@@ -382,3 +382,59 @@ numeric = ["v", "n", "s"]
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn forgetting_idle_keys_changes_no_feature_and_bounds_state() {
+    use shared_features::events::{csv_to_json, event_order};
+    use shared_features::tables::Tables;
+    use shared_features::{OnlineEngine, Value};
+    let text = std::fs::read_to_string(repo().join("data/flights/pipeline.toml")).unwrap();
+    let with_ttl = |ttl: &str| {
+        let t = text.replacen(
+            "lateness = \"1h\"",
+            &format!("lateness = \"1h\"\nidle_key_ttl = \"{ttl}\""),
+            1,
+        );
+        Pipeline::parse(&t, "pipeline.toml").map(Arc::new)
+    };
+    // Windows of 24 h with 1 h of lateness: a TTL must exceed 25 h.
+    let err = with_ttl("25h").unwrap_err().to_string();
+    assert!(
+        err.contains("events.idle_key_ttl") && err.contains("aircraft_24h"),
+        "{err}"
+    );
+    let plain = flights_pipeline();
+    let ttl = with_ttl("26h").unwrap();
+    let csv = std::fs::read(fixtures().join("raw/flights.csv")).unwrap();
+    let events = csv_to_json(&plain, &csv, "flights.csv").unwrap();
+    let tables = Arc::new(
+        Tables::load(&plain, |path| {
+            std::fs::read(offline::resolve(&fixtures(), path)).map_err(|e| e.to_string())
+        })
+        .unwrap(),
+    );
+    let mut keep = OnlineEngine::new(plain.clone(), tables.clone());
+    let mut forget = OnlineEngine::new(ttl.clone(), tables);
+    let mut scored = 0;
+    for i in event_order(&plain, &events) {
+        let a = keep.process(&events[i]).map(|r| r.map(<[Value]>::to_vec));
+        let b = forget.process(&events[i]).map(|r| r.map(<[Value]>::to_vec));
+        match (a, b) {
+            (Ok(Some(a)), Ok(Some(b))) => {
+                assert_eq!(a, b, "event {i}");
+                scored += 1;
+            }
+            (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+            (a, b) => panic!("event {i}: {a:?} vs {b:?}"),
+        }
+    }
+    assert!(scored > 2600);
+    let (kept, forgotten) = (keep.state_size().0, forget.state_size().0);
+    assert!(
+        forgotten < kept,
+        "the day-one-only aircraft are forgotten: {forgotten} keys vs {kept}"
+    );
+    // The offline engine runs the same rule: parity holds with the TTL too.
+    let report = parity::check(&ttl, &fixtures().join("raw/flights.csv"), &fixtures()).unwrap();
+    assert_eq!(report.identical, report.events);
+}

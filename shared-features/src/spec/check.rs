@@ -603,6 +603,29 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         .enumerate()
         .map(|(i, d)| c.derive(i, d))
         .collect::<Result<Vec<_>, _>>()?;
+    // Forgetting a key is safe only once no event its window state could reach will be
+    // accepted: the TTL must exceed every window's length plus the lateness.
+    let idle_key_ttl_ms = match &ev.idle_key_ttl {
+        None => None,
+        Some(d) => {
+            let ttl = c.duration(d, "events.idle_key_ttl")?;
+            if let Some(w) = windows
+                .iter()
+                .find(|w| ttl <= w.length_ms.saturating_add(lateness_ms))
+            {
+                return Err(c.err(
+                    d.span(),
+                    "events.idle_key_ttl",
+                    format!(
+                        "must be longer than every window's length plus the lateness \
+                         (window `{}`: {} ms + {lateness_ms} ms)",
+                        w.name, w.length_ms
+                    ),
+                ));
+            }
+            Some(ttl)
+        }
+    };
 
     let mut numeric = Vec::new();
     for (i, n) in raw.features.numeric.iter().enumerate() {
@@ -657,6 +680,7 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         n_fields,
         key,
         lateness_ms,
+        idle_key_ttl_ms,
         time,
         filters,
         lookups,

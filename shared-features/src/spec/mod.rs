@@ -29,6 +29,11 @@ pub struct Pipeline {
     pub key: usize,
     /// How far behind the newest event of its key an event may arrive and still be aggregated.
     pub lateness_ms: i64,
+    /// Forget the window state of a key whose newest event is this far behind the newest event
+    /// of any key (`[events] idle_key_ttl`); `None` keeps every key. Left out of the serialized
+    /// spec when unset, so fingerprints of pipelines without it do not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_key_ttl_ms: Option<i64>,
     /// How `event_time` is computed from the fields.
     pub time: EventTime,
     /// Filters, all of which an event must pass.

@@ -47,6 +47,8 @@ pub(crate) struct RawEvents {
     pub key: S<String>,
     #[serde(default)]
     pub lateness: Option<S<String>>,
+    #[serde(default)]
+    pub idle_key_ttl: Option<S<String>>,
     pub fields: S<BTreeMap<String, S<String>>>,
     pub time: S<RawEventTime>,
 }
