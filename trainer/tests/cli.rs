@@ -14,6 +14,24 @@ fn trainer(args: &[&str]) -> std::process::Output {
     trainer_env(args, &[])
 }
 
+/// `trainer fit` arguments on the three fixture days (validation from 2013-01-03) into `store`,
+/// then `extra`.
+fn fit_on_fixtures<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "fit",
+        "--pipeline",
+        "data/flights/pipeline.toml",
+        "--base",
+        "data/flights/fixtures",
+        "--valid-from",
+        "2013-01-03",
+        "--store",
+        store,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn trainer_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(args)
@@ -204,20 +222,7 @@ fn fit_from_history_in_the_store(endpoint: &str, env: &[(&str, &str)]) {
     .unwrap();
     let fit = |events: &str| {
         trainer_env(
-            &[
-                "fit",
-                "--pipeline",
-                "data/flights/pipeline.toml",
-                "--base",
-                "data/flights/fixtures",
-                "--events",
-                events,
-                "--valid-from",
-                "2013-01-03",
-                "--store",
-                "memory://",
-                "--json",
-            ],
+            &fit_on_fixtures("memory://", &["--events", events, "--json"]),
             env,
         )
     };
@@ -250,20 +255,7 @@ fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
     let store = store.to_string();
     let trainer = |args: &[&str]| trainer_env(args, env);
     let fit = |extra: &[&str]| {
-        let mut args = vec![
-            "fit",
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--store",
-            &store,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = trainer(&args);
+        let out = trainer(&fit_on_fixtures(&store, &[&["--json"], extra].concat()));
         assert!(
             out.status.success(),
             "{}",
@@ -358,22 +350,10 @@ fn an_mlp_fit_is_reproducible_to_the_byte() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = format!("file://{}", dir.display());
     let fit = || {
-        let out = trainer(&[
-            "fit",
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--store",
+        let out = trainer(&fit_on_fixtures(
             &store,
-            "--set",
-            "kind=mlp",
-            "--set",
-            "hidden=[16, 8]",
-            "--json",
-        ]);
+            &["--set", "kind=mlp", "--set", "hidden=[16, 8]", "--json"],
+        ));
         assert!(
             out.status.success(),
             "{}",
