@@ -222,14 +222,10 @@ fn file_digest(path: &Path) -> Result<String, DataError> {
 /// width to i64, floats to f64; strings must be text; timestamps are RFC 3339 text or a Parquet
 /// timestamp of any unit, read as UTC when it has no zone). A missing column or one that cannot
 /// be cast is an error naming the file and the column.
-fn read_parquet(
-    path: &Path,
-    columns: &[(String, FieldType)],
-    row_index: bool,
-) -> Result<DataFrame, DataError> {
+fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
-    let mut df = ParquetReader::new(f)
+    let df = ParquetReader::new(f)
         .finish()
         .map_err(|e| polars_err(path, e))?;
     let mut out = Vec::with_capacity(columns.len() + 1);
@@ -283,13 +279,7 @@ fn read_parquet(
         out.push(cast);
     }
     let height = df.height();
-    df = DataFrame::new(height, out).map_err(|e| polars_err(path, e))?;
-    if row_index {
-        df = df
-            .with_row_index(ROW.into(), None)
-            .map_err(|e| polars_err(path, e))?;
-    }
-    Ok(df)
+    DataFrame::new(height, out).map_err(|e| polars_err(path, e))
 }
 
 /// Read the declared columns of a CSV (or, by extension, Parquet) file with their types;
@@ -309,11 +299,11 @@ fn read_csv(
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut df = if ext == "parquet" {
-        read_parquet(path, columns, row_index)?
+        read_parquet(path, columns)?
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
-        read_json_lines(path, columns, row_index)?
+        read_json_lines(path, columns)?
     } else {
-        read_csv_file(path, columns, row_index)?
+        read_csv_file(path, columns)?
     };
     for (name, ty) in columns {
         if *ty == FieldType::Float {
@@ -352,17 +342,18 @@ fn read_csv(
                 .map_err(|e| polars_err(path, e))?;
         }
     }
+    if row_index {
+        df = df
+            .with_row_index(ROW.into(), None)
+            .map_err(|e| polars_err(path, e))?;
+    }
     Ok(df)
 }
 
 /// Read JSON lines (one event object per line, as on a topic) with the online decoder, so a
 /// history file and a topic of the same events give the same values. Blank lines are skipped; a
 /// bad line is an error naming its line and field.
-fn read_json_lines(
-    path: &Path,
-    columns: &[(String, FieldType)],
-    row_index: bool,
-) -> Result<DataFrame, DataError> {
+fn read_json_lines(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {
     use crate::decode::Decoder;
     use crate::value::Value;
     use std::io::BufRead;
@@ -418,20 +409,10 @@ fn read_json_lines(
             FieldType::Str => Column::new(name, std::mem::take(&mut strs[i])),
         });
     }
-    let mut df = DataFrame::new(height, out).map_err(|e| polars_err(path, e))?;
-    if row_index {
-        df = df
-            .with_row_index(ROW.into(), None)
-            .map_err(|e| polars_err(path, e))?;
-    }
-    Ok(df)
+    DataFrame::new(height, out).map_err(|e| polars_err(path, e))
 }
 
-fn read_csv_file(
-    path: &Path,
-    columns: &[(String, FieldType)],
-    row_index: bool,
-) -> Result<DataFrame, DataError> {
+fn read_csv_file(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     let schema: Schema = columns
         .iter()
@@ -453,10 +434,6 @@ fn read_csv_file(
         .with_infer_schema_length(Some(0))
         .with_schema_overwrite(Some(Arc::new(schema)))
         .with_columns(Some(names))
-        .with_row_index(row_index.then(|| RowIndex {
-            name: ROW.into(),
-            offset: 0,
-        }))
         .map_parse_options(|o| {
             o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
         });

@@ -96,19 +96,19 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
 
     let progress = Progress::new();
     progress.stage("reading history and computing features");
-    let clock = std::time::Instant::now();
+    let mut lap = Lap(std::time::Instant::now());
     input.fetch()?;
     let data = Dataset::build(&input, valid_from)?;
-    let features_s = clock.elapsed().as_secs_f64();
+    let features_s = lap.next();
     let fitting = format!("fitting {} on {} events", spec.kind(), data.train.len());
     progress.stage(&fitting);
     let fitted = &data.fitted;
     let (x_train, y_train) = data.matrix(&p, &data.train);
-    let matrix_s = clock.elapsed().as_secs_f64() - features_s;
+    let matrix_s = lap.next();
     let model = spec.fit(x_train, y_train, &mut |m| {
         progress.stage(&format!("{fitting}: {m}"))
     })?;
-    let fit_s = clock.elapsed().as_secs_f64() - features_s - matrix_s;
+    let fit_s = lap.next();
     progress.stage("evaluating on the validation split");
     let (x_valid, y_valid) = data.matrix(&p, &data.valid);
     // Score with the serving code, not the training library: what is evaluated is what serves.
@@ -180,7 +180,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             std::fs::read(&full).with_context(|| format!("cannot read {}", full.display()))?;
         files.push((bundle_table_file(name), Bytes::from(bytes)));
     }
-    let evaluate_s = clock.elapsed().as_secs_f64() - features_s - matrix_s - fit_s;
+    let evaluate_s = lap.next();
     progress.stage(&format!("publishing to {}", args.store));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,7 +194,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     drop(progress);
-    let publish_s = clock.elapsed().as_secs_f64() - features_s - matrix_s - fit_s - evaluate_s;
+    let publish_s = lap.next();
     let report = FitReport {
         name: published.name.clone(),
         version: published.version,
@@ -249,6 +249,18 @@ fn print_table(r: &FitReport) {
         "  {:<20}features {:.1} s, matrix {:.1} s, fit {:.1} s, evaluate {:.1} s, publish {:.1} s",
         "time", t.features, t.matrix, t.fit, t.evaluate, t.publish
     );
+}
+
+/// Seconds since the previous lap (or the start).
+struct Lap(std::time::Instant);
+
+impl Lap {
+    fn next(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let s = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        s
+    }
 }
 
 /// A spinner naming the current stage, on stderr when it is a terminal; invisible when piped.

@@ -140,22 +140,11 @@ impl ModelSpec {
         };
         match kind.as_str() {
             "logistic_regression" => {
-                if let Some(k) = t.keys().find(|k| !LOGISTIC_KEYS.contains(&k.as_str())) {
-                    bail!(
-                        "{file}: [model] unknown hyperparameter `{k}` for logistic_regression (known: {})",
-                        LOGISTIC_KEYS[1..].join(", ")
-                    );
-                }
+                known_keys(&t, LOGISTIC_KEYS, &kind, file)?;
                 let alpha = float(&t, "alpha", 1.0, file)?;
                 let threshold = float(&t, "threshold", 0.5, file)?;
                 let gradient_tolerance = float(&t, "gradient_tolerance", 1e-4, file)?;
-                let max_iterations = match t.get("max_iterations") {
-                    None => 100,
-                    Some(toml::Value::Integer(i)) if *i > 0 => *i as u64,
-                    Some(v) => bail!(
-                        "{file}: [model] max_iterations must be a positive integer, got {v:?}"
-                    ),
-                };
+                let max_iterations = positive(&t, "max_iterations", 100, file)?;
                 if alpha < 0.0 || !(0.0..=1.0).contains(&threshold) || gradient_tolerance <= 0.0 {
                     bail!(
                         "{file}: [model] needs alpha >= 0, 0 <= threshold <= 1 and gradient_tolerance > 0"
@@ -178,19 +167,8 @@ impl ModelSpec {
                 })
             }
             "decision_tree" => {
-                if let Some(k) = t.keys().find(|k| !TREE_KEYS.contains(&k.as_str())) {
-                    bail!(
-                        "{file}: [model] unknown hyperparameter `{k}` for decision_tree (known: {})",
-                        TREE_KEYS[1..].join(", ")
-                    );
-                }
-                let max_depth = match t.get("max_depth") {
-                    None => 8,
-                    Some(toml::Value::Integer(i)) if *i > 0 => *i as u64,
-                    Some(v) => {
-                        bail!("{file}: [model] max_depth must be a positive integer, got {v:?}")
-                    }
-                };
+                known_keys(&t, TREE_KEYS, &kind, file)?;
+                let max_depth = positive(&t, "max_depth", 8, file)?;
                 let min_weight_split = float(&t, "min_weight_split", 100.0, file)?;
                 let min_weight_leaf = float(&t, "min_weight_leaf", 50.0, file)?;
                 let min_impurity_decrease = float(&t, "min_impurity_decrease", 1e-7, file)?;
@@ -214,12 +192,7 @@ impl ModelSpec {
                 })
             }
             "mlp" => {
-                if let Some(k) = t.keys().find(|k| !MLP_KEYS.contains(&k.as_str())) {
-                    bail!(
-                        "{file}: [model] unknown hyperparameter `{k}` for mlp (known: {})",
-                        MLP_KEYS[1..].join(", ")
-                    );
-                }
+                known_keys(&t, MLP_KEYS, &kind, file)?;
                 let hidden = match t.get("hidden") {
                     None => vec![32],
                     Some(toml::Value::Array(a)) => a
@@ -259,12 +232,10 @@ impl ModelSpec {
                 mlp::check(&spec).map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
                 Ok(Self::Mlp(spec))
             }
-            other => {
-                bail!(
-                    "{file}: [model] unknown model kind `{other}` (known: logistic_regression, \
-                     decision_tree, mlp)"
-                )
-            }
+            other => bail!(
+                "{file}: [model] unknown model kind `{other}` (known: logistic_regression, \
+                 decision_tree, mlp)"
+            ),
         }
     }
 
@@ -407,6 +378,17 @@ fn leaf_shares(tree: &mut TreeModel, x: &Array2<f64>, y: &Array1<bool>) {
         if node.leaf.is_some() {
             node.leaf = Some(if n == 0 { 0.5 } else { pos as f64 / n as f64 });
         }
+    }
+}
+
+/// Refuse a key the kind does not take, listing those it does.
+fn known_keys(t: &toml::Table, known: &[&str], kind: &str, file: &str) -> anyhow::Result<()> {
+    match t.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => bail!(
+            "{file}: [model] unknown hyperparameter `{k}` for {kind} (known: {})",
+            known[1..].join(", ")
+        ),
+        None => Ok(()),
     }
 }
 

@@ -52,20 +52,23 @@ pub fn fit(
         x.dot(&w) + beta[d]
     };
     let mut beta = Array1::<f64>::zeros(d + 1);
-    let objective = |beta: &Array1<f64>| -> f64 {
-        let loss: f64 = logits(beta)
+    // The objective, with the logits it was computed from (the next step's weights need them).
+    let objective = |beta: &Array1<f64>| -> (f64, Array1<f64>) {
+        let z = logits(beta);
+        let loss: f64 = z
             .iter()
             .zip(&target)
             // log(1 + e^z) - y z, in the form that does not overflow.
             .map(|(&z, &t)| z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z)
             .sum();
-        loss + 0.5 * alpha * beta.iter().take(d).map(|b| b * b).sum::<f64>()
+        let penalty = 0.5 * alpha * beta.iter().take(d).map(|b| b * b).sum::<f64>();
+        (loss + penalty, z)
     };
-    let mut current = objective(&beta);
+    let (mut current, mut z) = objective(&beta);
     let mut iterations = 0;
     let mut block = Array2::<f64>::zeros((BLOCK, d + 1));
     while iterations < max_iterations {
-        let p = logits(&beta).mapv(sigmoid);
+        let p = z.mapv(sigmoid);
         let residual = &p - &target;
         let mut grad = Array1::<f64>::zeros(d + 1);
         // H = X' W X + alpha I (intercept unpenalised), W = p (1 - p): each block's rows are
@@ -100,19 +103,20 @@ pub fn fit(
         let mut improved = None;
         for _ in 0..30 {
             let trial = &beta - &(&step * t);
-            let value = objective(&trial);
+            let (value, trial_z) = objective(&trial);
             if value.is_finite() && value < current {
-                improved = Some((trial, value));
+                improved = Some((trial, value, trial_z));
                 break;
             }
             t *= 0.5;
         }
         iterations += 1;
         match improved {
-            Some((b, value)) => {
+            Some((b, value, trial_z)) => {
                 let gain = current - value;
                 beta = b;
                 current = value;
+                z = trial_z;
                 // At the limit of floating point: a relative gain of 1e-15 is rounding.
                 if gain <= 1e-15 * current.abs().max(1.0) {
                     break;
