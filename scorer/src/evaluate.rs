@@ -13,7 +13,7 @@ use shared_models::metrics::roc_auc;
 
 use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
-use crate::replay::{End, each_message, reader};
+use crate::source::{End, each_message, reader};
 
 /// `scorer evaluate` options.
 #[derive(clap::Args, Debug)]
@@ -70,6 +70,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     let consumer = reader(&args.kafka)?;
+    let token = tokio_util::sync::CancellationToken::new();
     let mut scores: HashMap<(i32, i64), f64> = HashMap::new();
     let (mut predictions, mut repeated) = (0u64, 0u64);
     for part in kafka::partitions(&consumer, &args.predictions)? {
@@ -82,6 +83,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             part,
             low,
             End::Tail(high),
+            &token,
             |m| {
                 let pred: Pred = serde_json::from_slice(m.payload().unwrap_or_default())
                     .with_context(|| {
@@ -111,27 +113,35 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             .fetch_watermarks(&args.input, part, Duration::from_secs(30))
             .context("cannot read offsets of the input topic")?;
         let mut engine = OnlineEngine::new(servable.pipeline.clone(), servable.tables.clone());
-        each_message(&consumer, &args.input, part, low, End::Tail(high), |m| {
-            let Ok(Some(row)) = engine.process(m.payload().unwrap_or_default()) else {
-                return Ok(());
-            };
-            let t = row[p.event_time_col()].as_i64().unwrap_or(i64::MIN);
-            if from.is_some_and(|f| t < f) {
-                return Ok(());
-            }
-            let Some(y) = eval::label(label, row) else {
-                return Ok(());
-            };
-            labelled += 1;
-            match scores.get(&(part, m.offset())) {
-                Some(&s) => {
-                    ys.push(y > 0.5);
-                    ss.push(s);
+        each_message(
+            &consumer,
+            &args.input,
+            part,
+            low,
+            End::Tail(high),
+            &token,
+            |m| {
+                let Ok(Some(row)) = engine.process(m.payload().unwrap_or_default()) else {
+                    return Ok(());
+                };
+                let t = row[p.event_time_col()].as_i64().unwrap_or(i64::MIN);
+                if from.is_some_and(|f| t < f) {
+                    return Ok(());
                 }
-                None => unscored += 1,
-            }
-            Ok(())
-        })?;
+                let Some(y) = eval::label(label, row) else {
+                    return Ok(());
+                };
+                labelled += 1;
+                match scores.get(&(part, m.offset())) {
+                    Some(&s) => {
+                        ys.push(y > 0.5);
+                        ss.push(s);
+                    }
+                    None => unscored += 1,
+                }
+                Ok(())
+            },
+        )?;
     }
     let r = Report {
         model: servable.id.clone(),

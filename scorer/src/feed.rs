@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rdkafka::producer::BaseProducer;
 use serde::Serialize;
 use shared_features::Pipeline;
 use shared_features::events::{csv_to_json, event_meta};
 use shared_features::time::{format_timestamp, parse_date_or_timestamp};
 
-use crate::kafka::{self, Batch, Ctx, KafkaArgs, OutRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::{self, KafkaArgs};
+use crate::offsets::Tag;
+use crate::sink::{Sink, To};
 
 /// `scorer feed` options.
 #[derive(clap::Args, Debug)]
@@ -168,38 +171,38 @@ fn produce(
     meta: &[(Option<String>, Option<i64>)],
 ) -> Result<()> {
     kafka::ensure_topics(&args.kafka, &[topic], args.partitions)?;
-    let producer: BaseProducer<Ctx> = args
-        .kafka
-        .config(&[("enable.idempotence", "true"), ("linger.ms", "20")])
-        .create_with_context(Ctx::default())
-        .context("cannot create the producer")?;
+    let mut sink = Sink::new(&args.kafka, topic, topic, None)?;
+    let token = CancellationToken::new();
     let t0 = Instant::now();
-    let mut batch = Batch::new(vec![topic.to_string()]);
-    let chunk = match args.rate {
-        Some(r) if r > 0.0 => ((r / 10.0).ceil() as usize).clamp(1, 10_000),
-        _ => 10_000,
-    };
-    for (n, group) in order.chunks(chunk).enumerate() {
-        batch.clear();
-        for &i in group {
-            let key = batch.push(meta[i].0.as_deref().unwrap_or_default().as_bytes());
-            let payload = batch.push(&events[i]);
-            let none = (0, 0);
-            batch.records.push(OutRecord {
-                topic: 0,
-                key,
-                payload,
-                timestamp: meta[i].1,
-                headers: [("", none); 4],
-            });
+    let rate = args.rate.filter(|r| *r > 0.0);
+    for (n, &i) in order.iter().enumerate() {
+        let key = meta[i].0.as_deref().unwrap_or_default().as_bytes();
+        sink.send_waiting(To::Output, key, &events[i], meta[i].1, &[], Tag(0), &token)?;
+        if n % 1024 == 0 {
+            failed(&mut sink)?;
         }
-        kafka::deliver(&producer, &batch, &|| false)?;
-        if let Some(r) = args.rate.filter(|r| *r > 0.0) {
-            let due = Duration::from_secs_f64(((n + 1) * chunk) as f64 / r);
+        // At a rate: sleep until the next event is due (in tenths of a second, not per event).
+        if let Some(r) = rate
+            && (n + 1) % ((r / 10.0).ceil() as usize).clamp(1, 10_000) == 0
+        {
+            let due = Duration::from_secs_f64((n + 1) as f64 / r);
             if let Some(wait) = due.checked_sub(t0.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
     }
+    if !sink.flush(Duration::from_secs(300), None) {
+        bail!("{} events not acknowledged after 300 s", sink.in_flight());
+    }
+    failed(&mut sink)
+}
+
+/// Fail on the first record that could not be delivered (librdkafka retried it already).
+fn failed(sink: &mut Sink) -> Result<()> {
+    let reports = sink.reports();
+    if let Some(f) = reports.iter().find_map(|r| r.failure.as_ref()) {
+        bail!("an event could not be published: {}", f.error);
+    }
+    sink.recycle(reports);
     Ok(())
 }

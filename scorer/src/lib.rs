@@ -5,23 +5,41 @@
 
 pub mod evaluate;
 pub mod feed;
+pub mod http;
 pub mod kafka;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod offsets;
 pub mod replay;
 pub mod run;
 pub mod score;
 pub mod serve;
+pub mod sink;
+pub mod source;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Result;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// Real-time scoring on Kafka with the features the model was trained on.
 #[derive(Parser, Debug)]
 #[command(name = "scorer", version, about)]
 pub struct Cli {
+    /// Log lines as JSON objects (for collectors) or text.
+    #[arg(
+        long,
+        global = true,
+        env = "KML_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: log::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +61,7 @@ enum Command {
 /// Parse the command line, run the command, print an error chain on failure (exit code 2).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    log::init(cli.log_format);
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::replay(a),
@@ -58,6 +77,70 @@ pub fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
             }
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Cancel `token` on the first SIGINT or SIGTERM, and `hard` on the second (stop waiting for
+/// in-flight work at once).
+pub async fn signals(token: CancellationToken, hard: CancellationToken) {
+    for t in [token, hard] {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        t.cancel();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Retry `f` with exponential backoff (each failure logged with `what`) until it succeeds or
+/// `token` is cancelled: a broker that is down at start is waited for, not a crash.
+pub fn retry_until_cancelled<T>(
+    token: &CancellationToken,
+    what: &str,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .build();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if token.is_cancelled() => return Err(e),
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(
+                    error = %format!("{e:#}"), backoff_ms = wait.as_millis() as u64,
+                    "{what}; retrying"
+                );
+                // Sleep in slices so that a shutdown request is honoured promptly.
+                let until = std::time::Instant::now() + wait;
+                while std::time::Instant::now() < until && !token.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
         }
     }
 }

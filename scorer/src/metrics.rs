@@ -1,174 +1,201 @@
-//! Prometheus metrics and the health and readiness endpoints, served over plain HTTP/1.1.
+//! Every metric the scorer exports, by name, in one place (prometheus-client). Labels never
+//! carry keys or offsets: their number would grow with the data.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Upper bounds (seconds) of the latency histogram's buckets.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds (seconds) of the latency histogram's buckets: 100 us to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
-/// Counters and gauges of one scorer process.
-#[derive(Debug, Default)]
+/// Counters and gauges of one scorer process. Cloning shares them.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Messages consumed.
-    pub events_in: AtomicU64,
-    /// Predictions acknowledged by the broker.
-    pub predictions_out: AtomicU64,
-    /// Events sent to the dead-letter topic and acknowledged.
-    pub dead_lettered: AtomicU64,
-    /// Events a pipeline filter dropped (no prediction due).
-    pub filtered: AtomicU64,
-    /// Models swapped in without a restart.
-    pub reloads: AtomicU64,
-    /// Bundles refused on reload (the old model kept serving).
-    pub reload_failures: AtomicU64,
-    /// Version of the model being served.
-    pub model_version: AtomicU64,
-    /// Sum over assigned partitions of high watermark minus position.
-    pub lag: AtomicI64,
-    /// Keys holding window state, over windows and partitions.
-    pub window_keys: AtomicU64,
-    /// Transactions committed (exactly-once mode).
-    pub transactions: AtomicU64,
-    /// The consumer has an assignment and a model: ready to score.
-    pub ready: AtomicBool,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    registry: Arc<Registry>,
+    /// Messages consumed (`kml_events_in_total`).
+    pub events_in: Counter,
+    /// Predictions acknowledged by the broker (`kml_predictions_total`).
+    pub predictions: Counter,
+    /// Dead letters acknowledged by the broker (`kml_dead_lettered_total`).
+    pub dead_lettered: Counter,
+    /// Events a pipeline filter dropped: no output is due (`kml_filtered_total`).
+    pub filtered: Counter,
+    /// Models swapped in without a restart (`kml_model_reloads_total`).
+    pub reloads: Counter,
+    /// Reload attempts that failed: alias unresolvable, bundle unreadable or refused
+    /// (`kml_model_reload_failures_total`); the old model keeps serving.
+    pub reload_failures: Counter,
+    /// Outputs whose delivery failed for good after librdkafka's retries
+    /// (`kml_delivery_failures_total`); their partition is rewound, nothing past them committed.
+    pub delivery_failures: Counter,
+    /// Partitions rewound to their committable offset and re-scored (`kml_rewinds_total`).
+    pub rewinds: Counter,
+    /// Panics caught while scoring one event (`kml_scoring_panics_total`): always a bug.
+    pub panics: Counter,
+    /// Producers recreated after a fatal error (`kml_producer_restarts_total`).
+    pub producer_restarts: Counter,
+    /// Transactions committed, exactly-once mode (`kml_transactions_total`).
+    pub transactions: Counter,
+    /// Transactions aborted, exactly-once mode (`kml_transactions_aborted_total`).
+    pub transactions_aborted: Counter,
+    /// Version of the model being served (`kml_model_version`).
+    pub model_version: Gauge,
+    /// Messages behind the high watermark over assigned partitions, from librdkafka's
+    /// statistics (`kml_consumer_lag`).
+    pub lag: Gauge,
+    /// Keys holding window state, over windows and partitions (`kml_window_keys`).
+    pub window_keys: Gauge,
+    /// Outputs produced and not yet acknowledged (`kml_outputs_in_flight`).
+    pub in_flight: Gauge,
+    /// From an event's consumption to its output's acknowledgement, per output; for a filtered
+    /// event, to the moment it became committable (`kml_event_latency_seconds`).
+    pub latency: Histogram,
+    /// 1 when serving: a model, an assignment (run) (`kml_ready`); also `/readyz`.
+    pub ready_gauge: Gauge<i64, AtomicI64>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// Record `n` events that each took `seconds` from being consumed to being acknowledged.
-    pub fn observe_latency(&self, seconds: f64, n: u64) {
-        for (b, le) in self.latency_buckets.iter().zip(BUCKETS) {
-            if seconds <= le {
-                b.fetch_add(n, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(n, Relaxed);
-        self.latency_sum_us
-            .fetch_add((seconds * 1e6) as u64 * n, Relaxed);
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut s = String::with_capacity(2048);
-        let counters = [
-            ("kml_events_in_total", "Messages consumed.", &self.events_in),
-            (
-                "kml_predictions_total",
-                "Predictions acknowledged by the broker.",
-                &self.predictions_out,
-            ),
-            (
-                "kml_dead_lettered_total",
-                "Events sent to the dead-letter topic.",
-                &self.dead_lettered,
-            ),
-            (
-                "kml_filtered_total",
-                "Events dropped by a pipeline filter.",
-                &self.filtered,
-            ),
-            (
-                "kml_model_reloads_total",
-                "Models swapped in.",
-                &self.reloads,
-            ),
-            (
-                "kml_model_reload_failures_total",
-                "Bundles refused on reload.",
-                &self.reload_failures,
-            ),
-            (
-                "kml_transactions_total",
-                "Transactions committed.",
-                &self.transactions,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(s, "{name} {}", v.load(Relaxed));
-        }
-        let _ = writeln!(
-            s,
-            "# HELP kml_model_version Version of the model being served.\n\
-             # TYPE kml_model_version gauge\nkml_model_version {}",
-            self.model_version.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP kml_consumer_lag Messages behind the high watermark, all partitions.\n\
-             # TYPE kml_consumer_lag gauge\nkml_consumer_lag {}",
-            self.lag.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP kml_window_keys Entities holding window state, summed over windows and \
-             partitions.\n# TYPE kml_window_keys gauge\nkml_window_keys {}",
-            self.window_keys.load(Relaxed)
-        );
-        let name = "kml_event_latency_seconds";
-        let _ = writeln!(
-            s,
-            "# HELP {name} From consumed to prediction acknowledged.\n# TYPE {name} histogram"
-        );
-        for (b, le) in self.latency_buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(s, "{name}_sum {sum}\n{name}_count {count}");
-        s
-    }
-}
-
-/// Serve `/metrics`, `/healthz` (the process is up) and `/readyz` (assigned and serving a
-/// model) until the process ends.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+    /// Fresh metrics, registered.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::<u64, AtomicU64>::default();
+            r.register(name, help, c.clone());
+            c
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            // Read the request head (a request may arrive in several segments).
-            let mut buf = [0u8; 4096];
-            let mut n = 0;
-            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match sock.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
-            }
-            let req = std::str::from_utf8(&buf[..n]).unwrap_or("");
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".to_string())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        });
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::<i64, AtomicI64>::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let events_in = counter(&mut r, "kml_events_in", "Messages consumed.");
+        let predictions = counter(
+            &mut r,
+            "kml_predictions",
+            "Predictions acknowledged by the broker.",
+        );
+        let dead_lettered = counter(
+            &mut r,
+            "kml_dead_lettered",
+            "Dead letters acknowledged by the broker.",
+        );
+        let filtered = counter(
+            &mut r,
+            "kml_filtered",
+            "Events dropped by a pipeline filter.",
+        );
+        let reloads = counter(&mut r, "kml_model_reloads", "Models swapped in.");
+        let reload_failures = counter(
+            &mut r,
+            "kml_model_reload_failures",
+            "Reload attempts that failed (alias, fetch or validation); the old model serves on.",
+        );
+        let delivery_failures = counter(
+            &mut r,
+            "kml_delivery_failures",
+            "Outputs that failed for good after the client's retries.",
+        );
+        let rewinds = counter(
+            &mut r,
+            "kml_rewinds",
+            "Partitions rewound to their committable offset and scored again.",
+        );
+        let panics = counter(
+            &mut r,
+            "kml_scoring_panics",
+            "Panics caught while scoring an event (a bug; the event was dead-lettered).",
+        );
+        let producer_restarts = counter(
+            &mut r,
+            "kml_producer_restarts",
+            "Producers recreated after a fatal error.",
+        );
+        let transactions = counter(&mut r, "kml_transactions", "Transactions committed.");
+        let transactions_aborted =
+            counter(&mut r, "kml_transactions_aborted", "Transactions aborted.");
+        let model_version = gauge(
+            &mut r,
+            "kml_model_version",
+            "Version of the model being served.",
+        );
+        let lag = gauge(
+            &mut r,
+            "kml_consumer_lag",
+            "Messages behind the high watermark, all assigned partitions.",
+        );
+        let window_keys = gauge(
+            &mut r,
+            "kml_window_keys",
+            "Entities holding window state, summed over windows and partitions.",
+        );
+        let in_flight = gauge(
+            &mut r,
+            "kml_outputs_in_flight",
+            "Outputs produced and not yet acknowledged.",
+        );
+        let ready_gauge = gauge(&mut r, "kml_ready", "1 when ready to score.");
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        r.register(
+            "kml_event_latency_seconds",
+            "From an event's consumption to its output's acknowledgement.",
+            latency.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            events_in,
+            predictions,
+            dead_lettered,
+            filtered,
+            reloads,
+            reload_failures,
+            delivery_failures,
+            rewinds,
+            panics,
+            producer_restarts,
+            transactions,
+            transactions_aborted,
+            model_version,
+            lag,
+            window_keys,
+            in_flight,
+            latency,
+            ready_gauge,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Mark the process ready (or not) for `/readyz` and `kml_ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready
+            .store(ready, std::sync::atomic::Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
+    }
+
+    /// Whether the process is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
     }
 }

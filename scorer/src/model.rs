@@ -1,15 +1,11 @@
 //! Pulling a model from the registry, and watching its alias for new versions.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use shared_models::{ModelRef, Registry, Servable};
 
-use crate::log;
 use crate::metrics::Metrics;
 
 /// Which model, from which store.
@@ -53,15 +49,17 @@ pub fn load_blocking(args: &ModelArgs) -> Result<Arc<Servable>> {
     Ok(Arc::new(s))
 }
 
-/// Poll the reference every `interval`; send each new, valid version to the scoring loop. A
-/// bundle that fails to load or validate is logged and counted, and the old model keeps serving.
+/// Poll the reference every `interval`; hand each new, valid version to `swap`, which returns
+/// false when nobody listens any more. Every failed attempt (alias unresolvable, bundle
+/// unreadable or refused) is logged and counted in `kml_model_reload_failures_total`, and the
+/// old model keeps serving; a refused version is not retried until the alias moves.
 pub async fn watch(
     registry: Registry,
     r: ModelRef,
     mut serving: u64,
     interval: Duration,
-    tx: Sender<Arc<Servable>>,
-    metrics: Arc<Metrics>,
+    mut swap: impl FnMut(Arc<Servable>) -> bool,
+    metrics: Metrics,
 ) {
     if matches!(r, ModelRef::Version(..)) {
         return; // a pinned version never changes
@@ -72,7 +70,8 @@ pub async fn watch(
         let m = match registry.resolve(&r).await {
             Ok(m) => m,
             Err(e) => {
-                log::warn("cannot resolve the model", json!({"error": e.to_string()}));
+                metrics.reload_failures.inc();
+                tracing::warn!(error = %e, serving, "cannot resolve the model; the old one keeps serving");
                 continue;
             }
         };
@@ -83,21 +82,18 @@ pub async fn watch(
             async { Ok::<_, anyhow::Error>(Servable::from_bundle(&registry.fetch(&m).await?)?) };
         match loaded.await {
             Ok(s) => {
-                log::info(
-                    "new model version loaded",
-                    json!({"model": s.id, "previous": serving}),
-                );
+                tracing::info!(model = %s.id, previous = serving, "new model version loaded");
                 serving = s.version;
                 refused = None;
-                if tx.send(Arc::new(s)).is_err() {
+                if !swap(Arc::new(s)) {
                     return;
                 }
             }
             Err(e) => {
-                metrics.reload_failures.fetch_add(1, Relaxed);
-                log::error(
-                    "new model version refused; the old one keeps serving",
-                    json!({"model": m.id(), "error": e.to_string(), "serving": serving}),
+                metrics.reload_failures.inc();
+                tracing::error!(
+                    model = %m.id(), error = %format!("{e:#}"), serving,
+                    "new model version refused; the old one keeps serving"
                 );
                 refused = Some(m.version);
             }

@@ -1,24 +1,22 @@
-//! `scorer replay`: score a historical range of a topic through the live code path, after
-//! warming window state with everything before the range. Also the warm-up of newly assigned
-//! partitions in `scorer run`.
+//! `scorer replay`: score a historical range of a topic through the live scoring core, after
+//! warming window state with everything before the range; predictions to a topic (through the
+//! same pipelined sink as `scorer run`) or to a JSON-lines file.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::Message;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::BaseProducer;
-use rdkafka::topic_partition_list::Offset;
+use rdkafka::consumer::Consumer;
 use serde::Serialize;
-use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{self, Batch, Ctx, KafkaArgs};
-use crate::log;
+use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
-use crate::run::append;
-use crate::score::{Outcome, Scorer};
+use crate::offsets::Tag;
+use crate::score::{Outcome, Scorer, SourcePos};
+use crate::sink::{DeadLetter, Sink, To, cut_str};
+use crate::source::{End, each_message, reader};
 
 /// `scorer replay` options.
 #[derive(clap::Args, Debug)]
@@ -110,17 +108,17 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             parts.len()
         );
     }
-    let producer: Option<BaseProducer<Ctx>> = match &args.output {
+    let mut sink = match &args.output {
         Some(t) => {
             let mut topics = vec![t.as_str()];
             topics.extend(args.dlq.as_deref());
             kafka::ensure_topics(&args.kafka, &topics, parts.len() as i32)?;
-            Some(
-                args.kafka
-                    .config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
-                    .create_with_context(Ctx::default())
-                    .context("cannot create the producer")?,
-            )
+            Some(Sink::new(
+                &args.kafka,
+                t,
+                args.dlq.as_deref().unwrap_or(t),
+                None,
+            )?)
         }
         None => None,
     };
@@ -130,8 +128,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         )),
         None => None,
     };
-    let out_topic = args.output.clone().unwrap_or_default();
-    let dlq_topic = args.dlq.clone().unwrap_or_default();
+    let token = CancellationToken::new();
     let mut s = ReplaySummary {
         model: servable.id.clone(),
         topic: args.input.clone(),
@@ -148,45 +145,111 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             _ => End::Tail(high),
         };
         let mut scorer = Scorer::new(servable.clone(), args.max_event_bytes);
-        let mut batch = Batch::new(vec![out_topic.clone(), dlq_topic.clone()]);
-        let give_up = || false;
-        each_message(&consumer, &args.input, p, low, end, |msg| {
+        each_message(&consumer, &args.input, p, low, end, &token, |msg| {
             s.read += 1;
-            let in_offsets = !matches!(from, Some(Bound::Offset(o)) if msg.offset() < o)
-                && !matches!(to, Some(Bound::Offset(o)) if msg.offset() >= o);
-            let n_before = batch.records.len();
-            let outcome = append(&mut scorer, msg, &mut batch);
+            let offset = msg.offset();
+            let in_offsets = !matches!(from, Some(Bound::Offset(o)) if offset < o)
+                && !matches!(to, Some(Bound::Offset(o)) if offset >= o);
+            let pos = SourcePos {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset,
+            };
+            let outcome = scorer.score(msg.payload(), pos);
             let in_time = |t: i64| {
                 !matches!(from, Some(Bound::Time(f)) if t < f)
                     && !matches!(to, Some(Bound::Time(e)) if t >= e)
             };
             let keep = in_offsets
                 && match &outcome {
-                    Outcome::Scored { event_time, .. } => in_time(*event_time),
+                    Outcome::Scored { event_time } => in_time(*event_time),
                     Outcome::Filtered => false,
                     Outcome::Dead(_) => true,
                 };
             if !keep {
-                batch.records.truncate(n_before);
                 s.warmed += 1;
                 return Ok(());
             }
+            let mut pbuf = itoa::Buffer::new();
+            let mut obuf = itoa::Buffer::new();
+            let position: [(&'static str, &[u8]); 3] = [
+                ("kml.source.topic", msg.topic().as_bytes()),
+                (
+                    "kml.source.partition",
+                    pbuf.format(msg.partition()).as_bytes(),
+                ),
+                ("kml.source.offset", obuf.format(offset).as_bytes()),
+            ];
             match outcome {
-                Outcome::Scored { .. } => s.replayed += 1,
+                Outcome::Scored { event_time } => {
+                    s.replayed += 1;
+                    if let Some(f) = &mut file {
+                        f.write_all(scorer.prediction())?;
+                        f.write_all(b"\n")?;
+                    }
+                    if let Some(sink) = &mut sink {
+                        let headers = [
+                            position[0],
+                            position[1],
+                            position[2],
+                            ("kml.model", scorer.model().id.as_bytes()),
+                        ];
+                        let (k, v) = (scorer.key(), scorer.prediction());
+                        sink.send_waiting(
+                            To::Output,
+                            k,
+                            v,
+                            Some(event_time),
+                            &headers,
+                            Tag(0),
+                            &token,
+                        )?;
+                    }
+                }
                 Outcome::Filtered => s.filtered += 1,
-                Outcome::Dead(_) => {
+                Outcome::Dead(why) => {
                     s.dead_lettered += 1;
-                    if args.dlq.is_none() {
-                        batch.records.truncate(n_before);
+                    if let (Some(sink), Some(_)) = (&mut sink, &args.dlq) {
+                        let key = msg.key().unwrap_or_default();
+                        let mut headers = position.to_vec();
+                        headers.push(("kml.error", cut_str(&why, 2048).as_bytes()));
+                        let original = msg.payload().unwrap_or_default();
+                        let d = DeadLetter::for_limit(
+                            original,
+                            sink.max_message_bytes(),
+                            key,
+                            &headers,
+                        );
+                        if let Some(cut) = &d.cut {
+                            headers.extend(cut.headers());
+                        }
+                        let ts = msg.timestamp().to_millis();
+                        sink.send_waiting(
+                            To::DeadLetters,
+                            key,
+                            d.payload,
+                            ts,
+                            &headers,
+                            Tag(0),
+                            &token,
+                        )?;
                     }
                 }
             }
-            if batch.records.len() >= 5000 {
-                flush(&producer, &mut file, &mut batch, &give_up)?;
+            if let Some(sink) = &mut sink {
+                check_reports(sink)?;
             }
             Ok(())
         })?;
-        flush(&producer, &mut file, &mut batch, &give_up)?;
+    }
+    if let Some(sink) = &mut sink {
+        if !sink.flush(Duration::from_secs(300), None) {
+            bail!(
+                "{} predictions not acknowledged after 300 s",
+                sink.in_flight()
+            );
+        }
+        check_reports(sink)?;
     }
     if let Some(f) = &mut file {
         f.flush()?;
@@ -218,139 +281,13 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn flush(
-    producer: &Option<BaseProducer<Ctx>>,
-    file: &mut Option<std::io::BufWriter<std::fs::File>>,
-    batch: &mut Batch,
-    give_up: &dyn Fn() -> bool,
-) -> Result<()> {
-    if let Some(p) = producer {
-        kafka::deliver(p, batch, give_up)?;
+/// A replay has no offsets to hold back: a record that failed for good fails the replay.
+fn check_reports(sink: &mut Sink) -> Result<()> {
+    let reports = sink.reports();
+    let failed = reports.iter().find_map(|r| r.failure.as_ref());
+    if let Some(f) = failed {
+        bail!("a replayed output could not be delivered: {}", f.error);
     }
-    if let Some(f) = file {
-        for r in batch.records.iter().filter(|r| r.topic == 0) {
-            f.write_all(&batch.buf[r.payload.0..r.payload.1])?;
-            f.write_all(b"\n")?;
-        }
-    }
-    batch.clear();
+    sink.recycle(reports);
     Ok(())
-}
-
-/// A consumer that reads assigned partitions only (no group membership, no commits).
-pub fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer<Ctx>> {
-    kafka
-        .config(&[
-            ("group.id", "kml-reader"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("isolation.level", "read_committed"),
-        ])
-        .create_with_context(Ctx::default())
-        .context("cannot create a consumer")
-}
-
-/// Where reading a partition stops.
-#[derive(Clone, Copy, Debug)]
-pub enum End {
-    /// Before this offset.
-    At(i64),
-    /// At the end of the partition, which is at or after this high watermark. Reading goes on
-    /// past it until nothing more arrives: tansu reports a high watermark that counts only the
-    /// first record of the newest batch, so the watermark alone would drop the tail.
-    Tail(i64),
-}
-
-/// Call `f` on every message of `topic`/`partition` from offset `start` to `end`, in order.
-pub fn each_message(
-    consumer: &BaseConsumer<Ctx>,
-    topic: &str,
-    partition: i32,
-    start: i64,
-    end: End,
-    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<()>,
-) -> Result<()> {
-    let (stop, tail) = match end {
-        End::At(o) => (o, false),
-        End::Tail(hw) => (hw, true),
-    };
-    if start >= stop {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    consumer.assign(&tpl)?;
-    let mut last_progress = Instant::now();
-    let wait = Duration::from_millis(if tail { 500 } else { 200 });
-    loop {
-        match consumer.poll(wait) {
-            Some(Ok(msg)) => {
-                last_progress = Instant::now();
-                if !tail && msg.offset() >= stop {
-                    break;
-                }
-                f(&msg)?;
-                if !tail && msg.offset() + 1 >= stop {
-                    break;
-                }
-            }
-            Some(Err(e)) => log::warn("read error", json!({"error": e.to_string()})),
-            // Quiet, and at or past the last offset known: done. (Transaction markers take
-            // offsets but are never delivered, so the position tells, not the last message.)
-            None if position(consumer) >= stop => break,
-            None if last_progress.elapsed() > Duration::from_secs(60) => {
-                bail!(
-                    "no message from {topic}/{partition} for 60 s while reading up to offset {stop}"
-                )
-            }
-            None => {}
-        }
-    }
-    consumer.unassign()?;
-    Ok(())
-}
-
-fn position(consumer: &BaseConsumer<Ctx>) -> i64 {
-    let pos = consumer.position().ok();
-    let at = pos
-        .as_ref()
-        .and_then(|p| p.elements().first().map(|e| e.offset()));
-    match at {
-        Some(Offset::Offset(o)) => o,
-        _ => -1,
-    }
-}
-
-/// Rebuild window state for `topic`/`partition` from the events before `until` (the offset
-/// scoring resumes at). Returns the number of events read.
-///
-/// It reads from the partition's beginning: the broker may not map times to offsets (tansu
-/// does not), and the events before the lookback window leave no state behind anyway, so the
-/// state is exactly what a scorer that never stopped would hold.
-pub fn warm(
-    kafka: &KafkaArgs,
-    topic: &str,
-    partition: i32,
-    until: i64,
-    scorer: &mut Scorer,
-) -> Result<u64> {
-    let consumer = reader(kafka)?;
-    let (low, _) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .with_context(|| format!("cannot read offsets of {topic}/{partition}"))?;
-    let t0 = Instant::now();
-    let mut n = 0u64;
-    each_message(&consumer, topic, partition, low, End::At(until), |msg| {
-        scorer.warm(msg.payload().unwrap_or_default());
-        n += 1;
-        Ok(())
-    })?;
-    if n > 0 {
-        log::info(
-            "window state rebuilt",
-            json!({"partition": format!("{topic}/{partition}"), "events": n,
-                   "seconds": t0.elapsed().as_secs_f64()}),
-        );
-    }
-    Ok(n)
 }

@@ -1,10 +1,17 @@
-//! The scoring core, shared by live scoring and replay: one event's bytes in, one prediction
-//! (or a reason to dead-letter it) out. No Kafka here, so it is tested without a broker.
+//! The scoring core, shared by live scoring, replay and the model server: one event's bytes in,
+//! one prediction (or a reason to dead-letter it) out. No Kafka here, so it is tested without a
+//! broker.
+//!
+//! A panic while scoring an event would be a bug (the feature engine refuses bad data with an
+//! error). As defence in depth it is caught: the event is dead-lettered with the panic's message
+//! and the scorer reports itself [`broken`](Scorer::broken), because the panic may have left window
+//! state half-updated; the caller then rebuilds the state without that event.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use serde::Serialize;
-use shared_features::{EventError, OnlineEngine, time::format_timestamp};
+use shared_features::{OnlineEngine, Value, time::format_timestamp};
 use shared_models::Servable;
 
 /// Where an event came from.
@@ -21,10 +28,8 @@ pub struct SourcePos<'a> {
 /// What became of one event.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Scored: the prediction is in [`Scorer::prediction`].
+    /// Scored: the prediction is in [`Scorer::prediction`], its key in [`Scorer::key`].
     Scored {
-        /// The event's key.
-        key: String,
         /// Its event time (epoch ms).
         event_time: i64,
     },
@@ -58,6 +63,8 @@ pub struct Scorer {
     max_event_bytes: usize,
     x: Vec<f64>,
     out: Vec<u8>,
+    key: Vec<u8>,
+    broken: bool,
 }
 
 impl Scorer {
@@ -70,6 +77,8 @@ impl Scorer {
             max_event_bytes,
             x: Vec::new(),
             out: Vec::with_capacity(512),
+            key: Vec::with_capacity(32),
+            broken: false,
         }
     }
 
@@ -92,15 +101,45 @@ impl Scorer {
 
     /// Update the window state with an event without scoring it (warm-up before a replay
     /// range). Errors are ignored here: the event would have been dead-lettered when live.
-    pub fn warm(&mut self, payload: &[u8]) {
-        if payload.len() <= self.max_event_bytes {
-            let _ = self.engine.process(payload);
+    /// Returns false when processing panicked (see [`Scorer::broken`]).
+    pub fn warm(&mut self, payload: &[u8]) -> bool {
+        if payload.len() > self.max_event_bytes {
+            return true;
         }
+        let engine = &mut self.engine;
+        if catch_unwind(AssertUnwindSafe(|| {
+            let _ = engine.process(payload);
+        }))
+        .is_err()
+        {
+            self.broken = true;
+            return false;
+        }
+        true
+    }
+
+    /// Whether a panic was caught since this scorer was made: its window state may be
+    /// half-updated, and should be rebuilt without the event that caused it.
+    pub fn broken(&self) -> bool {
+        self.broken
     }
 
     /// Score one event. On [`Outcome::Scored`], [`Scorer::prediction`] holds the JSON value to
-    /// produce.
+    /// produce and [`Scorer::key`] its key.
     pub fn score(&mut self, payload: Option<&[u8]>, pos: SourcePos<'_>) -> Outcome {
+        match catch_unwind(AssertUnwindSafe(|| self.score_event(payload, pos))) {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                self.broken = true;
+                Outcome::Dead(format!(
+                    "internal error while scoring (a bug; please report it): {}",
+                    crate::log::panic_message(&*panic)
+                ))
+            }
+        }
+    }
+
+    fn score_event(&mut self, payload: Option<&[u8]>, pos: SourcePos<'_>) -> Outcome {
         let Some(payload) = payload else {
             return Outcome::Dead("empty message: no payload".into());
         };
@@ -116,17 +155,26 @@ impl Scorer {
         let row = match self.engine.process(payload) {
             Ok(Some(row)) => row,
             Ok(None) => return Outcome::Filtered,
-            Err(e @ EventError::Late { .. }) => return Outcome::Dead(format!("late event: {e}")),
             Err(e) => return Outcome::Dead(e.to_string()),
         };
         let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
-        let key = row[p.key].key_text().unwrap_or_default();
+        self.key.clear();
+        match &row[p.key] {
+            Value::Null => {}
+            Value::Str(s) => self.key.extend_from_slice(s.as_bytes()),
+            v => {
+                use std::io::Write;
+                let _ = write!(self.key, "{v}");
+            }
+        }
+        // Keys are text from a JSON string or a number: valid UTF-8 either way.
+        let key = std::str::from_utf8(&self.key).unwrap_or_default();
         m.fitted.transform(p, row, &mut self.x);
         let score = m.model.predict_proba(&self.x);
         let time = format_timestamp(event_time);
         self.out.clear();
         let pred = Prediction {
-            key: &key,
+            key,
             event_time: &time,
             event_time_ms: event_time,
             score,
@@ -141,7 +189,12 @@ impl Scorer {
         // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score
         // becomes null (serde_json), which the reader rejects loudly.
         let _ = serde_json::to_writer(&mut self.out, &pred);
-        Outcome::Scored { key, event_time }
+        Outcome::Scored { event_time }
+    }
+
+    /// The key of the last scored event (the output record's key).
+    pub fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// Keys holding window state, summed over the pipeline's windows.

@@ -8,35 +8,46 @@
 //!   names topic `http`, partition 0 and the server's running event number as offset),
 //!   `{"line": n, "filtered": true}`, or `{"line": n, "error": "..."}` for an event that cannot be
 //!   scored (what live scoring would dead-letter). Status 200 when every line was scored or
-//!   filtered, 422 when any was refused. Window state is the server's: events from all requests
-//!   update it in the order they are handled.
+//!   filtered, 422 when any was refused. Window state is the server's: events update it in the
+//!   order they are handled. A large request is scored in slices of [`SLICE`] lines, the lock
+//!   released between them, so that a small request never waits behind a whole large one.
 //! - `GET /v1/model`: the model being served (name, version, kind, fingerprint, inputs, metrics).
 //! - `/metrics`, `/healthz`, `/readyz` as in `scorer run`.
 //!
-//! HTTP/1.1 with keep-alive; bodies need a `Content-Length` (chunked uploads are refused with
-//! 411). New model versions behind an alias are hot-reloaded between requests.
+//! HTTP/1.1 (hyper, axum) with the limits of [`crate::http`]. A new model version behind an
+//! alias is swapped in as soon as the watcher has validated it. A panic while scoring (a bug)
+//! is caught: the event is refused, window state is reset (it may be half-updated) and counted
+//! in `kml_scoring_panics_total`; the server goes on.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::json;
 use shared_models::Servable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
-use crate::log;
+use crate::http::{self, HttpLimits, positive_seconds};
 use crate::metrics::Metrics;
 use crate::model::{self, ModelArgs};
 use crate::score::{Outcome, Scorer, SourcePos};
+
+/// Lines scored per hold of the lock.
+pub const SLICE: usize = 256;
 
 /// `scorer serve` options.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    http: HttpLimits,
     /// Address to listen on (port 0: any free port; the log says which).
     #[arg(long, env = "KML_SERVE_ADDR", default_value = "127.0.0.1:8080")]
     addr: String,
@@ -47,7 +58,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
     /// Seconds between checks of the model alias for a new version.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     reload_interval: f64,
     /// Benchmark baseline: answer each event line with `{}` unscored, with everything else
     /// (HTTP, body framing, the lock, metrics) as when scoring.
@@ -55,361 +66,217 @@ pub struct ServeArgs {
     pass_through: bool,
 }
 
-/// The scorer and the channel new model versions arrive on, behind one lock.
-struct State {
+/// The scorer behind one lock.
+struct Inner {
     scorer: Scorer,
-    updates: Receiver<Arc<Servable>>,
     next_offset: i64,
+}
+
+#[derive(Clone)]
+struct App {
+    inner: Arc<Mutex<Inner>>,
+    metrics: Metrics,
+    max_event_bytes: usize,
     pass_through: bool,
+}
+
+impl App {
+    /// The lock. A poisoned lock (a panic that escaped while holding it) resets the window
+    /// state, which that panic may have left half-updated.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                self.inner.clear_poison();
+                let mut g = poisoned.into_inner();
+                let model = g.scorer.model().clone();
+                g.scorer = Scorer::new(model, self.max_event_bytes);
+                tracing::error!("window state reset after a panic");
+                g
+            }
+        }
+    }
+
+    fn swap(&self, m: Arc<Servable>) {
+        let mut g = self.lock();
+        let previous = g.scorer.model().id.clone();
+        let kept = g.scorer.swap(m.clone());
+        drop(g);
+        self.metrics.reloads.inc();
+        self.metrics.model_version.set(m.version as i64);
+        tracing::info!(model = %m.id, previous = %previous, window_state_kept = kept,
+                       "serving a new model version");
+    }
 }
 
 /// Serve until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<()> {
     let current = model::load_blocking(&args.model)?;
     let (registry, r) = args.model.open()?;
-    let metrics = Arc::new(Metrics::default());
-    metrics.model_version.store(current.version, Relaxed);
-    let (tx, rx) = channel();
-    let state = Arc::new(Mutex::new(State {
-        scorer: Scorer::new(current.clone(), args.max_event_bytes),
-        updates: rx,
-        next_offset: 0,
+    let metrics = Metrics::new();
+    metrics.model_version.set(current.version as i64);
+    let app = App {
+        inner: Arc::new(Mutex::new(Inner {
+            scorer: Scorer::new(current.clone(), args.max_event_bytes),
+            next_offset: 0,
+        })),
+        metrics: metrics.clone(),
+        max_event_bytes: args.max_event_bytes,
         pass_through: args.pass_through,
-    }));
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let token = CancellationToken::new();
     rt.block_on(async move {
-        let listener = TcpListener::bind(&args.addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (--addr)", args.addr))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = http::bind(&args.addr, "--addr").await?;
+        let watcher = app.clone();
         tokio::spawn(model::watch(
             registry,
             r,
             current.version,
-            Duration::from_secs_f64(args.reload_interval.max(0.1)),
-            tx,
+            Duration::from_secs_f64(args.reload_interval),
+            move |m| {
+                watcher.swap(m);
+                true
+            },
             metrics.clone(),
         ));
-        metrics.ready.store(true, Relaxed);
-        log::info(
-            "serving the model over HTTP",
-            json!({"addr": addr.to_string(), "model": current.id}),
-        );
-        let accept = async {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = sock.set_nodelay(true);
-                let (state, metrics) = (state.clone(), metrics.clone());
-                let limit = args.max_body_bytes;
-                tokio::spawn(async move { connection(sock, state, metrics, limit).await });
-            }
-        };
-        tokio::select! {
-            () = accept => {}
-            () = shutdown() => log::info("stopping: signal received", json!({})),
-        }
+        tokio::spawn(crate::signals(token.clone(), CancellationToken::new()));
+        metrics.set_ready(true);
+        tracing::info!(addr = %addr, model = %current.id, "serving the model over HTTP");
+        let routes = Router::new()
+            .route("/v1/score", post(score))
+            .route("/v1/model", get(describe))
+            .with_state(app)
+            .layer(DefaultBodyLimit::max(args.max_body_bytes))
+            .merge(http::health_routes(metrics))
+            .fallback(not_found);
+        http::serve(listener, routes, args.http, token.clone()).await;
+        tracing::info!("stopping: signal received");
         anyhow::Ok(())
     })
 }
 
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        "not found: POST /v1/score, GET /v1/model, /metrics, /healthz, /readyz\n",
+    )
 }
 
-/// One parsed request.
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-    close: bool,
+async fn describe(State(app): State<App>) -> Response {
+    let m = app.lock().scorer.model().clone();
+    let body = json!({
+        "model": m.id,
+        "name": m.name,
+        "version": m.version,
+        "kind": m.model.kind(),
+        "fingerprint": m.fingerprint,
+        "inputs": m.fitted.names(),
+        "metrics": m.metrics,
+    });
+    json_response(StatusCode::OK, &body)
 }
 
-/// Why a request could not be read: answer with this status and message, then close.
-struct Refusal(&'static str, String);
-
-const HEAD_LIMIT: usize = 16 * 1024;
-
-/// Read one request from `buf` + the socket; `Ok(None)` when the peer closed cleanly.
-async fn read_request(
-    sock: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    limit: usize,
-) -> std::result::Result<Option<Request>, Refusal> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > HEAD_LIMIT {
-            return Err(Refusal(
-                "431 Request Header Fields Too Large",
-                "request head over 16 KiB".into(),
-            ));
-        }
-        let mut chunk = [0u8; 8192];
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) if buf.is_empty() => return Ok(None),
-            Ok(0) | Err(_) => {
-                return Err(Refusal("400 Bad Request", "incomplete request head".into()));
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split_whitespace();
-    let (method, path, version) = (
-        first.next().unwrap_or("").to_string(),
-        first.next().unwrap_or("").to_string(),
-        first.next().unwrap_or(""),
-    );
-    if method.is_empty() || !path.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return Err(Refusal(
-            "400 Bad Request",
-            "not an HTTP/1.x request line".into(),
-        ));
-    }
-    let mut length = 0;
-    let mut close = version == "HTTP/1.0";
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                length = value.parse().map_err(|_| {
-                    Refusal("400 Bad Request", format!("bad Content-Length `{value}`"))
-                })?;
-            }
-            "transfer-encoding" => {
-                return Err(Refusal(
-                    "411 Length Required",
-                    "send the body with a Content-Length, not chunked".into(),
-                ));
-            }
-            "connection" => close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    if length > limit {
-        return Err(Refusal(
-            "413 Content Too Large",
-            format!("body of {length} bytes; the limit is {limit} (--max-body-bytes)"),
-        ));
-    }
-    let start = head_end + 4;
-    while buf.len() < start + length {
-        let mut chunk = vec![0u8; (start + length - buf.len()).min(1 << 16)];
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => {
-                return Err(Refusal(
-                    "400 Bad Request",
-                    "body shorter than Content-Length".into(),
-                ));
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = buf[start..start + length].to_vec();
-    buf.drain(..start + length);
-    Ok(Some(Request {
-        method,
-        path,
-        body,
-        close,
-    }))
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v}\n"),
+    )
+        .into_response()
 }
 
-async fn connection(
-    mut sock: TcpStream,
-    state: Arc<Mutex<State>>,
-    metrics: Arc<Metrics>,
-    limit: usize,
-) {
-    let mut buf = Vec::new();
-    loop {
-        let req = match read_request(&mut sock, &mut buf, limit).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(Refusal(status, message)) => {
-                let body = format!("{}\n", json!({ "error": message }));
-                let _ = respond(&mut sock, status, "application/json", body.as_bytes(), true).await;
-                return;
-            }
-        };
-        let (status, ctype, body) = route(&req, &state, &metrics);
-        if respond(&mut sock, status, ctype, &body, req.close)
-            .await
-            .is_err()
-            || req.close
-        {
-            return;
-        }
-    }
-}
-
-async fn respond(
-    sock: &mut TcpStream,
-    status: &str,
-    ctype: &str,
-    body: &[u8],
-    close: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{}\r\n",
-        body.len(),
-        if close { "connection: close\r\n" } else { "" }
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body).await
-}
-
-fn route(
-    req: &Request,
-    state: &Mutex<State>,
-    metrics: &Metrics,
-) -> (&'static str, &'static str, Vec<u8>) {
-    let text = |status, s: String| (status, "text/plain", s.into_bytes());
-    match (req.method.as_str(), req.path.as_str()) {
-        ("POST", "/v1/score") => score(&req.body, state, metrics),
-        ("GET", "/v1/model") => {
-            let Ok(st) = state.lock() else {
-                return text("500 Internal Server Error", "state poisoned\n".into());
-            };
-            let m = st.scorer.model();
-            let body = json!({
-                "model": m.id,
-                "name": m.name,
-                "version": m.version,
-                "kind": m.model.kind(),
-                "fingerprint": m.fingerprint,
-                "inputs": m.fitted.names(),
-                "metrics": m.metrics,
-            });
-            (
-                "200 OK",
-                "application/json",
-                format!("{body}\n").into_bytes(),
-            )
-        }
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics.render().into_bytes(),
-        ),
-        ("GET", "/healthz") => text("200 OK", "ok\n".into()),
-        ("GET", "/readyz") => text("200 OK", "ready\n".into()),
-        (_, "/v1/score" | "/v1/model" | "/metrics" | "/healthz" | "/readyz") => {
-            text("405 Method Not Allowed", "method not allowed\n".into())
-        }
-        _ => text(
-            "404 Not Found",
-            "not found: POST /v1/score, GET /v1/model, /metrics, /healthz, /readyz\n".into(),
-        ),
-    }
-}
-
-/// Score every line of the body, in order, under the lock (window state is shared).
-fn score(
-    body: &[u8],
-    state: &Mutex<State>,
-    metrics: &Metrics,
-) -> (&'static str, &'static str, Vec<u8>) {
+/// Score every line of the body, in order, in slices under the lock.
+async fn score(State(app): State<App>, body: Bytes) -> Response {
     let started = Instant::now();
-    let Ok(mut st) = state.lock() else {
-        return (
-            "500 Internal Server Error",
-            "text/plain",
-            b"state poisoned\n".to_vec(),
-        );
-    };
-    let st = &mut *st;
-    // Hot reload between requests.
-    while let Ok(m) = st.updates.try_recv() {
-        let previous = st.scorer.model().id.clone();
-        let kept = st.scorer.swap(m.clone());
-        metrics.reloads.fetch_add(1, Relaxed);
-        metrics.model_version.store(m.version, Relaxed);
-        log::info(
-            "serving a new model version",
-            json!({"model": m.id, "previous": previous, "window_state_kept": kept}),
-        );
-    }
     let mut out = Vec::with_capacity(body.len() / 2 + 64);
     let mut refused = false;
     let mut n = 0u64;
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    let lines = event_lines(&body);
+    for (k, slice) in lines.chunks(SLICE).enumerate() {
+        if k > 0 {
+            tokio::task::yield_now().await;
         }
-        n += 1;
-        metrics.events_in.fetch_add(1, Relaxed);
-        let pos = SourcePos {
-            topic: "http",
-            partition: 0,
-            offset: st.next_offset,
-        };
-        st.next_offset += 1;
-        if st.pass_through {
-            out.extend_from_slice(b"{}\n");
-            continue;
+        let mut g = app.lock();
+        for &(i, line) in slice {
+            n += 1;
+            refused |= score_line(&app, &mut g, i, line, &mut out);
         }
-        match st.scorer.score(Some(line), pos) {
-            Outcome::Scored { .. } => {
-                metrics.predictions_out.fetch_add(1, Relaxed);
-                out.extend_from_slice(st.scorer.prediction());
-            }
-            Outcome::Filtered => {
-                metrics.filtered.fetch_add(1, Relaxed);
-                out.extend_from_slice(
-                    json!({"line": i + 1, "filtered": true})
-                        .to_string()
-                        .as_bytes(),
-                );
-            }
-            Outcome::Dead(reason) => {
-                refused = true;
-                metrics.dead_lettered.fetch_add(1, Relaxed);
-                out.extend_from_slice(
-                    json!({"line": i + 1, "error": reason})
-                        .to_string()
-                        .as_bytes(),
-                );
-            }
-        }
-        out.push(b'\n');
+        app.metrics.window_keys.set(g.scorer.state_keys() as i64);
     }
     if n == 0 {
-        return (
-            "400 Bad Request",
-            "application/json",
-            format!(
-                "{}\n",
-                json!({"error": "no event in the body: send a JSON object per line"})
-            )
-            .into_bytes(),
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "no event in the body: send a JSON object per line"}),
         );
     }
-    metrics.observe_latency(started.elapsed().as_secs_f64(), n);
-    metrics
-        .window_keys
-        .store(st.scorer.state_keys() as u64, Relaxed);
+    app.metrics.latency.observe(started.elapsed().as_secs_f64());
     let status = if refused {
-        "422 Unprocessable Content"
+        StatusCode::UNPROCESSABLE_ENTITY
     } else {
-        "200 OK"
+        StatusCode::OK
     };
-    (status, "application/x-ndjson", out)
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        out,
+    )
+        .into_response()
+}
+
+/// The non-blank lines of a body with their 1-based numbers.
+fn event_lines(body: &[u8]) -> Vec<(usize, &[u8])> {
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, l)| (i + 1, l))
+        .collect()
+}
+
+/// Score one line into `out`; returns whether it was refused.
+fn score_line(app: &App, g: &mut Inner, line_no: usize, line: &[u8], out: &mut Vec<u8>) -> bool {
+    app.metrics.events_in.inc();
+    let pos = SourcePos {
+        topic: "http",
+        partition: 0,
+        offset: g.next_offset,
+    };
+    g.next_offset += 1;
+    if app.pass_through {
+        out.extend_from_slice(b"{}\n");
+        return false;
+    }
+    let refused = match g.scorer.score(Some(line), pos) {
+        Outcome::Scored { .. } => {
+            app.metrics.predictions.inc();
+            out.extend_from_slice(g.scorer.prediction());
+            false
+        }
+        Outcome::Filtered => {
+            app.metrics.filtered.inc();
+            let answer = json!({"line": line_no, "filtered": true});
+            out.extend_from_slice(answer.to_string().as_bytes());
+            false
+        }
+        Outcome::Dead(reason) => {
+            app.metrics.dead_lettered.inc();
+            let answer = json!({"line": line_no, "error": reason});
+            out.extend_from_slice(answer.to_string().as_bytes());
+            true
+        }
+    };
+    out.push(b'\n');
+    if g.scorer.broken() {
+        app.metrics.panics.inc();
+        tracing::error!(
+            line = line_no,
+            "scoring panicked (a bug); window state reset"
+        );
+        let model = g.scorer.model().clone();
+        g.scorer = Scorer::new(model, app.max_event_bytes);
+    }
+    refused
 }

@@ -169,11 +169,22 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     assert_eq!(status, 400);
     let (status, _) = post(&mut conn, "/v1/nope", b"{}");
     assert_eq!(status, 404);
+    // A chunked upload (curl --data-binary @file -H 'Transfer-Encoding: chunked') is scored.
     let mut chunked = TcpStream::connect(&addr).unwrap();
+    let event = format!("{good}\n");
     chunked
-        .write_all(b"POST /v1/score HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+        .write_all(
+            format!(
+                "POST /v1/score HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+                 {:x}\r\n{event}\r\n0\r\n\r\n",
+                event.len()
+            )
+            .as_bytes(),
+        )
         .unwrap();
-    assert_eq!(read_response(&mut chunked).0, 411);
+    let (status, text) = read_response(&mut chunked);
+    assert_eq!(status, 200, "{text}");
+    assert!(lines(&text)[0]["score"].is_number(), "{text}");
 
     // The model, then a new version behind the alias, picked up between requests.
     let (status, text) = http_get(&addr, "/v1/model");
@@ -190,6 +201,8 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     );
     assert_eq!(model["inputs"], json_out(&shown)["input_signature"]);
     fit(&store, "champion", &["--set", "kind=mlp"]);
+    // The fit took longer than the idle keep-alive limit (--header-timeout): a new connection.
+    let mut conn = TcpStream::connect(&addr).unwrap();
     let t0 = Instant::now();
     loop {
         let (_, text) = post(&mut conn, "/v1/score", good.as_bytes());
