@@ -62,6 +62,8 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     log::init(cli.log_format);
+    #[cfg(feature = "failpoints")]
+    let _scenario = fail::FailScenario::setup();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Replay(a) => replay::replay(a),

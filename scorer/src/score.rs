@@ -108,6 +108,7 @@ impl Scorer {
         }
         let engine = &mut self.engine;
         if catch_unwind(AssertUnwindSafe(|| {
+            fail_point(payload);
             let _ = engine.process(payload);
         }))
         .is_err()
@@ -150,6 +151,7 @@ impl Scorer {
                 self.max_event_bytes
             ));
         }
+        fail_point(payload);
         let m = &*self.model;
         let p = &*m.pipeline;
         let row = match self.engine.process(payload) {
@@ -207,6 +209,17 @@ impl Scorer {
         &self.out
     }
 }
+
+/// With the `failpoints` feature and `FAILPOINTS=score=panic`, processing an event that contains
+/// `kml-fail-point` panics: how the tests reach the code that survives a bug.
+#[cfg(feature = "failpoints")]
+fn fail_point(payload: &[u8]) {
+    let marked = payload.windows(14).any(|w| w == b"kml-fail-point");
+    fail::fail_point!("score", marked, |_| ());
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn fail_point(_: &[u8]) {}
 
 fn same_spec(a: &Servable, b: &Servable) -> bool {
     a.tables.digests == b.tables.digests

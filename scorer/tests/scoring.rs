@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -360,8 +360,8 @@ fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
 }
 
 /// Start a scorer, SIGKILL it mid-stream, restart it with the same group until it is idle;
-/// return (predictions, committed offset seen after the crash, total events).
-fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
+/// return (predictions, committed offset seen after the crash, the scores of a clean replay).
+fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64, u64>) {
     let broker = Broker::start();
     let store = tempdir(name);
     fit(&store, "champion", &[]);
@@ -413,9 +413,11 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
             .unwrap(),
     );
     // The high watermark is a cheap look (a full read would let the scorer finish meanwhile).
-    wait_until("a third of the predictions", 60, || {
+    // ... and after a first commit, so that the restart has something to resume from.
+    wait_until("a third of the predictions and a commit", 60, || {
         broker_has(&broker, "flights.pred")
             && high_watermark(&broker, "flights.pred") > n as i64 / 3
+            && committed(&broker, name, "flights").is_some()
     });
     child.child().kill().unwrap(); // SIGKILL: no commit, no leaving the group
     child.child().wait().unwrap();
@@ -438,33 +440,40 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, usize) {
         committed,
         "state rebuilt from the events before the commit"
     );
-    (read_all(&broker, "flights.pred"), committed, n)
+    let reference = replay_scores(&broker, &store, "flights");
+    (read_all(&broker, "flights.pred"), committed, reference)
 }
 
-/// No prediction is lost; every repeat comes after the last commit the crashed run made.
-fn check_no_loss(preds: &[Rec], committed: i64, n: usize) -> Vec<i64> {
-    let mut count: HashMap<i64, usize> = HashMap::new();
+/// No prediction is lost: the predicted offsets are exactly those a clean replay scores (the
+/// others are the filtered events), with the same scores; every repeat comes after the last
+/// commit the crashed run made. Returns the repeated offsets.
+fn check_no_loss(preds: &[Rec], committed: i64, reference: &BTreeMap<i64, u64>) -> Vec<i64> {
+    let mut count: BTreeMap<i64, usize> = BTreeMap::new();
     for p in preds {
-        *count
-            .entry(p.json()["offset"].as_i64().unwrap())
-            .or_default() += 1;
+        let v = p.json();
+        let o = v["offset"].as_i64().unwrap();
+        *count.entry(o).or_default() += 1;
+        assert_eq!(
+            Some(&v["score"].as_f64().unwrap().to_bits()),
+            reference.get(&o),
+            "offset {o}: a prediction a clean replay does not make, or another score"
+        );
     }
-    // Events that are never predicted are the filtered ones; the same count as a clean run.
-    let missing = (0..n as i64).filter(|o| !count.contains_key(o)).count();
-    assert!(missing < 100, "{missing} events without a prediction");
-    let mut repeated: Vec<i64> = count
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(o, _)| *o)
-        .collect();
-    repeated.sort_unstable();
+    let predicted: Vec<&i64> = count.keys().collect();
+    let want: Vec<&i64> = reference.keys().collect();
+    assert_eq!(
+        predicted, want,
+        "predicted offsets differ from a clean replay's"
+    );
+    let mut repeated = Vec::new();
     for (o, c) in &count {
         assert!(*c <= 2, "offset {o} predicted {c} times");
-        if *o < committed {
-            assert_eq!(
-                *c, 1,
+        if *c > 1 {
+            assert!(
+                *o >= committed,
                 "offset {o} before the commit {committed} was predicted again"
             );
+            repeated.push(*o);
         }
     }
     repeated
@@ -472,8 +481,8 @@ fn check_no_loss(preds: &[Rec], committed: i64, n: usize) -> Vec<i64> {
 
 #[test]
 fn sigkill_at_least_once_loses_nothing_and_repeats_only_uncommitted_work() {
-    let (preds, committed, n) = crash_and_restart("alo", &[]);
-    let repeated = check_no_loss(&preds, committed, n);
+    let (preds, committed, reference) = crash_and_restart("alo", &[]);
+    let repeated = check_no_loss(&preds, committed, &reference);
     eprintln!(
         "at-least-once: committed {committed}, {} repeated predictions",
         repeated.len()
@@ -482,9 +491,13 @@ fn sigkill_at_least_once_loses_nothing_and_repeats_only_uncommitted_work() {
 
 #[test]
 fn sigkill_exactly_once_resumes_at_the_last_committed_transaction() {
-    let (preds, committed, n) = crash_and_restart("eos", &["--exactly-once"]);
-    let repeated = check_no_loss(&preds, committed, n);
-    // Every repeat belongs to the transaction open at the crash: the batch after the commit.
+    let (preds, committed, reference) = crash_and_restart(
+        "eos",
+        &["--exactly-once", "--transaction-max-events", "100"],
+    );
+    let repeated = check_no_loss(&preds, committed, &reference);
+    // Every repeat belongs to the transaction open at the crash: at most 100 events after the
+    // commit (--transaction-max-events).
     for o in &repeated {
         assert!(
             *o >= committed && *o < committed + 100,
@@ -540,4 +553,111 @@ fn a_broker_that_is_down_at_start_is_waited_for() {
         s["predicted"].as_u64().unwrap()
     );
     std::fs::remove_dir_all(&store).ok();
+}
+
+/// A second instance joins the group while the first has a transaction open: the first aborts
+/// it and goes on; when it stops, the second takes over from the last committed transaction.
+#[test]
+fn a_rebalance_mid_transaction_aborts_it_and_scoring_goes_on() {
+    let broker = Broker::start();
+    let store = tempdir("rebalance");
+    fit(&store, "champion", &[]);
+    feed(&broker, "flights");
+    let spawn = |name: &str, interval: &str| {
+        let log = store.join(format!("{name}.log"));
+        let child = Guard::new(
+            scorer()
+                .current_dir(repo())
+                .args(run_args(&broker, &store, "flights", "rebalance"))
+                .args([
+                    "--exactly-once",
+                    "--transactional-id",
+                    &format!("kml-{name}"),
+                ])
+                .args(["--transaction-interval", interval, "--json"])
+                .args([
+                    "-X",
+                    "max.poll.interval.ms=8000",
+                    "-X",
+                    "session.timeout.ms=6000",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let addr = metrics_addr(&log);
+        (child, addr, log)
+    };
+    // A commits every 600 s: once it has read everything, its transaction stays open.
+    let (mut a, a_addr, a_log) = spawn("a", "600");
+    let get = |addr: &str, m: &str| metric(&http_get(addr, "/metrics").1, m);
+    wait_until("A read everything", 60, || {
+        get(&a_addr, "kml_events_in_total") >= 2699.0
+    });
+    assert_eq!(get(&a_addr, "kml_transactions_total"), 0.0);
+    let (mut b, b_addr, b_log) = spawn("b", "0.1");
+    wait_until("A aborted on the rebalance", 60, || {
+        get(&a_addr, "kml_transactions_aborted_total") >= 1.0
+    });
+    assert!(
+        a.child().try_wait().unwrap().is_none(),
+        "A goes on after the abort"
+    );
+    // The rebalance ends with the partition at A or B.
+    let assigned = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("partitions assigned")
+            .count()
+    };
+    wait_until("the rebalance to end", 60, || {
+        assigned(&a_log) + assigned(&b_log) >= 2
+    });
+    // A stops (committing what it holds then: its last transaction); the partition goes to B
+    // if it is not there yet.
+    let pid = a.child().id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let a_out = a.output();
+    assert!(
+        a_out.status.success(),
+        "{}",
+        std::fs::read_to_string(&a_log).unwrap()
+    );
+    let a_sum = json_out(&a_out);
+    assert!(
+        a_sum["transactions_aborted"].as_u64().unwrap() >= 1,
+        "{a_sum}"
+    );
+    wait_until("everything committed", 90, || {
+        committed(&broker, "rebalance", "flights") == Some(2699)
+    });
+    assert!(get(&b_addr, "kml_transactions_total") >= 1.0 || a_sum["transactions"] != 0);
+    let pid = b.child().id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(b.output().status.success());
+    // Every scorable event has a prediction (aborted ones included: tansu does not hide them).
+    let (preds, _) = scores_by_offset(&read_all(&broker, "flights.pred"));
+    let (reference, _) = scores_by_offset(&{
+        replay(
+            &broker,
+            &store,
+            "flights_delay@champion",
+            &["--output", "flights.replay"],
+        );
+        read_all(&broker, "flights.replay")
+    });
+    for (o, s) in &reference {
+        assert_eq!(
+            preds.get(o).map(|x| x.to_bits()),
+            Some(s.to_bits()),
+            "offset {o}"
+        );
+    }
 }

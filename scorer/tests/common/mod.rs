@@ -74,6 +74,18 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Send the broker a signal (`STOP`, `CONT`): a broker that stops answering.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -398,5 +410,91 @@ pub fn addr_in_log(log: &Path, message: &str) -> String {
             "no `{message}` in {text}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Produce records with any key and payload (`None`: no payload) to partition 0 of `topic`,
+/// allowing records of up to 2 MB, in order.
+pub fn produce_records(broker: &Broker, topic: &str, records: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    create_topic(broker, topic, 1);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.max.bytes", "2000000")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(k.as_slice()).partition(0);
+        if let Some(v) = v {
+            rec = rec.payload(v.as_slice());
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        e.to_string().contains("Queue full"),
+                        "cannot produce to {topic}: {e}"
+                    );
+                    p.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The scorer's `replay` of a whole topic to a JSON-lines file: score bits by source offset.
+pub fn replay_scores(broker: &Broker, store: &Path, topic: &str) -> BTreeMap<i64, u64> {
+    let out = store.join(format!("{topic}.replay.jsonl"));
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(store),
+            ])
+            .args(["--model", "flights_delay@champion", "--input", topic])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["offset"].as_i64().unwrap(),
+                v["score"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+/// Create `topic` with `partitions` partitions unless it exists.
+pub fn create_topic(broker: &Broker, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let r = rt
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .unwrap();
+    for x in r {
+        match x {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => panic!("cannot create {t}: {e}"),
+        }
     }
 }
