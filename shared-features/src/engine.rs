@@ -117,11 +117,13 @@ impl OnlineEngine {
         self.after_decode()
     }
 
-    /// Process an event whose fields are already typed (`fields.len()` is the number of
-    /// declared fields).
+    /// Process an event whose fields are already typed, in declaration order. Fields beyond
+    /// the declared ones are ignored; missing trailing fields are null.
     pub fn process_fields(&mut self, fields: &[Value]) -> Result<Option<&[Value]>, EventError> {
         let n = self.pipeline.n_fields;
-        self.row[..n].clone_from_slice(&fields[..n.min(fields.len())]);
+        let given = n.min(fields.len());
+        self.row[..given].clone_from_slice(&fields[..given]);
+        self.row[given..n].fill(Value::Null);
         self.after_decode()
     }
 
