@@ -50,6 +50,20 @@ pub enum EventError {
         /// The parser's message.
         message: String,
     },
+    /// The bytes are not UTF-8, which JSON must be (RFC 8259).
+    #[error(
+        "invalid UTF-8 at byte {offset}: an event must be UTF-8 JSON (RFC 8259), in every field"
+    )]
+    NotUtf8 {
+        /// 0-based offset of the first byte that is not valid UTF-8.
+        offset: usize,
+    },
+    /// A declared field appears more than once, so which value counts would be a guess.
+    #[error("field `{field}` appears twice in the event")]
+    Duplicate {
+        /// The field.
+        field: String,
+    },
     /// A declared field is absent (JSON `null` is a present null).
     #[error("field `{field}` is missing")]
     Missing {

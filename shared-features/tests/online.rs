@@ -220,7 +220,7 @@ fn bad_events_are_errors_that_say_what_is_wrong() {
         ),
         (
             r#"{"id": "k1", "id": "k2", "ts": 0, "x": 1.0, "cat": "a", "n": 1}"#,
-            "appears twice",
+            "field `id` appears twice in the event",
         ),
     ];
     for (payload, words) in cases {
