@@ -83,6 +83,18 @@ pub enum EventError {
     /// The event time cannot be computed.
     #[error("no event time: {0}")]
     Time(String),
+    /// The event is further ahead of the stream's progress than `[events] max_future` allows.
+    #[error(
+        "future event: event time {event_time} is more than {max_future_ms} ms ahead of the stream's progress {progress} ([events] max_future)"
+    )]
+    Future {
+        /// The event's time (RFC 3339).
+        event_time: String,
+        /// The stream's progress (RFC 3339).
+        progress: String,
+        /// The bound.
+        max_future_ms: i64,
+    },
     /// The event is older than its key's newest event minus the allowed lateness.
     #[error(
         "late event for key {key}: event time {event_time} is more than {lateness_ms} ms behind the key's newest event {watermark}"
@@ -97,4 +109,21 @@ pub enum EventError {
         /// The allowed lateness.
         lateness_ms: i64,
     },
+}
+
+impl EventError {
+    /// A short name of the kind of error, for counts and metrics labels: `malformed`,
+    /// `not_utf8`, `duplicate`, `missing`, `wrong_type`, `time`, `future` or `late`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed { .. } => "malformed",
+            Self::NotUtf8 { .. } => "not_utf8",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Missing { .. } => "missing",
+            Self::WrongType { .. } => "wrong_type",
+            Self::Time(_) => "time",
+            Self::Future { .. } => "future",
+            Self::Late { .. } => "late",
+        }
+    }
 }

@@ -11,7 +11,7 @@
 //! An event at or after its key's newest event (the usual case, and every event of the offline
 //! engine's sorted table) costs amortised O(1) for every aggregate, however many events the
 //! window holds: the window's entries are kept as a two-stacks sliding-window aggregation
-//! ([`Swag`]) of [`agg::Part`]s, and distinct counts as a multiset of the values in the window.
+//! (`Swag`) of per-column partial aggregates (`agg::Part`), and distinct counts as a multiset of the values in the window.
 //! An event older than its key's newest one (out of order, within the lateness) is aggregated
 //! by a fold over its window, O(window), and makes the next in-order event rebuild the stacks,
 //! O(window) once.
@@ -19,7 +19,7 @@
 //! # State
 //!
 //! Per key: the entries (time and aggregated values, sorted by time, ties in arrival order), the
-//! key's newest time and three small numbers of the [`Swag`]. Its partial aggregates are a pure
+//! key's newest time and three small numbers of the `Swag`. Its partial aggregates are a pure
 //! function of those, so a snapshot of the entries and the numbers restores it bit for bit.
 
 mod agg;
