@@ -51,6 +51,8 @@ pub struct WindowState {
     swept_at: i64,
     /// Scratch space for one window's combined parts, one per field.
     combined: Vec<Part>,
+    /// Scratch space for one window's distinct counts, one per distinct field.
+    distinct: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -128,6 +130,7 @@ impl WindowState {
             .collect();
         Self {
             combined: vec![Part::EMPTY; fields.len()],
+            distinct: vec![0; distinct_fields.len()],
             fields,
             slots,
             distinct_fields,
@@ -183,7 +186,7 @@ impl WindowState {
         let distinct_fields = &self.distinct_fields;
         let existing = key.as_ref().and_then(|k| self.by_key.get_mut(k));
         let in_order = existing.as_ref().is_none_or(|kw| t >= kw.watermark);
-        let mut distinct = vec![0u64; distinct_fields.len()];
+        let distinct = &mut self.distinct;
         let events = match existing {
             Some(kw) if in_order => {
                 kw.slide(lo, nf, distinct_fields);
