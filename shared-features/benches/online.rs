@@ -52,6 +52,18 @@ fn online(c: &mut Criterion) {
             n
         })
     });
+    // The decoder alone (UTF-8 check, JSON, typing of the declared fields): what the strict
+    // UTF-8 rule costs shows here.
+    let decoder = shared_features::decode::Decoder::new(&p);
+    g.bench_function("decode", |b| {
+        let mut row = vec![shared_features::Value::Null; p.layout.len()];
+        b.iter(|| {
+            events
+                .iter()
+                .filter(|e| decoder.decode(e, &mut row).is_ok())
+                .count()
+        })
+    });
     g.bench_function("pipeline", |b| {
         b.iter(|| {
             let mut engine = OnlineEngine::new(p.clone(), tables.clone());

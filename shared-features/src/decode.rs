@@ -16,7 +16,10 @@ use crate::value::{FieldType, Value};
 /// Types are strict, so that a producer's mistake is caught rather than guessed at: an `int`
 /// field takes JSON integers, a `float` field takes any JSON number, a `str` field takes strings,
 /// a `timestamp` field takes an RFC 3339 string or integer epoch milliseconds. `null` is a null
-/// value; an absent field is an error. Fields the pipeline does not declare are ignored.
+/// value; an absent field is an error, and so is a declared field given twice. Fields the
+/// pipeline does not declare are ignored, but the whole event must be UTF-8 (RFC 8259 section
+/// 8.1): an invalid byte anywhere, in an undeclared field too, refuses the event, because a
+/// producer that writes one is broken and its other fields cannot be trusted either.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     index: HashMap<Box<str>, usize>,
@@ -49,7 +52,9 @@ impl Decoder {
     /// The field an error is about, if it names one.
     pub fn field_of(e: &EventError) -> Option<&str> {
         match e {
-            EventError::Missing { field } | EventError::WrongType { field, .. } => Some(field),
+            EventError::Missing { field }
+            | EventError::WrongType { field, .. }
+            | EventError::Duplicate { field } => Some(field),
             _ => None,
         }
     }
@@ -59,7 +64,12 @@ impl Decoder {
         let n = self.types.len();
         let mut seen = vec![false; n];
         let mut problem = None;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // serde_json checks UTF-8 only in the strings it reads, not in values it skips; one
+        // pass here covers every byte, and lets the parser skip its own checks.
+        let text = std::str::from_utf8(bytes).map_err(|e| EventError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let visitor = EventVisitor {
             dec: self,
             row: &mut row[..n],
@@ -115,10 +125,8 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
             let raw = map.next_value::<Raw<'de>>()?;
             let field = &self.dec.names[i];
             if std::mem::replace(&mut self.seen[i], true) {
-                *self.problem = Some(EventError::Malformed {
-                    line: 1,
-                    column: 1,
-                    message: format!("field `{field}` appears twice"),
+                *self.problem = Some(EventError::Duplicate {
+                    field: field.clone(),
                 });
                 return Err(de::Error::custom("duplicate field"));
             }

@@ -15,9 +15,30 @@ use crate::value::{Key, Row, Value};
 use crate::window::WindowState;
 
 /// The stages after enrichment, shared by the offline and online engines.
+///
+/// # Events from the future
+///
+/// The stream's *progress* is a clock driven by the events themselves, never by the wall clock
+/// (the offline engine has none, and both engines must agree): it starts at the first event's
+/// time, and each event moves it to `max(progress, min(t, progress + max_future))`. An event
+/// with `t > progress + max_future` is refused as [`EventError::Future`] before it touches any
+/// window, so one event dated a year ahead cannot make its keys' later events "late".
+///
+/// - A refused event still moves the progress, by at most `max_future`. That is what keeps a
+///   stream alive after a real gap longer than the bound (a weekend without events): the first
+///   `gap / max_future` events after it are refused, then the clock has caught up. A single bad
+///   event only loosens the bound by one `max_future` until real time passes it.
+/// - Accepted events only ever move the progress to their own time, so it is the newest
+///   accepted event time whenever nothing was refused.
+/// - Window state, lateness and `idle_key_ttl` run on accepted events only: a refused event
+///   neither advances a key's watermark nor makes other keys look idle and be forgotten.
+/// - The offline engine feeds its time-sorted table through these same stages, so a gap in
+///   the history refuses the same events in both engines, and the parity check sees it.
 #[derive(Debug)]
 pub struct Stages {
     windows: Vec<WindowState>,
+    /// The stream's progress; `None` before the first event.
+    progress: Option<i64>,
 }
 
 impl Stages {
@@ -25,15 +46,31 @@ impl Stages {
     pub fn new(p: &Pipeline) -> Self {
         Self {
             windows: p.windows.iter().map(WindowState::new).collect(),
+            progress: None,
         }
     }
 
+    /// The stream's progress (see [`Stages`]), once an event has been seen.
+    pub fn progress(&self) -> Option<i64> {
+        self.progress
+    }
+
     /// Aggregate windows and derive features into `row`, whose fields, `event_time` and joined
-    /// columns are filled. A late event is refused before any state changes.
+    /// columns are filled. A future or late event is refused before any window changes.
     pub fn process(&mut self, p: &Pipeline, row: &mut [Value]) -> Result<(), EventError> {
         let t = row[p.event_time_col()]
             .as_i64()
             .ok_or_else(|| EventError::Time("event_time is null".into()))?;
+        let progress = self.progress.unwrap_or(t);
+        let limit = progress.saturating_add(p.max_future_ms);
+        self.progress = Some(progress.max(t.min(limit)));
+        if t > limit {
+            return Err(EventError::Future {
+                event_time: format_timestamp(t),
+                progress: format_timestamp(progress),
+                max_future_ms: p.max_future_ms,
+            });
+        }
         for (w, state) in p.windows.iter().zip(&self.windows) {
             let Some(key) = Key::of(&row[w.key]) else {
                 continue;
@@ -117,11 +154,13 @@ impl OnlineEngine {
         self.after_decode()
     }
 
-    /// Process an event whose fields are already typed (`fields.len()` is the number of
-    /// declared fields).
+    /// Process an event whose fields are already typed, in declaration order. Fields beyond
+    /// the declared ones are ignored; missing trailing fields are null.
     pub fn process_fields(&mut self, fields: &[Value]) -> Result<Option<&[Value]>, EventError> {
         let n = self.pipeline.n_fields;
-        self.row[..n].clone_from_slice(&fields[..n.min(fields.len())]);
+        let given = n.min(fields.len());
+        self.row[..given].clone_from_slice(&fields[..given]);
+        self.row[given..n].fill(Value::Null);
         self.after_decode()
     }
 
@@ -141,6 +180,11 @@ impl OnlineEngine {
     /// Keys and events held in window state.
     pub fn state_size(&self) -> (usize, usize) {
         self.stages.state_size()
+    }
+
+    /// The stream's progress (see [`Stages`]), once an event has reached the windows.
+    pub fn progress(&self) -> Option<i64> {
+        self.stages.progress()
     }
 
     /// Keys holding window state, summed over windows.

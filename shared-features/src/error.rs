@@ -50,6 +50,20 @@ pub enum EventError {
         /// The parser's message.
         message: String,
     },
+    /// The bytes are not UTF-8, which JSON must be (RFC 8259).
+    #[error(
+        "invalid UTF-8 at byte {offset}: an event must be UTF-8 JSON (RFC 8259), in every field"
+    )]
+    NotUtf8 {
+        /// 0-based offset of the first byte that is not valid UTF-8.
+        offset: usize,
+    },
+    /// A declared field appears more than once, so which value counts would be a guess.
+    #[error("field `{field}` appears twice in the event")]
+    Duplicate {
+        /// The field.
+        field: String,
+    },
     /// A declared field is absent (JSON `null` is a present null).
     #[error("field `{field}` is missing")]
     Missing {
@@ -69,6 +83,18 @@ pub enum EventError {
     /// The event time cannot be computed.
     #[error("no event time: {0}")]
     Time(String),
+    /// The event is further ahead of the stream's progress than `[events] max_future` allows.
+    #[error(
+        "future event: event time {event_time} is more than {max_future_ms} ms ahead of the stream's progress {progress} ([events] max_future)"
+    )]
+    Future {
+        /// The event's time (RFC 3339).
+        event_time: String,
+        /// The stream's progress (RFC 3339).
+        progress: String,
+        /// The bound.
+        max_future_ms: i64,
+    },
     /// The event is older than its key's newest event minus the allowed lateness.
     #[error(
         "late event for key {key}: event time {event_time} is more than {lateness_ms} ms behind the key's newest event {watermark}"
@@ -83,4 +109,21 @@ pub enum EventError {
         /// The allowed lateness.
         lateness_ms: i64,
     },
+}
+
+impl EventError {
+    /// A short name of the kind of error, for counts and metrics labels: `malformed`,
+    /// `not_utf8`, `duplicate`, `missing`, `wrong_type`, `time`, `future` or `late`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed { .. } => "malformed",
+            Self::NotUtf8 { .. } => "not_utf8",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Missing { .. } => "missing",
+            Self::WrongType { .. } => "wrong_type",
+            Self::Time(_) => "time",
+            Self::Future { .. } => "future",
+            Self::Late { .. } => "late",
+        }
+    }
 }

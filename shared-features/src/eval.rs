@@ -1,7 +1,7 @@
 //! Row-level semantics shared by both engines: predicates, event time, derived features.
 
 use crate::spec::{CmpOp, DeriveFn, EventTime, Literal, Pipeline, Predicate};
-use crate::time;
+use crate::time::{self, TimePart};
 use crate::value::Value;
 
 /// Whether a value satisfies a predicate. Null satisfies only `is_null`.
@@ -48,6 +48,10 @@ pub fn label(p: &Predicate, row: &[Value]) -> Option<f64> {
 }
 
 /// Compute the event time (epoch ms) from the row's fields.
+///
+/// The message of an error names the fields at fault. A time outside [`time::in_range`] (about
+/// 262,000 years either side of year 0) is refused, so that no window, join or calendar
+/// arithmetic downstream can overflow.
 pub fn event_time(p: &Pipeline, row: &[Value]) -> Result<i64, String> {
     let name = |c: usize| p.layout[c].name.as_str();
     let int = |c: usize| {
@@ -56,7 +60,17 @@ pub fn event_time(p: &Pipeline, row: &[Value]) -> Result<i64, String> {
             .ok_or_else(|| format!("`{}` is null, so the event has no time", name(c)))
     };
     match &p.time {
-        EventTime::Field { col } => int(*col),
+        EventTime::Field { col } => {
+            let t = int(*col)?;
+            if time::in_range(t) {
+                Ok(t)
+            } else {
+                Err(format!(
+                    "`{}`: {t} ms since the epoch is outside the supported range of times",
+                    name(*col)
+                ))
+            }
+        }
         EventTime::LocalHhmm {
             date,
             hhmm,
@@ -65,9 +79,27 @@ pub fn event_time(p: &Pipeline, row: &[Value]) -> Result<i64, String> {
         } => {
             let ymd = (int(date[0])?, int(date[1])?, int(date[2])?);
             // A missing reference only loses the midnight correction; the time is still known.
-            let reference = reference.and_then(|c| row[c].as_i64());
-            time::local_hhmm_to_utc(tz.0, ymd, int(*hhmm)?, reference)
-                .map_err(|m| format!("`{}`: {m}", name(*hhmm)))
+            let reference_col = *reference;
+            let reference = reference_col.and_then(|c| row[c].as_i64());
+            time::local_hhmm_to_utc(tz.0, ymd, int(*hhmm)?, reference).map_err(|(part, m)| {
+                let (y, mo, d) = (name(date[0]), name(date[1]), name(date[2]));
+                let fields = match part {
+                    TimePart::Year => format!("`{y}`"),
+                    TimePart::Month => format!("`{mo}`"),
+                    TimePart::Day => format!("`{d}`"),
+                    TimePart::Hhmm => format!("`{}`", name(*hhmm)),
+                    TimePart::Reference => {
+                        format!("`{}`", reference_col.map_or("reference", name))
+                    }
+                    TimePart::Instant => format!("`{y}`, `{mo}`, `{d}` and `{}`", name(*hhmm)),
+                };
+                match part {
+                    TimePart::Year | TimePart::Month | TimePart::Day => {
+                        format!("{fields}: {m}, in the date {}-{}-{}", ymd.0, ymd.1, ymd.2)
+                    }
+                    _ => format!("{fields}: {m}"),
+                }
+            })
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The parity check: every event through both engines, every vector compared bit for bit.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,8 +28,10 @@ pub struct ParityReport {
     pub identical: usize,
     /// Events that a filter dropped (offline count; online must drop the same ones).
     pub filtered: usize,
-    /// Events refused by both engines (no event time, late).
+    /// Events refused by both engines, for the same reason (no event time, future, late).
     pub rejected: usize,
+    /// Those refusals by kind ([`crate::EventError::kind`]).
+    pub rejected_by_kind: BTreeMap<&'static str, usize>,
     /// For each lookup and as-of join, the events it found a row for (offline).
     pub joined: Vec<(String, usize)>,
     /// Layout columns compared per event.
@@ -53,7 +56,8 @@ pub struct Mismatch {
     pub line: usize,
     /// The event's time, when known.
     pub event_time: Option<String>,
-    /// The column or vector slot that differs (`<presence>` when one engine has no vector).
+    /// The column or vector slot that differs (`<presence>` when one engine has no vector,
+    /// `<refusal>` when both refuse the event for different reasons).
     pub feature: String,
     /// The offline value.
     pub offline: String,
@@ -102,12 +106,14 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
     })?;
     let order = event_order(p, &jsons);
 
-    let mut refused = vec![false; jsons.len()];
-    for (src, _) in &off.rejected {
-        if let Some(r) = refused.get_mut(*src as usize) {
-            *r = true;
+    // The kind of refusal offline, by record: online must refuse the same events alike.
+    let mut refused_as: Vec<Option<&'static str>> = vec![None; jsons.len()];
+    for (src, e) in &off.rejected {
+        if let Some(r) = refused_as.get_mut(*src as usize) {
+            *r = Some(e.kind());
         }
     }
+    let refused: Vec<bool> = refused_as.iter().map(Option::is_some).collect();
     let mut by_record: Vec<Option<u32>> = vec![None; jsons.len()];
     for (pos, &src) in off.source.iter().enumerate() {
         if let Some(slot) = by_record.get_mut(src as usize) {
@@ -120,6 +126,7 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
         identical: 0,
         filtered: off.filtered,
         rejected: 0,
+        rejected_by_kind: BTreeMap::new(),
         joined: joined_counts(p, &off.rows),
         columns: p.layout.len(),
         width: fitted.width(),
@@ -143,10 +150,21 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
                 compare_time += cmp_started.elapsed();
                 continue;
             }
-            (None, Err(_)) if refused[rec] => {
+            (None, Err(e)) if refused_as[rec] == Some(e.kind()) => {
                 report.rejected += 1;
+                *report.rejected_by_kind.entry(e.kind()).or_default() += 1;
                 compare_time += cmp_started.elapsed();
                 continue;
+            }
+            (None, Err(e)) if refused[rec] => {
+                report.events += 1;
+                Some(Mismatch {
+                    line,
+                    event_time: None,
+                    feature: "<refusal>".into(),
+                    offline: refused_as[rec].unwrap_or_default().into(),
+                    online: format!("{}: {e}", e.kind()),
+                })
             }
             (None, Ok(None) | Err(_)) => Some(Mismatch {
                 line,

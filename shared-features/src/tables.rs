@@ -54,7 +54,8 @@ impl AsofTable {
     pub fn get(&self, key: &Key, t: i64, tolerance_ms: Option<i64>) -> Option<&[Value]> {
         let (times, rows) = self.by_key.get(key)?;
         let i = times.partition_point(|&x| x <= t).checked_sub(1)?;
-        if tolerance_ms.is_some_and(|tol| t - times[i] > tol) {
+        // `times[i] <= t`, but both are arbitrary instants: the difference may not fit.
+        if tolerance_ms.is_some_and(|tol| t.saturating_sub(times[i]) > tol) {
             return None;
         }
         Some(&rows[i])
@@ -285,5 +286,10 @@ mod tests {
         );
         assert_eq!(t.get(&key, 26, Some(5)), None);
         assert_eq!(t.get(&Key::Str("JFK".into()), 25, None), None);
+        // Instants far apart: the distance saturates instead of overflowing.
+        t.by_key
+            .insert(key.clone(), (vec![i64::MIN], vec![row(9.0)]));
+        assert_eq!(t.get(&key, i64::MAX, Some(5)), None);
+        assert_eq!(t.get(&key, i64::MAX, None), Some(&[Value::Float(9.0)][..]));
     }
 }

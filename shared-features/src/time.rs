@@ -88,6 +88,31 @@ pub fn format_timestamp(ms: i64) -> String {
     }
 }
 
+/// Which input of [`local_hhmm_to_utc`] made it fail, so that the caller can name the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimePart {
+    /// The year: outside the range of dates.
+    Year,
+    /// The month: not 1 to 12.
+    Month,
+    /// The day: not a day of that month.
+    Day,
+    /// The `hhmm` time.
+    Hhmm,
+    /// The reference `hhmm` time.
+    Reference,
+    /// All of them together: a valid date and time whose instant is out of range (a time past
+    /// midnight of the last representable day, say).
+    Instant,
+}
+
+/// Whether epoch milliseconds are an instant this crate can compute with: the range of
+/// chrono's dates, about 262,000 years either side of year 0. Event times outside it are
+/// refused, so that no time arithmetic further on can overflow.
+pub fn in_range(ms: i64) -> bool {
+    DateTime::from_timestamp_millis(ms).is_some()
+}
+
 /// The instant of a local wall-clock time written as `hhmm` on a local date.
 ///
 /// - `hhmm` is hours * 100 + minutes, `0..=2400`; `2400` is midnight at the end of the day.
@@ -96,41 +121,89 @@ pub fn format_timestamp(ms: i64) -> String {
 ///   after it on the previous day (an early departure before midnight).
 /// - A wall time that occurs twice (the autumn DST change) is the earlier instant; one that does not
 ///   exist (the spring change) is read with the offset in force before the change.
+///
+/// Every step is checked: a date at the edge of the calendar whose time crosses midnight is an
+/// error naming [`TimePart::Instant`], never an overflow.
 pub fn local_hhmm_to_utc(
     tz: Tz,
     (year, month, day): (i64, i64, i64),
     hhmm: i64,
     reference_hhmm: Option<i64>,
-) -> Result<i64, String> {
-    let minutes = hhmm_minutes(hhmm)?;
-    let date = i32::try_from(year)
-        .ok()
-        .zip(u32::try_from(month).ok())
-        .zip(u32::try_from(day).ok())
-        .and_then(|((y, m), d)| NaiveDate::from_ymd_opt(y, m, d))
-        .ok_or_else(|| format!("{year}-{month}-{day} is not a date"))?;
+) -> Result<i64, (TimePart, String)> {
+    let minutes = hhmm_minutes(hhmm).map_err(|m| (TimePart::Hhmm, m))?;
+    let date = local_date(year, month, day)?;
     let mut day_shift: i64 = 0;
     if let Some(reference) = reference_hhmm {
-        let reference = hhmm_minutes(reference)?;
+        let reference = hhmm_minutes(reference).map_err(|m| (TimePart::Reference, m))?;
         if minutes + 12 * 60 < reference {
             day_shift = 1;
         } else if minutes > reference + 12 * 60 {
             day_shift = -1;
         }
     }
-    let local: NaiveDateTime = date.and_time(NaiveTime::MIN)
-        + chrono::Duration::minutes(minutes)
-        + chrono::Duration::days(day_shift);
+    let out_of_range = || {
+        (
+            TimePart::Instant,
+            format!(
+                "{year}-{month:02}-{day:02} at {hhmm:04}{} in {} is outside the supported range of times",
+                match day_shift {
+                    1 => " (the next day)",
+                    -1 => " (the day before)",
+                    _ => "",
+                },
+                tz.name()
+            ),
+        )
+    };
+    let local: NaiveDateTime = date
+        .and_time(NaiveTime::MIN)
+        .checked_add_signed(chrono::Duration::minutes(minutes + day_shift * 24 * 60))
+        .ok_or_else(out_of_range)?;
     let instant = match tz.from_local_datetime(&local) {
         chrono::LocalResult::Single(t) => t.timestamp_millis(),
         chrono::LocalResult::Ambiguous(earliest, _) => earliest.timestamp_millis(),
+        // A gap in local time (or an instant beyond the range, which chrono reports alike).
         chrono::LocalResult::None => {
             let before = local.checked_sub_days(Days::new(1)).unwrap_or(local);
             let offset = tz.offset_from_utc_datetime(&before).fix();
-            (local - offset).and_utc().timestamp_millis()
+            local
+                .checked_sub_offset(offset)
+                .ok_or_else(out_of_range)?
+                .and_utc()
+                .timestamp_millis()
         }
     };
     Ok(instant)
+}
+
+/// A calendar date, or which of its parts is wrong and why.
+fn local_date(year: i64, month: i64, day: i64) -> Result<NaiveDate, (TimePart, String)> {
+    let (min, max) = (NaiveDate::MIN.year(), NaiveDate::MAX.year());
+    let y = i32::try_from(year)
+        .ok()
+        .filter(|y| (min..=max).contains(y))
+        .ok_or_else(|| {
+            (
+                TimePart::Year,
+                format!("{year} is not a year from {min} to {max}"),
+            )
+        })?;
+    let m = u32::try_from(month)
+        .ok()
+        .filter(|m| (1..=12).contains(m))
+        .ok_or_else(|| (TimePart::Month, format!("{month} is not a month (1 to 12)")))?;
+    let bad_day = || {
+        let last = (28..=31)
+            .rev()
+            .find(|&d| NaiveDate::from_ymd_opt(y, m, d).is_some())
+            .unwrap_or(28);
+        (
+            TimePart::Day,
+            format!("{day} is not a day of {year}-{month:02} (1 to {last})"),
+        )
+    };
+    let d = u32::try_from(day).map_err(|_| bad_day())?;
+    NaiveDate::from_ymd_opt(y, m, d).ok_or_else(bad_day)
 }
 
 fn hhmm_minutes(hhmm: i64) -> Result<i64, String> {
@@ -223,6 +296,54 @@ mod tests {
         assert!(local_hhmm_to_utc(ny, (2013, 1, 1), 2401, None).is_err());
         assert!(local_hhmm_to_utc(ny, (2013, 2, 30), 100, None).is_err());
         assert!(local_hhmm_to_utc(ny, (i64::MAX, 1, 1), 100, None).is_err());
+        let part =
+            |ymd, hhmm, reference| local_hhmm_to_utc(ny, ymd, hhmm, reference).map_err(|e| e.0);
+        assert_eq!(part((2013, 0, 2), 100, None), Err(TimePart::Month));
+        assert_eq!(part((2013, 2, 29), 100, None), Err(TimePart::Day));
+        assert_eq!(part((2013, 1, -1), 100, None), Err(TimePart::Day));
+        assert_eq!(part((300_000, 1, 1), 100, None), Err(TimePart::Year));
+        assert_eq!(
+            part((2013, 1, 1), 100, Some(9999)),
+            Err(TimePart::Reference)
+        );
+        let day = local_hhmm_to_utc(ny, (2013, 2, 30), 100, None)
+            .unwrap_err()
+            .1;
+        assert_eq!(day, "30 is not a day of 2013-02 (1 to 28)");
+    }
+
+    /// The poison pills of issue 10: dates at the edges of the calendar whose time crosses
+    /// midnight overflowed chrono and panicked the scorer.
+    #[test]
+    fn edge_of_calendar_dates_are_errors_not_panics() {
+        let ny = chrono_tz::America::New_York;
+        let (min, max) = (
+            i64::from(NaiveDate::MIN.year()),
+            i64::from(NaiveDate::MAX.year()),
+        );
+        for ymd in [
+            (max, 12, 31),
+            (min, 1, 1),
+            (262_142, 12, 31),
+            (-262_143, 1, 1),
+        ] {
+            for (hhmm, reference) in [
+                (10, Some(2359)),
+                (2355, Some(5)),
+                (2400, None),
+                (0, None),
+                (1200, Some(1200)),
+            ] {
+                match local_hhmm_to_utc(ny, ymd, hhmm, reference) {
+                    Ok(t) => assert!(in_range(t), "{ymd:?} {hhmm}: {t}"),
+                    Err((part, m)) => assert_eq!(part, TimePart::Instant, "{ymd:?} {hhmm}: {m}"),
+                }
+            }
+        }
+        let e = local_hhmm_to_utc(ny, (max, 12, 31), 10, Some(2359)).unwrap_err();
+        assert_eq!(e.0, TimePart::Instant);
+        assert!(e.1.contains("the next day"), "{}", e.1);
+        assert!(in_range(0) && !in_range(i64::MAX) && !in_range(i64::MIN));
     }
 
     #[test]

@@ -65,6 +65,9 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
     println!("  {:<22}{:>12}", "records", r.records);
     println!("  {:<22}{:>12}", "filtered", r.filtered);
     println!("  {:<22}{:>12}", "refused (both)", r.rejected);
+    for (kind, n) in &r.rejected_by_kind {
+        println!("  {:<22}{:>12}", format!("  refused: {kind}"), n);
+    }
     println!("  {:<22}{:>12}", "vectors compared", r.events);
     println!("  {:<22}{:>12}  ({pct:.3}%)", "bit-identical", r.identical);
     for (name, n) in &r.joined {

@@ -558,6 +558,10 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         Some(l) => c.duration(l, "events.lateness")?,
         None => 0,
     };
+    let max_future_ms = match &ev.max_future {
+        Some(d) => c.duration(d, "events.max_future")?,
+        None => super::DEFAULT_MAX_FUTURE_MS,
+    };
     let time = event_time(&c, ev.time.get_ref(), ev.time.span())?;
     c.define(
         &S::new(ev.time.span(), "event_time".to_string()),
@@ -681,6 +685,7 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         key,
         lateness_ms,
         idle_key_ttl_ms,
+        max_future_ms,
         time,
         filters,
         lookups,

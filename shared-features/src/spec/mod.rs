@@ -34,6 +34,12 @@ pub struct Pipeline {
     /// spec when unset, so fingerprints of pipelines without it do not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_key_ttl_ms: Option<i64>,
+    /// How far ahead of the stream's progress an event may be (`[events] max_future`, default
+    /// [`DEFAULT_MAX_FUTURE_MS`]); one further ahead is refused before it touches any window
+    /// (see [`crate::Stages`]). Left out of the serialized spec when it is the default, so that
+    /// fingerprints of pipelines that do not set it are those they had before the bound existed.
+    #[serde(skip_serializing_if = "is_default_max_future")]
+    pub max_future_ms: i64,
     /// How `event_time` is computed from the fields.
     pub time: EventTime,
     /// Filters, all of which an event must pass.
@@ -60,6 +66,17 @@ pub struct Pipeline {
     /// The file the pipeline was read from, for messages only.
     #[serde(skip)]
     pub file: String,
+}
+
+/// The bound on events ahead of the stream when `[events] max_future` is not set: one day.
+///
+/// Long enough for any real stream's clock skew and for an event that is legitimately first
+/// after a quiet night; short enough that an event dated a year ahead (a broken clock, a typo
+/// in the year) is refused instead of locking its window keys for a year.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 86_400_000;
+
+fn is_default_max_future(ms: &i64) -> bool {
+    *ms == DEFAULT_MAX_FUTURE_MS
 }
 
 /// A named, typed column of the layout.

@@ -49,6 +49,8 @@ pub(crate) struct RawEvents {
     pub lateness: Option<S<String>>,
     #[serde(default)]
     pub idle_key_ttl: Option<S<String>>,
+    #[serde(default)]
+    pub max_future: Option<S<String>>,
     pub fields: S<BTreeMap<String, S<String>>>,
     pub time: S<RawEventTime>,
 }
