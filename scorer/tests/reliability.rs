@@ -422,3 +422,70 @@ fn http_clients_that_are_slow_or_malformed_cannot_hold_the_server() {
     let (status, _) = http_get(&addr, "/readyz");
     assert_eq!(status, 200);
 }
+
+/// The broker restarts with nothing (its storage lost: topics, groups, offsets, producer
+/// state). The scorer reports it and scores the events that arrive afterwards, with the
+/// scores it gave them the first time, and still stops on SIGTERM.
+#[test]
+fn a_broker_that_comes_back_empty_is_reported_and_scoring_goes_on() {
+    let broker = Broker::start();
+    let port: u16 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let store = tempdir("empty");
+    fit(&store, "champion", &[]);
+    feed(&broker, "flights");
+    let reference = replay_scores(&broker, &store, "flights");
+    let log = store.join("scorer.log");
+    let mut child = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(run_args(&broker, &store, "flights", "empty"))
+            .args(["-X", "message.timeout.ms=10000", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = addr_in_log(&log, "metrics and health endpoints");
+    let predicted = || metric(&http_get(&addr, "/metrics").1, "kml_predictions_total");
+    let t0 = Instant::now();
+    while predicted() < reference.len() as f64 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "first pass not scored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(broker);
+    let broker = Broker::start_on(port);
+    feed(&broker, "flights");
+    let t0 = Instant::now();
+    loop {
+        let got = if broker_has(&broker, "flights.pred") {
+            read_all(&broker, "flights.pred")
+        } else {
+            Vec::new()
+        };
+        let scores: BTreeMap<i64, u64> = got
+            .iter()
+            .map(|p| {
+                let v = p.json();
+                (v["offset"].as_i64().unwrap(), v["score"].as_f64().unwrap().to_bits())
+            })
+            .collect();
+        if scores.len() >= reference.len() {
+            assert_eq!(scores, reference, "the events scored as the first time");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{} of {} scored after the broker came back: {}",
+            scores.len(),
+            reference.len(),
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pid = child.child().id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.output();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("partitions assigned"), "{text}");
+}

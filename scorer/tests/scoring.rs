@@ -661,3 +661,25 @@ fn a_rebalance_mid_transaction_aborts_it_and_scoring_goes_on() {
         );
     }
 }
+
+#[test]
+fn nonsense_settings_are_refused_before_any_work() {
+    let store = tempdir("nonsense");
+    for (flag, value, why) in [
+        ("--batch-size", "0", "--batch-size 0 must be between 1 and 1000000"),
+        ("--transaction-max-events", "0", "--transaction-max-events must be at least 1"),
+        ("--transaction-interval", "-1", "is not a positive number of seconds"),
+        ("--shutdown-timeout", "nan", "is not a positive number of seconds"),
+        ("--output", "flights", "must be different topics"),
+    ] {
+        let mut args = run_args_at("127.0.0.1:1", &store, "flights", "g");
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+        let out = scorer().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(why), "{flag} {value}: {err}");
+    }
+}

@@ -25,7 +25,7 @@
 //!   ([`decode::Decoder`]).
 //! - Its time must be computable and within chrono's calendar (about 262,000 years either side of
 //!   year 0); all time arithmetic is checked ([`time`], [`eval::event_time`]).
-//! - It may be at most `[events] max_future` (default [`spec::DEFAULT_MAX_FUTURE_MS`], one day)
+//! - It may be at most `[events] max_future` (default [`spec::DEFAULT_MAX_FUTURE_MS`], seven days)
 //!   ahead of the stream's progress, a clock driven by the events themselves, and at most
 //!   `[events] lateness` behind its window keys' newest events; otherwise it is refused before it
 //!   touches any window ([`Stages`] defines both rules).

@@ -69,13 +69,13 @@ fn the_first_event_sets_the_progress_and_the_bound_is_inclusive() {
             .is_ok()
     );
     assert_eq!(e.progress(), Some(common::at(10 * DAY)));
-    // Exactly one bound ahead is accepted; a minute more is not.
+    // Exactly one bound (seven days) ahead is accepted; a minute more is not.
     assert!(
-        e.process(&event(Some("k2"), 11 * DAY, None, Some("a")))
+        e.process(&event(Some("k2"), 17 * DAY, None, Some("a")))
             .is_ok()
     );
     let err = e
-        .process(&event(Some("k3"), 12 * DAY + 1, None, Some("a")))
+        .process(&event(Some("k3"), 24 * DAY + 1, None, Some("a")))
         .unwrap_err();
     assert!(
         matches!(
@@ -89,18 +89,34 @@ fn the_first_event_sets_the_progress_and_the_bound_is_inclusive() {
     );
 }
 
-/// After a real gap longer than the bound (a quiet weekend), the progress catches up by one
-/// bound per refused event, so the stream loses a few events and never stalls.
+/// After a real gap longer than the bound, the progress catches up by one bound per refused
+/// event, so the stream loses a few events and never stalls.
 #[test]
 fn a_real_gap_costs_a_few_events_not_the_stream() {
     let mut e = common::engine();
     assert!(e.process(&event(Some("k1"), 0, None, Some("a"))).is_ok());
-    let after_gap = |i: i64| event(Some("k1"), 3 * DAY + i, None, Some("a"));
+    let after_gap = |i: i64| event(Some("k1"), 20 * DAY + i, None, Some("a"));
     let outcomes: Vec<bool> = (0..5).map(|i| e.process(&after_gap(i)).is_ok()).collect();
-    // Three days after the progress: refused three times while the progress moves 0 -> 1 ->
-    // 2 -> 3 days, then within a day of it.
-    assert_eq!(outcomes, [false, false, false, true, true]);
-    assert_eq!(e.progress(), Some(common::at(3 * DAY + 4)));
+    // Twenty days after the progress: refused twice while the progress moves 0 -> 7 -> 14
+    // days, then within seven days of it.
+    assert_eq!(outcomes, [false, false, true, true, true]);
+    assert_eq!(e.progress(), Some(common::at(20 * DAY + 4)));
+}
+
+/// A stream whose events are further apart than the bound would lose every one of them (the
+/// progress never catches up): such streams set a larger bound, or `off`.
+#[test]
+fn a_sparse_stream_needs_a_larger_bound_or_none() {
+    let every_two_days = |p| {
+        let mut e = engine_of(p);
+        (0..6)
+            .map(|i| e.process(&event(Some("k1"), i * 2 * DAY, None, Some("a"))).is_ok())
+            .collect::<Vec<bool>>()
+    };
+    let one_day = every_two_days(with_events_line("max_future = \"1d\""));
+    assert_eq!(one_day, [true, false, false, false, false, false]);
+    assert!(every_two_days(with_events_line("max_future = \"off\"")).iter().all(|ok| *ok));
+    assert!(every_two_days(common::pipeline()).iter().all(|ok| *ok));
 }
 
 #[test]
@@ -122,7 +138,7 @@ fn the_bound_is_configurable_and_the_default_keeps_fingerprints() {
     // fingerprint (the one pipelines had before the bound existed); another bound differs.
     let fitted = FittedState::fit(&p, std::iter::empty(), vec![]);
     let unset = fingerprint(&common::pipeline(), &fitted);
-    let default = fingerprint(&with_events_line("max_future = \"1d\""), &fitted);
+    let default = fingerprint(&with_events_line("max_future = \"7d\""), &fitted);
     let two_hours = fingerprint(&p, &fitted);
     assert_eq!(unset, default);
     assert_ne!(unset, two_hours);

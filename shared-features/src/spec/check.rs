@@ -559,6 +559,8 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         None => 0,
     };
     let max_future_ms = match &ev.max_future {
+        // No bound: for sparse streams whose events are often further apart than any bound.
+        Some(d) if d.get_ref() == "off" => i64::MAX,
         Some(d) => c.duration(d, "events.max_future")?,
         None => super::DEFAULT_MAX_FUTURE_MS,
     };

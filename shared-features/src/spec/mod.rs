@@ -68,12 +68,14 @@ pub struct Pipeline {
     pub file: String,
 }
 
-/// The bound on events ahead of the stream when `[events] max_future` is not set: one day.
+/// The bound on events ahead of the stream when `[events] max_future` is not set: seven days.
 ///
-/// Long enough for any real stream's clock skew and for an event that is legitimately first
-/// after a quiet night; short enough that an event dated a year ahead (a broken clock, a typo
-/// in the year) is refused instead of locking its window keys for a year.
-pub const DEFAULT_MAX_FUTURE_MS: i64 = 86_400_000;
+/// Long enough for clock skew, and for a stream (or a partition of a topic) that is quiet for a
+/// long weekend: since progress is measured in event time, an event that is legitimately first
+/// after a gap longer than the bound is refused. Short enough that an event dated a year ahead
+/// (a broken clock, a typo in the year, seconds read as milliseconds) is refused instead of
+/// locking its window keys out for a year.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 7 * 86_400_000;
 
 fn is_default_max_future(ms: &i64) -> bool {
     *ms == DEFAULT_MAX_FUTURE_MS
