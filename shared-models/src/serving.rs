@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use shared_features::{FittedState, Pipeline, Tables, fingerprint};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, FORMAT};
 use crate::error::RegistryError;
 use crate::predictor::Predictor;
 
@@ -39,9 +39,12 @@ pub struct Servable {
 
 impl Servable {
     /// Validate a fetched bundle (whose checksums [`crate::Registry::fetch`] has checked): the
-    /// pipeline parses, the tables match the digests the features were fitted with, the
-    /// fingerprint recomputed from the bundle equals the manifest's, and the model's inputs
-    /// equal the input signature.
+    /// manifest's format is one this build reads, the pipeline parses, the fitted state matches
+    /// the pipeline's features and is finite (standard deviations positive, vocabularies sorted),
+    /// the tables match the digests the features were fitted with, the fingerprint recomputed
+    /// from the bundle equals the manifest's, the model passes [`Predictor::validate`] (shapes,
+    /// finite and bounded parameters, threshold in [0, 1]), and its inputs equal the input
+    /// signature. Each refusal names the file, the parameter and the value.
     pub fn from_bundle(b: &Bundle) -> Result<Self, RegistryError> {
         let m = &b.manifest;
         let id = m.id();
@@ -53,11 +56,27 @@ impl Servable {
             b.file(name)
                 .ok_or_else(|| bad(format!("the bundle has no `{name}`")))
         };
+        if m.format != FORMAT {
+            return Err(bad(format!(
+                "{}: format {} is not one this build reads ({FORMAT})",
+                crate::MANIFEST,
+                m.format
+            )));
+        }
         let text = std::str::from_utf8(file("pipeline.toml")?)
             .map_err(|e| bad(format!("pipeline.toml: {e}")))?;
         let pipeline = Pipeline::parse(text, "pipeline.toml").map_err(|e| bad(e.to_string()))?;
         let fitted: FittedState = serde_json::from_slice(file("fitted.json")?)
             .map_err(|e| bad(format!("fitted.json: {e}")))?;
+        check_fitted(&pipeline, &fitted).map_err(|e| bad(format!("fitted.json: {e}")))?;
+        if !Predictor::KINDS.contains(&m.kind.as_str()) {
+            return Err(bad(format!(
+                "{}: unknown model kind `{}` (known: {})",
+                crate::MANIFEST,
+                m.kind,
+                Predictor::KINDS.join(", ")
+            )));
+        }
         let model = Predictor::from_json(&m.kind, file("model.json")?)
             .map_err(|e| bad(format!("model.json: {e}")))?;
         let names: Vec<(String, String)> = pipeline
@@ -116,4 +135,74 @@ impl Servable {
             metrics: m.metrics.clone(),
         })
     }
+}
+
+/// The fitted state belongs to the pipeline (one scaler per numeric feature, one vocabulary per
+/// categorical feature, by name and in order) and encodes without NaN or infinities: means
+/// finite, standard deviations finite and positive, levels sorted and distinct (the encoder
+/// finds them by binary search).
+fn check_fitted(p: &Pipeline, f: &FittedState) -> Result<(), String> {
+    let names = |cols: &[usize]| -> Vec<String> {
+        cols.iter()
+            .map(|&c| {
+                p.layout
+                    .get(c)
+                    .map_or(String::new(), |col| col.name.clone())
+            })
+            .collect()
+    };
+    let (numeric, categorical) = (names(&p.features.numeric), names(&p.features.categorical));
+    let columns = |what: &str, got: Vec<&String>, want: &[String]| {
+        if got.len() != want.len() {
+            return Err(format!(
+                "{} {what} for the pipeline's {} features",
+                got.len(),
+                want.len()
+            ));
+        }
+        match got.iter().zip(want).position(|(g, w)| *g != w) {
+            Some(i) => Err(format!(
+                "{what}[{i}] is for `{}` but the pipeline's feature there is `{}`",
+                got[i], want[i]
+            )),
+            None => Ok(()),
+        }
+    };
+    columns(
+        "scalers",
+        f.scalers.iter().map(|s| &s.column).collect(),
+        &numeric,
+    )?;
+    columns(
+        "vocabs",
+        f.vocabs.iter().map(|v| &v.column).collect(),
+        &categorical,
+    )?;
+    for (i, s) in f.scalers.iter().enumerate() {
+        if !s.mean.is_finite() {
+            return Err(format!(
+                "scalers[{i}] ({}): mean is {:?}; it must be finite",
+                s.column, s.mean
+            ));
+        }
+        if !(s.std.is_finite() && s.std > 0.0) {
+            return Err(format!(
+                "scalers[{i}] ({}): std is {:?}; a scale must be finite and positive",
+                s.column, s.std
+            ));
+        }
+    }
+    for (i, v) in f.vocabs.iter().enumerate() {
+        if let Some(j) = v.levels.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "vocabs[{i}] ({}): levels[{}] `{}` does not come after `{}`; levels are sorted \
+                 and distinct",
+                v.column,
+                j + 1,
+                v.levels[j + 1],
+                v.levels[j]
+            ));
+        }
+    }
+    Ok(())
 }
