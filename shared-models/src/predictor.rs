@@ -113,10 +113,24 @@ impl Predictor {
     /// Whether the model can take inputs of `width` slots: a linear model needs exactly one
     /// weight per slot, an MLP one input per slot, a tree must read no slot beyond them.
     pub fn accepts(&self, width: usize) -> bool {
+        self.check_inputs(width).is_ok()
+    }
+
+    /// [`Self::accepts`], with what the model itself takes when it does not.
+    pub fn check_inputs(&self, width: usize) -> Result<(), String> {
         match self {
-            Self::Linear(m) => m.weights.len() == width,
-            Self::Tree(m) => m.inputs_read() <= width,
-            Self::Mlp(m) => m.inputs() == width,
+            Self::Linear(m) if m.weights.len() != width => Err(format!(
+                "the model has {} weights, one per input",
+                m.weights.len()
+            )),
+            Self::Tree(m) => match m.last_slot_read() {
+                Some(slot) if slot >= width => Err(format!("the tree reads input slot {slot}")),
+                _ => Ok(()),
+            },
+            Self::Mlp(m) if m.inputs() != width => {
+                Err(format!("the MLP's first layer takes {} inputs", m.inputs()))
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -109,20 +109,8 @@ impl Servable {
                 m.feature_fingerprint
             )));
         }
-        let names = fitted.names();
-        if names != m.input_signature || !model.accepts(names.len()) {
-            return Err(bad(format!(
-                "input signature: features give {} inputs, the manifest lists {}, and the model \
-                 {} them",
-                names.len(),
-                m.input_signature.len(),
-                if model.accepts(names.len()) {
-                    "takes"
-                } else {
-                    "does not take"
-                }
-            )));
-        }
+        check_signature(&fitted.names(), &m.input_signature, &model)
+            .map_err(|e| bad(format!("input signature: {e}")))?;
         Ok(Self {
             name: m.name.clone(),
             version: m.version,
@@ -205,4 +193,104 @@ fn check_fitted(p: &Pipeline, f: &FittedState) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The three descriptions of the input vector agree: the slots `fitted.json` encodes (which the
+/// feature fingerprint covers), the manifest's input signature, and what `model.json` takes.
+/// When they do not, say which one differs and how.
+fn check_signature(
+    features: &[String],
+    manifest: &[String],
+    model: &Predictor,
+) -> Result<(), String> {
+    let (nf, nm) = (features.len(), manifest.len());
+    if features == manifest {
+        return model.check_inputs(nf).map_err(|why| {
+            format!(
+                "model.json does not take the {} that fitted.json encodes and the manifest \
+                 lists: {why}",
+                inputs(nf)
+            )
+        });
+    }
+    let diff = match features.iter().zip(manifest).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "slot {i} is `{}` in fitted.json but `{}` in the manifest",
+            features[i], manifest[i]
+        ),
+        None if nf > nm => format!("fitted.json has {} more, from `{}`", nf - nm, features[nm]),
+        None => format!("the manifest has {} more, from `{}`", nm - nf, manifest[nf]),
+    };
+    let counts = format!(
+        "fitted.json encodes {}, the manifest lists {}",
+        inputs(nf),
+        inputs(nm)
+    );
+    Err(match (model.check_inputs(nf), model.check_inputs(nm)) {
+        (Ok(()), _) => format!(
+            "the manifest's input signature differs from the inputs that fitted.json encodes \
+             and model.json takes: {counts}; {diff}"
+        ),
+        (Err(why), Ok(())) => format!(
+            "fitted.json encodes other inputs than the manifest lists and model.json takes \
+             ({why}): {counts}; {diff}"
+        ),
+        (Err(why), Err(_)) => format!(
+            "fitted.json, the manifest and model.json disagree: {counts}; {diff}; and {why}"
+        ),
+    })
+}
+
+/// `1 input`, `3 inputs`.
+fn inputs(n: usize) -> String {
+    format!("{n} input{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linear::LinearModel;
+
+    fn linear(width: usize) -> Predictor {
+        Predictor::Linear(LinearModel {
+            weights: vec![0.5; width],
+            intercept: 0.0,
+            threshold: 0.5,
+        })
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_signature_mismatch_names_the_one_that_differs() {
+        let abc = names(&["a", "b", "c"]);
+        assert_eq!(check_signature(&abc, &abc, &linear(3)), Ok(()));
+        // The old message said "features give 3 inputs, the manifest lists 3, and the model
+        // does not take them": the model is the culprit, and it says what it takes.
+        assert_eq!(
+            check_signature(&abc, &abc, &linear(2)).unwrap_err(),
+            "model.json does not take the 3 inputs that fitted.json encodes and the manifest \
+             lists: the model has 2 weights, one per input"
+        );
+        assert_eq!(
+            check_signature(&abc, &names(&["a", "x", "c"]), &linear(3)).unwrap_err(),
+            "the manifest's input signature differs from the inputs that fitted.json encodes \
+             and model.json takes: fitted.json encodes 3 inputs, the manifest lists 3 inputs; slot 1 \
+             is `b` in fitted.json but `x` in the manifest"
+        );
+        assert_eq!(
+            check_signature(&abc, &names(&["a", "b"]), &linear(2)).unwrap_err(),
+            "fitted.json encodes other inputs than the manifest lists and model.json takes \
+             (the model has 2 weights, one per input): fitted.json encodes 3 inputs, the \
+             manifest lists 2 inputs; fitted.json has 1 more, from `c`"
+        );
+        assert_eq!(
+            check_signature(&names(&["a"]), &names(&["a", "b"]), &linear(3)).unwrap_err(),
+            "fitted.json, the manifest and model.json disagree: fitted.json encodes 1 input, \
+             the manifest lists 2 inputs; the manifest has 1 more, from `b`; and the model has 3 \
+             weights, one per input"
+        );
+    }
 }

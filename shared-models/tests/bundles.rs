@@ -161,6 +161,25 @@ fn a_logistic_regression_with_insane_parameters_is_refused_naming_them() {
 }
 
 #[test]
+fn a_logistic_regression_of_another_width_names_the_model_as_the_culprit() {
+    let short = with(&linear(), "/weights", json!([0.5, -1.0, 0.25]));
+    assert_eq!(
+        refusal(&bundle("logistic_regression", &short, &fitted())),
+        "bundle tiny@1: input signature: model.json does not take the 4 inputs that \
+         fitted.json encodes and the manifest lists: the model has 3 weights, one per input"
+    );
+    // The manifest's signature renamed: the manifest is the one that differs.
+    let mut b = bundle("logistic_regression", &linear(), &fitted());
+    b.manifest.input_signature[1] = "cat=z".into();
+    let e = refusal(&b);
+    assert!(
+        e.contains("the manifest's input signature differs")
+            && e.contains("slot 1 is `cat=a` in fitted.json but `cat=z` in the manifest"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_malformed_or_insane_decision_tree_is_refused_naming_the_node() {
     let kind = "decision_tree";
     for (pointer, value, words) in [
@@ -179,6 +198,13 @@ fn a_malformed_or_insane_decision_tree_is_refused_naming_the_node() {
         ("/nodes/1/leaf", json!(-0.1), "nodes[1].leaf is -0.1"),
         ("/nodes", json!([]), "a tree needs at least one node"),
         ("/threshold", json!(7.5), "threshold is 7.5"),
+        // A slot beyond the inputs, up to the largest index: refused, not overflowed.
+        ("/nodes/2/feature", json!(4), "the tree reads input slot 4"),
+        (
+            "/nodes/2/feature",
+            json!(u64::MAX),
+            "the tree reads input slot 18446744073709551615",
+        ),
     ] {
         let e = refusal(&bundle(kind, &with(&tree(), pointer, value), &fitted()));
         assert!(e.contains(words), "{pointer}: {e}");
@@ -250,6 +276,14 @@ fn a_malformed_or_insane_mlp_is_refused_naming_the_layer() {
     let mut b = bundle(kind, &mlp(), &fitted());
     b.files.insert("model.json".into(), Bytes::from(text));
     assert!(refusal(&b).contains("model.json: number out of range"));
+    // The first layer's width is the model's input count.
+    let wide = with(
+        &with(&mlp(), "/layers/0/inputs", json!(5)),
+        "/layers/0/weights",
+        json!(vec![0.0; 10]),
+    );
+    let e = refusal(&bundle(kind, &wide, &fitted()));
+    assert!(e.ends_with("the MLP's first layer takes 5 inputs"), "{e}");
 }
 
 #[test]
