@@ -91,7 +91,8 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         bail!("{file}: training needs a [label]");
     }
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
-    let registry = Registry::open(&args.store)?;
+    // A publisher may create a store directory; reads never do.
+    let registry = Registry::open_to_publish(&args.store)?;
     let name = args.name.clone().unwrap_or_else(|| p.name.clone());
 
     let progress = Progress::new();

@@ -515,3 +515,37 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn reads_of_a_store_that_does_not_exist_create_nothing() {
+    let root = std::env::temp_dir().join(format!("trainer-cli-nostore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("x");
+    let store = format!("file://{}", dir.display());
+    for args in [
+        &["list", "--store", &store][..],
+        &["list", "--store", &store, "--json"],
+        &["show", "flights_delay", "--store", &store],
+        &[
+            "promote",
+            "flights_delay@1",
+            "--alias",
+            "champion",
+            "--store",
+            &store,
+        ],
+    ] {
+        let out = trainer(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "store directory {} does not exist (publishing creates it; reading never does)",
+                dir.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!root.exists(), "{args:?} created {}", root.display());
+    }
+}
