@@ -549,3 +549,27 @@ fn reads_of_a_store_that_does_not_exist_create_nothing() {
         assert!(!root.exists(), "{args:?} created {}", root.display());
     }
 }
+
+#[test]
+fn fit_never_publishes_a_model_the_scorer_would_refuse() {
+    // A learning rate this large does not diverge to NaN on the fixtures; it ends with weights
+    // around 1e11, which the load-time bound refuses. Today's trainer published them.
+    let dir = std::env::temp_dir().join(format!("trainer-cli-insane-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = format!("file://{}", dir.display());
+    let out = trainer(&fit_on_fixtures(
+        &store,
+        &["--set", "kind=mlp", "--set", "learning_rate=1e10"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the fitted mlp cannot be served, so nothing is published: layers[")
+            && err.contains("parameters must be finite and at most 1e6 in magnitude"),
+        "{err}"
+    );
+    let list = trainer(&["list", "--store", &store, "--json"]);
+    assert!(list.status.success());
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+    std::fs::remove_dir_all(dir).ok();
+}
