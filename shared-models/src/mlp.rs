@@ -57,6 +57,12 @@ impl MlpModel {
                     l.inputs
                 ));
             }
+            if l.inputs == 0 || l.outputs == 0 {
+                return Err(format!(
+                    "layer {i} is {} x {}: a layer needs at least one input and one output",
+                    l.inputs, l.outputs
+                ));
+            }
             if Some(l.weights.len()) != l.inputs.checked_mul(l.outputs) || l.bias.len() != l.outputs
             {
                 return Err(format!(
@@ -98,7 +104,11 @@ impl MlpModel {
         let mut width = 0;
         for (i, layer) in self.layers.iter().enumerate() {
             let out = layer.outputs;
-            if out > MAX_WIDTH || Some(layer.weights.len()) != layer.inputs.checked_mul(out) {
+            // `chunks_exact(0)` below would panic: an empty layer scores NaN.
+            if out == 0
+                || out > MAX_WIDTH
+                || Some(layer.weights.len()) != layer.inputs.checked_mul(out)
+            {
                 return f64::NAN;
             }
             let (input, output): (&[f64], &mut [f64]) = if i == 0 {
@@ -234,6 +244,19 @@ mod tests {
         };
         assert!(huge.validate().unwrap_err().contains("layer 0: 2 weights"));
         assert!(huge.predict_proba(&[1.0]).is_nan());
+        // A hidden layer of width 0 chains (0 weights for 4 x 0, then 0 x 1) but cannot score.
+        let hollow = MlpModel {
+            layers: vec![layer(4, 0, &[], &[]), layer(0, 1, &[], &[0.5])],
+            threshold: 0.5,
+        };
+        assert_eq!(
+            hollow.validate().unwrap_err(),
+            "layer 0 is 4 x 0: a layer needs at least one input and one output"
+        );
+        assert!(
+            hollow.predict_proba(&[1.0; 4]).is_nan(),
+            "and it does not panic"
+        );
     }
 
     #[test]

@@ -271,6 +271,19 @@ fn a_malformed_or_insane_mlp_is_refused_naming_the_layer() {
             "{pointer}: {e}"
         );
     }
+    // A hidden layer of width 0 chains, and used to panic on the first event it scored.
+    let hollow = json!({
+        "layers": [
+            {"inputs": 4, "outputs": 0, "weights": [], "bias": []},
+            {"inputs": 0, "outputs": 1, "weights": [], "bias": [0.5]}
+        ],
+        "threshold": 0.5
+    });
+    assert_eq!(
+        refusal(&bundle(kind, &hollow, &fitted())),
+        "bundle tiny@1: model.json: layer 0 is 4 x 0: a layer needs at least one input and one \
+         output"
+    );
     // A weight beyond f32 does not parse at all.
     let text = mlp().to_string().replacen("0.8", "1e300", 1);
     let mut b = bundle(kind, &mlp(), &fitted());
