@@ -361,3 +361,82 @@ fn a_newer_format_or_a_missing_file_is_refused() {
          logistic_regression, decision_tree, mlp)"
     );
 }
+
+/// JSON pointers of every number in `v`.
+fn numbers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Number(_) => out.push(at),
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                numbers(x, format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                numbers(x, format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn whatever_loads_scores_a_probability_and_nothing_panics() {
+    // Every number of every model kind replaced, one at a time, by each hostile value: the
+    // bundle is refused, or it loads and scores a probability in [0, 1] on every input; no
+    // combination panics.
+    let hostile = [
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(2),
+        json!(7.5),
+        json!(-7.5),
+        json!(1e6),
+        json!(1.5e6),
+        json!(-1e300),
+        json!(1e300),
+        json!(3.4e38),
+        json!(u64::MAX),
+        json!(i64::MIN),
+    ];
+    let inputs = [
+        [1.0, 0.0, 1.0, 0.0],
+        [-3.0, 1.0, 0.0, 0.0],
+        [40.0, 0.0, 0.0, 1.0],
+    ];
+    let (mut loaded, mut refused) = (0, 0);
+    for (kind, model) in [
+        ("logistic_regression", linear()),
+        ("decision_tree", tree()),
+        ("mlp", mlp()),
+    ] {
+        let mut pointers = Vec::new();
+        numbers(&model, String::new(), &mut pointers);
+        for pointer in &pointers {
+            for value in &hostile {
+                let b = bundle(kind, &with(&model, pointer, value.clone()), &fitted());
+                let outcome = std::panic::catch_unwind(|| match Servable::from_bundle(&b) {
+                    Ok(s) => Some(inputs.map(|x| s.model.predict_proba(&x))),
+                    Err(_) => None,
+                });
+                match outcome {
+                    Err(_) => panic!("{kind} {pointer} = {value} panicked"),
+                    Ok(None) => refused += 1,
+                    Ok(Some(scores)) => {
+                        loaded += 1;
+                        assert!(
+                            scores.iter().all(|p| (0.0..=1.0).contains(p)),
+                            "{kind} {pointer} = {value} loaded and scores {scores:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{loaded} loaded, {refused} refused");
+    assert!(
+        loaded > 100 && refused > 100,
+        "{loaded} loaded, {refused} refused"
+    );
+}
