@@ -50,6 +50,10 @@ pub struct PromoteArgs {
     /// The alias to move, e.g. champion.
     #[arg(long)]
     alias: String,
+    /// Move the alias without loading the bundle first, even to one the scorer will refuse
+    /// (to test a scorer's refusal, or to point at a bundle whose store this build cannot read).
+    #[arg(long)]
+    no_verify: bool,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -194,9 +198,16 @@ pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let r = ModelRef::parse(&args.model)?;
     runtime()?.block_on(async {
         let m = reg.resolve(&r).await?;
-        verify(&reg, &m).await.map_err(|e| {
-            e.context(format!("refusing to point {}@{} at {}", m.name, args.alias, m.id()))
-        })?;
+        if !args.no_verify {
+            verify(&reg, &m).await.map_err(|e| {
+                e.context(format!(
+                    "refusing to point {}@{} at {} (--no-verify moves it anyway)",
+                    m.name,
+                    args.alias,
+                    m.id()
+                ))
+            })?;
+        }
         let before = reg.alias(&m.name, &args.alias).await?;
         reg.set_alias(&m.name, &args.alias, m.version).await?;
         let was = before.map_or("unset".to_string(), |v| format!("version {v}"));

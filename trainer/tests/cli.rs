@@ -633,7 +633,8 @@ fn show_list_and_promote_refuse_a_corrupt_bundle_naming_the_file() {
     assert_eq!(run(&["show", "flights_delay@1"]).0, Some(0));
     refused(
         &["promote", "flights_delay@2", "--alias", "champion"],
-        "refusing to point flights_delay@champion at flights_delay@2",
+        "refusing to point flights_delay@champion at flights_delay@2 (--no-verify moves it \
+         anyway)",
     );
     refused(
         &["promote", "flights_delay@2", "--alias", "champion"],
@@ -643,6 +644,17 @@ fn show_list_and_promote_refuse_a_corrupt_bundle_naming_the_file() {
         &["show", "flights_delay@champion"],
         "flights_delay@champion not found",
     );
+    // Unless asked to (a scorer's refusal is tested that way): then the alias moves, and
+    // `show` through it still refuses the bundle.
+    let (code, _, err) = run(&[
+        "promote",
+        "flights_delay@2",
+        "--alias",
+        "challenger",
+        "--no-verify",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    refused(&["show", "flights_delay@challenger"], corrupt);
     // `list` reads manifests only, and they are intact; `--verify` loads every bundle.
     let (code, stdout, _) = run(&["list", "--json"]);
     assert_eq!(code, Some(0));
@@ -654,6 +666,7 @@ fn show_list_and_promote_refuse_a_corrupt_bundle_naming_the_file() {
     );
     let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(listed[0]["error"].is_null(), "{listed}");
+    assert_eq!(listed[1]["aliases"], serde_json::json!(["challenger"]));
     assert!(
         listed[1]["error"]
             .as_str()
