@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// The manifest's file name inside a version directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// The bundle format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
 /// What a published version is. Serialized as `manifest.json`, written after every file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {

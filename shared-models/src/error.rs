@@ -57,3 +57,20 @@ pub enum RegistryError {
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
 }
+
+impl RegistryError {
+    /// A short, stable name of the kind of failure, for metric labels and logs: `store`,
+    /// `bad_ref`, `not_found`, `checksum`, `manifest`, `conflict`, `invalid` or `object_store`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Store { .. } => "store",
+            Self::BadRef(_) => "bad_ref",
+            Self::NotFound(_) => "not_found",
+            Self::Checksum { .. } => "checksum",
+            Self::Manifest { .. } => "manifest",
+            Self::Conflict { .. } => "conflict",
+            Self::Invalid { .. } => "invalid",
+            Self::ObjectStore(_) => "object_store",
+        }
+    }
+}

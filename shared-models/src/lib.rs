@@ -17,11 +17,11 @@ mod registry;
 mod serving;
 mod tree;
 
-pub use bundle::{Bundle, MANIFEST, Manifest};
+pub use bundle::{Bundle, FORMAT, MANIFEST, Manifest};
 pub use error::RegistryError;
 pub use linear::{LinearModel, sigmoid};
 pub use mlp::{DenseLayer, MAX_WIDTH, MlpModel};
-pub use predictor::Predictor;
+pub use predictor::{MAX_ABS_WEIGHT, Predictor};
 pub use registry::{ModelRef, Registry, get_url, is_bucket_url};
 pub use serving::{Servable, bundle_table_file};
 pub use tree::{TreeModel, TreeNode};

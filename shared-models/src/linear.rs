@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::predictor::{bounded, threshold};
+
 /// `p(y = 1 | x) = sigmoid(w . x + b)`, with a decision threshold.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LinearModel {
@@ -14,6 +16,15 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
+    /// Every weight and the intercept finite and bounded, the threshold in [0, 1].
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, w) in self.weights.iter().enumerate() {
+            bounded(|| format!("weights[{i}]"), *w)?;
+        }
+        bounded(|| "intercept".into(), self.intercept)?;
+        threshold(self.threshold)
+    }
+
     /// The probability of the positive class. Inputs must have `weights.len()` slots; extra
     /// slots are ignored and missing ones count as 0 (the signature check refuses both first).
     pub fn predict_proba(&self, x: &[f64]) -> f64 {
@@ -59,5 +70,33 @@ mod tests {
         assert!(m.decide(0.5) && !m.decide(0.499));
         assert_eq!(sigmoid(-1000.0), 0.0);
         assert_eq!(sigmoid(1000.0), 1.0);
+    }
+
+    #[test]
+    fn unbounded_or_non_finite_parameters_and_bad_thresholds_are_refused() {
+        let ok = LinearModel {
+            weights: vec![2.0, -1e6],
+            intercept: 1e6,
+            threshold: 1.0,
+        };
+        assert_eq!(ok.validate(), Ok(()), "the bound itself is allowed");
+        let with = |f: &dyn Fn(&mut LinearModel)| {
+            let mut m = ok.clone();
+            f(&mut m);
+            m.validate().unwrap_err()
+        };
+        let e = with(&|m| m.weights[1] = -1e300);
+        assert!(e.starts_with("weights[1] is -1e300: "), "{e}");
+        assert!(e.contains("at most 1e6"), "{e}");
+        assert!(with(&|m| m.weights[0] = f64::NAN).starts_with("weights[0] is NaN"));
+        assert!(with(&|m| m.weights[0] = f64::INFINITY).starts_with("weights[0] is inf"));
+        assert!(with(&|m| m.intercept = 1.000_001e6).starts_with("intercept is 1000001.0"));
+        let e = with(&|m| m.threshold = 7.5);
+        assert_eq!(
+            e,
+            "threshold is 7.5: a decision threshold is a probability, in [0, 1]"
+        );
+        assert!(with(&|m| m.threshold = -0.1).starts_with("threshold is -0.1"));
+        assert!(with(&|m| m.threshold = f64::NAN).starts_with("threshold is NaN"));
     }
 }

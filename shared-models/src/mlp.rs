@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::linear::sigmoid;
+use crate::predictor::{bounded, threshold};
 
 /// Widest layer the allocation-free forward pass takes (its scratch buffers live on the stack).
 pub const MAX_WIDTH: usize = 512;
@@ -35,8 +36,9 @@ pub struct MlpModel {
 }
 
 impl MlpModel {
-    /// Check that the shapes chain and fit the scratch buffers; a bundle is refused, not served,
-    /// when they do not.
+    /// Check that the shapes chain and fit the scratch buffers, that every weight and bias is
+    /// finite and bounded, and that the threshold is in [0, 1]; a bundle is refused, not
+    /// served, when they are not.
     pub fn validate(&self) -> Result<(), String> {
         let Some(last) = self.layers.last() else {
             return Err("an MLP needs at least one layer".into());
@@ -47,7 +49,7 @@ impl MlpModel {
                 last.outputs
             ));
         }
-        let mut width = self.layers[0].inputs;
+        let mut width = self.inputs();
         for (i, l) in self.layers.iter().enumerate() {
             if l.inputs != width {
                 return Err(format!(
@@ -55,7 +57,14 @@ impl MlpModel {
                     l.inputs
                 ));
             }
-            if l.weights.len() != l.inputs * l.outputs || l.bias.len() != l.outputs {
+            if l.inputs == 0 || l.outputs == 0 {
+                return Err(format!(
+                    "layer {i} is {} x {}: a layer needs at least one input and one output",
+                    l.inputs, l.outputs
+                ));
+            }
+            if Some(l.weights.len()) != l.inputs.checked_mul(l.outputs) || l.bias.len() != l.outputs
+            {
                 return Err(format!(
                     "layer {i}: {} weights and {} biases for {} x {}",
                     l.weights.len(),
@@ -70,9 +79,15 @@ impl MlpModel {
                     l.inputs
                 ));
             }
+            for (j, w) in l.weights.iter().enumerate() {
+                bounded(|| format!("layers[{i}].weights[{j}]"), f64::from(*w))?;
+            }
+            for (j, b) in l.bias.iter().enumerate() {
+                bounded(|| format!("layers[{i}].bias[{j}]"), f64::from(*b))?;
+            }
             width = l.outputs;
         }
-        Ok(())
+        threshold(self.threshold)
     }
 
     /// Width of the input.
@@ -89,7 +104,11 @@ impl MlpModel {
         let mut width = 0;
         for (i, layer) in self.layers.iter().enumerate() {
             let out = layer.outputs;
-            if out > MAX_WIDTH || layer.weights.len() != layer.inputs * out {
+            // `chunks_exact(0)` below would panic: an empty layer scores NaN.
+            if out == 0
+                || out > MAX_WIDTH
+                || Some(layer.weights.len()) != layer.inputs.checked_mul(out)
+            {
                 return f64::NAN;
             }
             let (input, output): (&[f64], &mut [f64]) = if i == 0 {
@@ -215,5 +234,62 @@ mod tests {
             threshold: 0.5,
         };
         assert!(wide.validate().unwrap_err().contains("needs 1"));
+        // Shapes whose product overflows are refused, not multiplied.
+        let huge = MlpModel {
+            layers: vec![
+                layer(usize::MAX, 2, &[0.0; 2], &[0.0; 2]),
+                layer(2, 1, &[0.0; 2], &[0.0]),
+            ],
+            threshold: 0.5,
+        };
+        assert!(huge.validate().unwrap_err().contains("layer 0: 2 weights"));
+        assert!(huge.predict_proba(&[1.0]).is_nan());
+        // A hidden layer of width 0 chains (0 weights for 4 x 0, then 0 x 1) but cannot score.
+        let hollow = MlpModel {
+            layers: vec![layer(4, 0, &[], &[]), layer(0, 1, &[], &[0.5])],
+            threshold: 0.5,
+        };
+        assert_eq!(
+            hollow.validate().unwrap_err(),
+            "layer 0 is 4 x 0: a layer needs at least one input and one output"
+        );
+        assert!(
+            hollow.predict_proba(&[1.0; 4]).is_nan(),
+            "and it does not panic"
+        );
+    }
+
+    #[test]
+    fn unbounded_weights_and_bad_thresholds_are_refused() {
+        let ok = MlpModel {
+            layers: vec![
+                layer(2, 2, &[1.0, 2.0, -1.0, 0.0], &[0.5, -1.0]),
+                layer(2, 1, &[1.0, -3.0], &[0.25]),
+            ],
+            threshold: 0.5,
+        };
+        let with = |f: &dyn Fn(&mut MlpModel)| {
+            let mut m = ok.clone();
+            f(&mut m);
+            m.validate().unwrap_err()
+        };
+        assert!(
+            with(&|m| m.layers[1].weights[1] = -2e6)
+                .starts_with("layers[1].weights[1] is -2000000.0:")
+        );
+        assert!(with(&|m| m.layers[0].bias[1] = f32::NAN).starts_with("layers[0].bias[1] is NaN"));
+        assert!(with(&|m| m.threshold = 7.5).starts_with("threshold is 7.5"));
+        // From JSON, a weight beyond f32 does not parse; one within it but beyond the bound
+        // parses and is refused.
+        let json = serde_json::to_string(&ok).unwrap();
+        let far = json.replacen("-3.0", "1e300", 1);
+        let e = serde_json::from_str::<MlpModel>(&far).unwrap_err();
+        assert!(e.to_string().contains("number out of range"), "{e}");
+        let big: MlpModel = serde_json::from_str(&json.replacen("-3.0", "1e30", 1)).unwrap();
+        let e = big.validate().unwrap_err();
+        assert!(
+            e.starts_with("layers[1].weights[1] is 1.0000000150474662e30:"),
+            "{e}"
+        );
     }
 }

@@ -69,6 +69,11 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// A file of a bundle sits in its version directory: no separator, not the manifest itself.
+fn valid_file_name(file: &str) -> bool {
+    !file.is_empty() && file != MANIFEST && file != "." && file != ".." && !file.contains('/')
+}
+
 /// A bucket store for `s3://`, `gs://` and `az://` URLs (`None` for other schemes); a path after
 /// the bucket becomes a prefix of every key.
 fn cloud(
@@ -166,12 +171,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Open a store: `file://DIR` (created if missing; relative paths are relative to the working
+    /// Open a store to read: `file://DIR` (relative paths are relative to the working
     /// directory), a plain directory path, `memory://` (for tests), or a bucket with an optional
     /// prefix: `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`. Cloud
     /// credentials and endpoints come from the environment, as object_store reads them
     /// (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`,
     /// `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    ///
+    /// Opening never changes the store: a `file://` directory that does not exist is an error
+    /// (a read would find nothing in it), not created. [`Registry::open_to_publish`] creates it.
     pub fn open(url: &str) -> Result<Self> {
         Self::open_with_options(url, std::iter::empty::<(String, String)>())
     }
@@ -181,6 +189,20 @@ impl Registry {
     pub fn open_with_options(
         url: &str,
         options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        Self::open_as(url, options, false)
+    }
+
+    /// [`Registry::open`] for a publisher: a `file://` directory that does not exist yet is
+    /// created (with its parents). Buckets are never created; they must exist.
+    pub fn open_to_publish(url: &str) -> Result<Self> {
+        Self::open_as(url, std::iter::empty::<(String, String)>(), true)
+    }
+
+    fn open_as(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+        create: bool,
     ) -> Result<Self> {
         let store_err = |message: String| RegistryError::Store {
             url: url.to_string(),
@@ -192,9 +214,26 @@ impl Registry {
             .strip_prefix("file://")
             .or((!url.contains("://")).then_some(url))
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| store_err(format!("cannot create {dir}: {e}")))?;
-            let dir = std::fs::canonicalize(dir).map_err(|e| store_err(e.to_string()))?;
+            if dir.is_empty() {
+                return Err(store_err("the URL names no directory".into()));
+            }
+            let path = std::path::Path::new(dir);
+            if create {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| store_err(format!("cannot create directory {dir}: {e}")))?;
+            }
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(store_err(format!("{dir} is not a directory"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(store_err(format!(
+                        "store directory {dir} does not exist (publishing creates it; reading \
+                         never does)"
+                    )));
+                }
+                Err(e) => return Err(store_err(format!("cannot read directory {dir}: {e}"))),
+            }
+            let dir = std::fs::canonicalize(path).map_err(|e| store_err(e.to_string()))?;
             Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| store_err(e.to_string()))?)
         } else if let Some(store) = cloud(url, options).map_err(store_err)? {
             store
@@ -248,7 +287,7 @@ impl Registry {
         let dir = Self::version_dir(&name, version);
         manifest.files.clear();
         for (file, bytes) in files {
-            if file == MANIFEST || file.contains('/') || file.is_empty() {
+            if !valid_file_name(&file) {
                 return Err(RegistryError::Manifest {
                     path: file,
                     message: "not a usable bundle file name".into(),
@@ -354,10 +393,18 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Manifest {
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Manifest {
             path: path.to_string(),
             message: e.to_string(),
-        })
+        })?;
+        // `fetch` reads the files of the version the manifest names: it must be this one.
+        if m.name != name || m.version != version {
+            return Err(RegistryError::Manifest {
+                path: path.to_string(),
+                message: format!("says it is {}, not {name}@{version}", m.id()),
+            });
+        }
+        Ok(m)
     }
 
     /// Resolve a reference to the manifest of a complete version.
@@ -423,6 +470,12 @@ impl Registry {
         let dir = Self::version_dir(&manifest.name, manifest.version);
         let mut files = BTreeMap::new();
         for (file, expected) in &manifest.files {
+            if !valid_file_name(file) {
+                return Err(RegistryError::Manifest {
+                    path: format!("{dir}/{MANIFEST}"),
+                    message: format!("lists `{file}`, which is not a usable bundle file name"),
+                });
+            }
             let bytes = self
                 .store
                 .get(&Path::from(format!("{dir}/{file}")))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use shared_features::{FittedState, Pipeline, Tables, fingerprint};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, FORMAT};
 use crate::error::RegistryError;
 use crate::predictor::Predictor;
 
@@ -39,9 +39,12 @@ pub struct Servable {
 
 impl Servable {
     /// Validate a fetched bundle (whose checksums [`crate::Registry::fetch`] has checked): the
-    /// pipeline parses, the tables match the digests the features were fitted with, the
-    /// fingerprint recomputed from the bundle equals the manifest's, and the model's inputs
-    /// equal the input signature.
+    /// manifest's format is one this build reads, the pipeline parses, the fitted state matches
+    /// the pipeline's features and is finite (standard deviations positive, vocabularies sorted),
+    /// the tables match the digests the features were fitted with, the fingerprint recomputed
+    /// from the bundle equals the manifest's, the model passes [`Predictor::validate`] (shapes,
+    /// finite and bounded parameters, threshold in [0, 1]), and its inputs equal the input
+    /// signature. Each refusal names the file, the parameter and the value.
     pub fn from_bundle(b: &Bundle) -> Result<Self, RegistryError> {
         let m = &b.manifest;
         let id = m.id();
@@ -53,11 +56,27 @@ impl Servable {
             b.file(name)
                 .ok_or_else(|| bad(format!("the bundle has no `{name}`")))
         };
+        if m.format != FORMAT {
+            return Err(bad(format!(
+                "{}: format {} is not one this build reads ({FORMAT})",
+                crate::MANIFEST,
+                m.format
+            )));
+        }
         let text = std::str::from_utf8(file("pipeline.toml")?)
             .map_err(|e| bad(format!("pipeline.toml: {e}")))?;
         let pipeline = Pipeline::parse(text, "pipeline.toml").map_err(|e| bad(e.to_string()))?;
         let fitted: FittedState = serde_json::from_slice(file("fitted.json")?)
             .map_err(|e| bad(format!("fitted.json: {e}")))?;
+        check_fitted(&pipeline, &fitted).map_err(|e| bad(format!("fitted.json: {e}")))?;
+        if !Predictor::KINDS.contains(&m.kind.as_str()) {
+            return Err(bad(format!(
+                "{}: unknown model kind `{}` (known: {})",
+                crate::MANIFEST,
+                m.kind,
+                Predictor::KINDS.join(", ")
+            )));
+        }
         let model = Predictor::from_json(&m.kind, file("model.json")?)
             .map_err(|e| bad(format!("model.json: {e}")))?;
         let names: Vec<(String, String)> = pipeline
@@ -90,20 +109,8 @@ impl Servable {
                 m.feature_fingerprint
             )));
         }
-        let names = fitted.names();
-        if names != m.input_signature || !model.accepts(names.len()) {
-            return Err(bad(format!(
-                "input signature: features give {} inputs, the manifest lists {}, and the model \
-                 {} them",
-                names.len(),
-                m.input_signature.len(),
-                if model.accepts(names.len()) {
-                    "takes"
-                } else {
-                    "does not take"
-                }
-            )));
-        }
+        check_signature(&fitted.names(), &m.input_signature, &model)
+            .map_err(|e| bad(format!("input signature: {e}")))?;
         Ok(Self {
             name: m.name.clone(),
             version: m.version,
@@ -115,5 +122,175 @@ impl Servable {
             model,
             metrics: m.metrics.clone(),
         })
+    }
+}
+
+/// The fitted state belongs to the pipeline (one scaler per numeric feature, one vocabulary per
+/// categorical feature, by name and in order) and encodes without NaN or infinities: means
+/// finite, standard deviations finite and positive, levels sorted and distinct (the encoder
+/// finds them by binary search).
+fn check_fitted(p: &Pipeline, f: &FittedState) -> Result<(), String> {
+    let names = |cols: &[usize]| -> Vec<String> {
+        cols.iter()
+            .map(|&c| {
+                p.layout
+                    .get(c)
+                    .map_or(String::new(), |col| col.name.clone())
+            })
+            .collect()
+    };
+    let (numeric, categorical) = (names(&p.features.numeric), names(&p.features.categorical));
+    let columns = |what: &str, got: Vec<&String>, want: &[String]| {
+        if got.len() != want.len() {
+            return Err(format!(
+                "{} {what} for the pipeline's {} features",
+                got.len(),
+                want.len()
+            ));
+        }
+        match got.iter().zip(want).position(|(g, w)| *g != w) {
+            Some(i) => Err(format!(
+                "{what}[{i}] is for `{}` but the pipeline's feature there is `{}`",
+                got[i], want[i]
+            )),
+            None => Ok(()),
+        }
+    };
+    columns(
+        "scalers",
+        f.scalers.iter().map(|s| &s.column).collect(),
+        &numeric,
+    )?;
+    columns(
+        "vocabs",
+        f.vocabs.iter().map(|v| &v.column).collect(),
+        &categorical,
+    )?;
+    for (i, s) in f.scalers.iter().enumerate() {
+        if !s.mean.is_finite() {
+            return Err(format!(
+                "scalers[{i}] ({}): mean is {:?}; it must be finite",
+                s.column, s.mean
+            ));
+        }
+        if !(s.std.is_finite() && s.std > 0.0) {
+            return Err(format!(
+                "scalers[{i}] ({}): std is {:?}; a scale must be finite and positive",
+                s.column, s.std
+            ));
+        }
+    }
+    for (i, v) in f.vocabs.iter().enumerate() {
+        if let Some(j) = v.levels.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "vocabs[{i}] ({}): levels[{}] `{}` does not come after `{}`; levels are sorted \
+                 and distinct",
+                v.column,
+                j + 1,
+                v.levels[j + 1],
+                v.levels[j]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The three descriptions of the input vector agree: the slots `fitted.json` encodes (which the
+/// feature fingerprint covers), the manifest's input signature, and what `model.json` takes.
+/// When they do not, say which one differs and how.
+fn check_signature(
+    features: &[String],
+    manifest: &[String],
+    model: &Predictor,
+) -> Result<(), String> {
+    let (nf, nm) = (features.len(), manifest.len());
+    if features == manifest {
+        return model.check_inputs(nf).map_err(|why| {
+            format!(
+                "model.json does not take the {} that fitted.json encodes and the manifest \
+                 lists: {why}",
+                inputs(nf)
+            )
+        });
+    }
+    let diff = match features.iter().zip(manifest).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "slot {i} is `{}` in fitted.json but `{}` in the manifest",
+            features[i], manifest[i]
+        ),
+        None if nf > nm => format!("fitted.json has {} more, from `{}`", nf - nm, features[nm]),
+        None => format!("the manifest has {} more, from `{}`", nm - nf, manifest[nf]),
+    };
+    let counts = format!(
+        "fitted.json encodes {}, the manifest lists {}",
+        inputs(nf),
+        inputs(nm)
+    );
+    Err(match (model.check_inputs(nf), model.check_inputs(nm)) {
+        (Ok(()), _) => format!(
+            "the manifest's input signature differs from the inputs that fitted.json encodes \
+             and model.json takes: {counts}; {diff}"
+        ),
+        (Err(why), Ok(())) => format!(
+            "fitted.json encodes other inputs than the manifest lists and model.json takes \
+             ({why}): {counts}; {diff}"
+        ),
+        (Err(why), Err(_)) => format!(
+            "fitted.json, the manifest and model.json disagree: {counts}; {diff}; and {why}"
+        ),
+    })
+}
+
+/// `1 input`, `3 inputs`.
+fn inputs(n: usize) -> String {
+    format!("{n} input{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linear::LinearModel;
+
+    fn linear(width: usize) -> Predictor {
+        Predictor::Linear(LinearModel {
+            weights: vec![0.5; width],
+            intercept: 0.0,
+            threshold: 0.5,
+        })
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_signature_mismatch_names_the_one_that_differs() {
+        let abc = names(&["a", "b", "c"]);
+        assert_eq!(check_signature(&abc, &abc, &linear(3)), Ok(()));
+        // The old message said "features give 3 inputs, the manifest lists 3, and the model
+        // does not take them": the model is the culprit, and it says what it takes.
+        assert_eq!(
+            check_signature(&abc, &abc, &linear(2)).unwrap_err(),
+            "model.json does not take the 3 inputs that fitted.json encodes and the manifest \
+             lists: the model has 2 weights, one per input"
+        );
+        assert_eq!(
+            check_signature(&abc, &names(&["a", "x", "c"]), &linear(3)).unwrap_err(),
+            "the manifest's input signature differs from the inputs that fitted.json encodes \
+             and model.json takes: fitted.json encodes 3 inputs, the manifest lists 3 inputs; slot 1 \
+             is `b` in fitted.json but `x` in the manifest"
+        );
+        assert_eq!(
+            check_signature(&abc, &names(&["a", "b"]), &linear(2)).unwrap_err(),
+            "fitted.json encodes other inputs than the manifest lists and model.json takes \
+             (the model has 2 weights, one per input): fitted.json encodes 3 inputs, the \
+             manifest lists 2 inputs; fitted.json has 1 more, from `c`"
+        );
+        assert_eq!(
+            check_signature(&names(&["a"]), &names(&["a", "b"]), &linear(3)).unwrap_err(),
+            "fitted.json, the manifest and model.json disagree: fitted.json encodes 1 input, \
+             the manifest lists 2 inputs; the manifest has 1 more, from `b`; and the model has 3 \
+             weights, one per input"
+        );
     }
 }

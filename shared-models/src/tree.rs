@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::predictor::threshold;
+
 /// One node. Internal nodes send `x[feature] < split` left and everything else (NaN included)
 /// right; leaves hold `p(y = 1)`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -29,6 +31,46 @@ pub struct TreeModel {
 }
 
 impl TreeModel {
+    /// The tree is walkable and its values sane: at least one node; every internal node's
+    /// children exist and come after it (the trainer writes nodes root first, depth first), so
+    /// every walk ends at a leaf; splits finite; leaves shares in [0, 1]; the threshold in
+    /// [0, 1].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("a tree needs at least one node".into());
+        }
+        let n = self.nodes.len();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node.leaf {
+                Some(p) if !(0.0..=1.0).contains(&p) => {
+                    return Err(format!(
+                        "nodes[{i}].leaf is {p:?}: a leaf holds a share of positives, in [0, 1]"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    for (side, child) in [("left", node.left), ("right", node.right)] {
+                        if child <= i || child >= n {
+                            return Err(format!(
+                                "nodes[{i}].{side} is {child}: a child must be one of the \
+                                 nodes after it, {} to {}",
+                                i + 1,
+                                n - 1
+                            ));
+                        }
+                    }
+                    if !node.split.is_finite() {
+                        return Err(format!(
+                            "nodes[{i}].split is {:?}: a split must be finite",
+                            node.split
+                        ));
+                    }
+                }
+            }
+        }
+        threshold(self.threshold)
+    }
+
     /// The probability of the positive class: the leaf's share of positives. A malformed tree
     /// (a child index out of range, or a cycle longer than the node count) scores NaN.
     pub fn predict_proba(&self, x: &[f64]) -> f64 {
@@ -60,14 +102,19 @@ impl TreeModel {
         score >= self.threshold
     }
 
-    /// The largest input slot the tree reads, plus one.
+    /// The largest input slot the tree reads, plus one (saturating: a bundle may hold any
+    /// index, and the signature check refuses it).
     pub fn inputs_read(&self) -> usize {
+        self.last_slot_read().map_or(0, |f| f.saturating_add(1))
+    }
+
+    /// The largest input slot an internal node reads.
+    pub fn last_slot_read(&self) -> Option<usize> {
         self.nodes
             .iter()
             .filter(|n| n.leaf.is_none())
-            .map(|n| n.feature + 1)
+            .map(|n| n.feature)
             .max()
-            .unwrap_or(0)
     }
 }
 
@@ -116,6 +163,54 @@ mod tests {
         assert!(
             broken.predict_proba(&[1.0]).is_nan(),
             "a cycle does not hang"
+        );
+    }
+
+    #[test]
+    fn malformed_trees_and_insane_values_are_refused() {
+        let node = |left, right, leaf| TreeNode {
+            feature: 0,
+            split: 0.5,
+            left,
+            right,
+            leaf,
+        };
+        let ok = TreeModel {
+            nodes: vec![
+                node(1, 2, None),
+                node(0, 0, Some(0.0)),
+                node(0, 0, Some(1.0)),
+            ],
+            threshold: 0.5,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut TreeModel)| {
+            let mut t = ok.clone();
+            f(&mut t);
+            t.validate().unwrap_err()
+        };
+        assert_eq!(
+            with(&|t| t.nodes[0].right = 3),
+            "nodes[0].right is 3: a child must be one of the nodes after it, 1 to 2"
+        );
+        assert!(
+            with(&|t| t.nodes[0].left = 0).starts_with("nodes[0].left is 0:"),
+            "a self-loop"
+        );
+        assert!(with(&|t| t.nodes[0].split = f64::INFINITY).starts_with("nodes[0].split is inf"));
+        assert!(with(&|t| t.nodes[2].leaf = Some(1.5)).starts_with("nodes[2].leaf is 1.5:"));
+        assert!(with(&|t| t.nodes[1].leaf = Some(f64::NAN)).starts_with("nodes[1].leaf is NaN"));
+        assert!(with(&|t| t.threshold = 7.5).starts_with("threshold is 7.5"));
+        assert!(with(&|t| t.nodes.clear()).contains("at least one node"));
+        // A feature index at the end of usize neither overflows nor panics: the signature
+        // check refuses it as a slot beyond the inputs.
+        let mut far = ok.clone();
+        far.nodes[0].feature = usize::MAX;
+        assert_eq!(far.validate(), Ok(()));
+        assert_eq!(far.inputs_read(), usize::MAX);
+        assert!(
+            far.predict_proba(&[1.0]).is_finite(),
+            "a missing slot reads as NaN"
         );
     }
 }

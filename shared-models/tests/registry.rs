@@ -108,7 +108,7 @@ async fn lifecycle_in_memory() {
 async fn lifecycle_on_the_file_system() {
     let dir = std::env::temp_dir().join(format!("registry-{}", std::process::id()));
     let url = format!("file://{}", dir.display());
-    lifecycle(&Registry::open(&url).unwrap()).await;
+    lifecycle(&Registry::open_to_publish(&url).unwrap()).await;
     // A second registry on the same directory sees the same models: they are on disk.
     let again = Registry::open(&url).unwrap();
     assert_eq!(again.versions("delay").await.unwrap(), vec![1, 2]);
@@ -280,6 +280,86 @@ async fn interrupted_publish(store: Arc<dyn ObjectStore>, reg: Registry) {
             .unwrap()
             .version,
         3
+    );
+}
+
+#[tokio::test]
+async fn reading_a_store_that_does_not_exist_creates_nothing() {
+    let root = std::env::temp_dir().join(format!("registry-missing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("a/b");
+    for url in [
+        format!("file://{}", dir.display()),
+        dir.display().to_string(),
+    ] {
+        let err = Registry::open(&url).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "store `{url}`: store directory {} does not exist (publishing creates it; \
+                 reading never does)",
+                dir.display()
+            )
+        );
+        assert!(!root.exists(), "{url}: a read created {}", root.display());
+    }
+    // A file where the directory should be.
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("file"), b"x").unwrap();
+    let url = format!("file://{}/file", root.display());
+    let err = Registry::open(&url).unwrap_err().to_string();
+    assert!(err.ends_with("/file is not a directory"), "{err}");
+    // Publishing creates it, and then reads open it.
+    let url = format!("file://{}", dir.display());
+    let reg = Registry::open_to_publish(&url).unwrap();
+    assert!(dir.is_dir());
+    assert!(reg.list().await.unwrap().is_empty());
+    reg.publish(manifest("delay", 0.7), files("[1.0]"))
+        .await
+        .unwrap();
+    assert_eq!(
+        Registry::open(&url)
+            .unwrap()
+            .versions("delay")
+            .await
+            .unwrap(),
+        vec![1]
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[tokio::test]
+async fn a_manifest_of_another_version_or_with_odd_file_names_is_refused() {
+    let store = Arc::new(InMemory::new());
+    let reg = Registry::with_store(store.clone(), "memory://");
+    let m = reg
+        .publish(manifest("delay", 0.7), files("[1.0]"))
+        .await
+        .unwrap();
+    // Version 2's manifest copied from version 1: it would make `fetch` read version 1's files.
+    let body = serde_json::to_vec(&m).unwrap();
+    store
+        .put(
+            &Path::from("models/delay/versions/2/manifest.json"),
+            Bytes::from(body).into(),
+        )
+        .await
+        .unwrap();
+    let err = reg.manifest("delay", 2).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Manifest { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "models/delay/versions/2/manifest.json: says it is delay@1, not delay@2"
+    );
+    assert_eq!(err.kind(), "manifest");
+    // A manifest listing a file outside its version directory.
+    let mut odd = m.clone();
+    odd.files.insert("../1/weights.json".into(), "0".repeat(64));
+    let err = reg.fetch(&odd).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "models/delay/versions/1/manifest.json: lists `../1/weights.json`, which is not a \
+         usable bundle file name"
     );
 }
 

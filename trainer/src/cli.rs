@@ -20,11 +20,12 @@ enum Command {
     Fit(crate::fit::FitArgs),
     /// Write the exact matrix a model trains on (event time, split, label, inputs) as CSV.
     ExportFeatures(crate::export::ExportArgs),
-    /// List every published version.
-    List(crate::registry::StoreArgs),
-    /// Show a version's manifest: name, name@version or name@alias.
+    /// List every published version (`--verify`: and load each as the scorer would).
+    List(crate::registry::ListArgs),
+    /// Show a version's manifest, once its bundle loads as the scorer would: name, name@version
+    /// or name@alias.
     Show(crate::registry::ShowArgs),
-    /// Point an alias (champion, challenger, ...) at a version: promotion and rollback.
+    /// Point an alias (champion, challenger, ...) at a version that loads: promotion and rollback.
     Promote(crate::registry::PromoteArgs),
 }
 

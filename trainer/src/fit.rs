@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde::Serialize;
 use shared_features::{fingerprint, tables::sha256_hex};
-use shared_models::{Manifest, Registry};
+use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 
 use crate::dataset::{Dataset, Input};
 use crate::model::ModelSpec;
@@ -91,7 +91,8 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         bail!("{file}: training needs a [label]");
     }
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
-    let registry = Registry::open(&args.store)?;
+    // A publisher may create a store directory; reads never do.
+    let registry = Registry::open_to_publish(&args.store)?;
     let name = args.name.clone().unwrap_or_else(|| p.name.clone());
 
     let progress = Progress::new();
@@ -107,6 +108,13 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let matrix_s = lap.next();
     let model = spec.fit(x_train, y_train, &mut |m| {
         progress.stage(&format!("{fitting}: {m}"))
+    })?;
+    // The check the scorer makes at load, run before anything is scored or published.
+    model.validate().map_err(|m| {
+        anyhow::anyhow!(
+            "the fitted {} cannot be served, so nothing is published: {m}",
+            spec.kind()
+        )
     })?;
     let fit_s = lap.next();
     progress.stage("evaluating on the validation split");
@@ -132,7 +140,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     }
     let feature_fingerprint = fingerprint(&p, fitted);
     let manifest = Manifest {
-        format: 1,
+        format: FORMAT,
         name: name.clone(),
         version: 0,
         created_at: String::new(),
@@ -180,6 +188,14 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             std::fs::read(&full).with_context(|| format!("cannot read {}", full.display()))?;
         files.push((bundle_table_file(name), Bytes::from(bytes)));
     }
+    // Load the bundle exactly as the scorer will (fitted state, tables, fingerprint, model,
+    // signature): what it would refuse is never published.
+    let staged = Bundle {
+        manifest: manifest.clone(),
+        files: files.iter().cloned().collect(),
+    };
+    Servable::from_bundle(&staged)
+        .context("refusing to publish a bundle the scorer would refuse")?;
     let evaluate_s = lap.next();
     progress.stage(&format!("publishing to {}", args.store));
     let rt = tokio::runtime::Builder::new_current_thread()

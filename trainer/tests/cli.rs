@@ -515,3 +515,199 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn reads_of_a_store_that_does_not_exist_create_nothing() {
+    let root = std::env::temp_dir().join(format!("trainer-cli-nostore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("x");
+    let store = format!("file://{}", dir.display());
+    for args in [
+        &["list", "--store", &store][..],
+        &["list", "--store", &store, "--json"],
+        &["show", "flights_delay", "--store", &store],
+        &[
+            "promote",
+            "flights_delay@1",
+            "--alias",
+            "champion",
+            "--store",
+            &store,
+        ],
+    ] {
+        let out = trainer(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "store directory {} does not exist (publishing creates it; reading never does)",
+                dir.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!root.exists(), "{args:?} created {}", root.display());
+    }
+}
+
+#[test]
+fn fit_never_publishes_a_model_the_scorer_would_refuse() {
+    // A learning rate this large does not diverge to NaN on the fixtures; it ends with weights
+    // around 1e11, which the load-time bound refuses. Today's trainer published them.
+    let dir = std::env::temp_dir().join(format!("trainer-cli-insane-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = format!("file://{}", dir.display());
+    let out = trainer(&fit_on_fixtures(
+        &store,
+        &["--set", "kind=mlp", "--set", "learning_rate=1e10"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the fitted mlp cannot be served, so nothing is published: layers[")
+            && err.contains("parameters must be finite and at most 1e6 in magnitude"),
+        "{err}"
+    );
+    let list = trainer(&["list", "--store", &store, "--json"]);
+    assert!(list.status.success());
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Replace a file of a published version; with `rehash`, update the manifest's sha256 too, as a
+/// hand-made bundle would.
+fn rewrite(version_dir: &Path, file: &str, bytes: &[u8], rehash: bool) {
+    std::fs::write(version_dir.join(file), bytes).unwrap();
+    if rehash {
+        let path = version_dir.join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["files"][file] = shared_features::tables::sha256_hex(bytes).into();
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn show_list_and_promote_refuse_a_corrupt_bundle_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("trainer-cli-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = format!("file://{}", dir.display());
+    for _ in 0..2 {
+        let out = trainer(&fit_on_fixtures(&store, &[]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v2 = dir.join("models/flights_delay/versions/2");
+    let model = std::fs::read(v2.join("model.json")).unwrap();
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--store", &store]);
+        let out = trainer(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            err,
+        )
+    };
+    let refused = |args: &[&str], words: &str| {
+        let (code, stdout, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(words), "{args:?}: {err}");
+        stdout
+    };
+
+    // Bytes that no longer match the manifest's sha256.
+    let mut flipped = model.clone();
+    flipped.push(b' ');
+    rewrite(&v2, "model.json", &flipped, false);
+    let corrupt = "bundle flights_delay@2: file `model.json` is corrupt: sha256 ";
+    assert!(refused(&["show", "flights_delay@2"], corrupt).is_empty());
+    assert!(
+        refused(&["show", "flights_delay"], corrupt).is_empty(),
+        "the newest"
+    );
+    assert_eq!(run(&["show", "flights_delay@1"]).0, Some(0));
+    refused(
+        &["promote", "flights_delay@2", "--alias", "champion"],
+        "refusing to point flights_delay@champion at flights_delay@2 (--no-verify moves it \
+         anyway)",
+    );
+    refused(
+        &["promote", "flights_delay@2", "--alias", "champion"],
+        corrupt,
+    );
+    refused(
+        &["show", "flights_delay@champion"],
+        "flights_delay@champion not found",
+    );
+    // Unless asked to (a scorer's refusal is tested that way): then the alias moves, and
+    // `show` through it still refuses the bundle.
+    let (code, _, err) = run(&[
+        "promote",
+        "flights_delay@2",
+        "--alias",
+        "challenger",
+        "--no-verify",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    refused(&["show", "flights_delay@challenger"], corrupt);
+    // `list` reads manifests only, and they are intact; `--verify` loads every bundle.
+    let (code, stdout, _) = run(&["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let stdout = refused(
+        &["list", "--verify", "--json"],
+        "1 of 2 versions cannot be read or served",
+    );
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(listed[0]["error"].is_null(), "{listed}");
+    assert_eq!(listed[1]["aliases"], serde_json::json!(["challenger"]));
+    assert!(
+        listed[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(corrupt)),
+        "{listed}"
+    );
+    refused(
+        &["list", "--verify"],
+        &format!("flights_delay@2: {corrupt}"),
+    );
+
+    // A hand-made bundle whose checksums agree but whose weight is 1e300, or whose threshold
+    // is 7.5: refused by the load-time checks.
+    let text = String::from_utf8(model.clone()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = m["weights"][0].to_string();
+    let insane = text.replacen(&first, "1e300", 1);
+    rewrite(&v2, "model.json", insane.as_bytes(), true);
+    let weights = "bundle flights_delay@2: model.json: weights[0] is 1e300: parameters must be \
+                   finite and at most 1e6 in magnitude";
+    refused(&["show", "flights_delay@2", "--json"], weights);
+    refused(
+        &["promote", "flights_delay@2", "--alias", "champion"],
+        weights,
+    );
+    let threshold = text.replacen("\"threshold\":0.5", "\"threshold\":7.5", 1);
+    assert_ne!(threshold, text);
+    rewrite(&v2, "model.json", threshold.as_bytes(), true);
+    refused(&["show", "flights_delay@2"], "model.json: threshold is 7.5");
+
+    // A manifest that does not parse: `list` still lists the other version, names the file
+    // and exits 2.
+    rewrite(&v2, "model.json", &model, true);
+    assert_eq!(run(&["show", "flights_delay@2"]).0, Some(0), "repaired");
+    std::fs::write(v2.join("manifest.json"), b"{ not json").unwrap();
+    let manifest = "models/flights_delay/versions/2/manifest.json: key must be a string";
+    let stdout = refused(&["list", "--json"], manifest);
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["version"].as_u64(), Some(1));
+    assert_eq!(listed[1]["id"].as_str(), Some("flights_delay@2"));
+    assert!(refused(&["list"], "1 of 2 versions cannot be read").contains("flights_delay"));
+    refused(&["show", "flights_delay@2"], manifest);
+    std::fs::remove_dir_all(dir).ok();
+}
