@@ -284,42 +284,40 @@ impl Live {
         }
     }
 
-    /// Produce one output for event `seq` of `slot`, or a dead letter in its place when it
-    /// does not fit. `dead` tells which kind it is.
+    /// Produce the output of event `seq` of `slot`, or, when it does not fit in a record, the
+    /// event itself as a dead letter in its place.
     #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         slot: usize,
         seq: u64,
-        to: To,
         key: &[u8],
         payload: &[u8],
         timestamp: Option<i64>,
         headers: &[(&'static str, &[u8])],
+        source: &SourceEvent<'_>,
     ) {
-        let tag = self.tracker.expect(slot, seq, to == To::DeadLetters);
+        let tag = self.tracker.expect(slot, seq, false);
         self.metrics.in_flight.set(self.tracker.in_flight() as i64);
-        match self.sink.send(to, key, payload, timestamp, headers, tag) {
+        match self
+            .sink
+            .send(To::Output, key, payload, timestamp, headers, tag)
+        {
             Ok(()) => {}
-            Err(SendError::TooLarge(n)) if to == To::Output => {
+            Err(SendError::TooLarge(n)) => {
                 let why = format!(
                     "the prediction ({n} bytes) exceeds message.max.bytes ({}): the event's key \
                      is too long",
                     self.sink.max_message_bytes()
                 );
-                let pos = headers.iter().take(3).copied().collect::<Vec<_>>();
-                self.send_dead_letter(tag.as_dead_letter(), key, payload, timestamp, &pos, &why);
-            }
-            Err(SendError::TooLarge(_)) => {
-                // A dead letter is cut to fit before it gets here; only a huge key remains.
-                let pos = headers.iter().take(3).copied().collect::<Vec<_>>();
-                let why = headers
-                    .iter()
-                    .find(|(k, _)| *k == "kml.error")
-                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                let cut = &key[..key.len().min(1024)];
-                self.send_dead_letter(tag, cut, payload, timestamp, &pos, &why);
+                self.send_dead_letter(
+                    tag.as_dead_letter(),
+                    source.key,
+                    source.payload,
+                    source.timestamp,
+                    source.position,
+                    &why,
+                );
             }
             Err(SendError::Refused(e)) => self.failed(tag, &e),
         }
@@ -869,7 +867,15 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
             msg.payload().unwrap_or_default(),
         );
         let ts = msg.timestamp().to_millis();
-        live.send(slot, seq, To::Output, key, payload, ts, &[]);
+        let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let position = position_headers(msg, &mut pbuf, &mut obuf);
+        let source = SourceEvent {
+            key,
+            payload,
+            timestamp: ts,
+            position: &position,
+        };
+        live.send(slot, seq, key, payload, ts, &[], &source);
         return Ok(());
     }
     // The scorer leaves its slot while its buffers are borrowed for the send.
@@ -882,33 +888,33 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         offset,
     };
     let outcome = scorer.score(msg.payload(), pos);
-    let mut pbuf = itoa::Buffer::new();
-    let mut obuf = itoa::Buffer::new();
-    let position: [(&'static str, &[u8]); 3] = [
-        ("kml.source.topic", msg.topic().as_bytes()),
-        (
-            "kml.source.partition",
-            pbuf.format(msg.partition()).as_bytes(),
-        ),
-        ("kml.source.offset", obuf.format(offset).as_bytes()),
-    ];
+    let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let position = position_headers(msg, &mut pbuf, &mut obuf);
+    let source = SourceEvent {
+        key: msg.key().unwrap_or_default(),
+        payload: msg.payload().unwrap_or_default(),
+        timestamp: msg.timestamp().to_millis(),
+        position: &position,
+    };
     match outcome {
         Outcome::Scored { event_time } => {
-            let headers = [
+            let all = [
                 position[0],
                 position[1],
                 position[2],
                 ("kml.model", scorer.model().id.as_bytes()),
             ];
+            let headers: &[(&'static str, &[u8])] =
+                if live.cfg.lineage_headers { &all } else { &[] };
             let (key, prediction) = (scorer.key(), scorer.prediction());
             live.send(
                 slot,
                 seq,
-                To::Output,
                 key,
                 prediction,
                 Some(event_time),
-                &headers,
+                headers,
+                &source,
             );
         }
         Outcome::Filtered => {
@@ -917,10 +923,8 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         }
         Outcome::Dead(reason) => {
             let tag = live.tracker.expect(slot, seq, true);
-            let key = msg.key().unwrap_or_default();
-            let payload = msg.payload().unwrap_or_default();
-            let ts = msg.timestamp().to_millis();
-            live.send_dead_letter(tag, key, payload, ts, &position, &reason);
+            let s = &source;
+            live.send_dead_letter(tag, s.key, s.payload, s.timestamp, s.position, &reason);
         }
     }
     let Some(part) = live.parts[slot].as_mut() else {
@@ -937,4 +941,31 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         part.scorer = Some(scorer);
     }
     Ok(())
+}
+
+/// The consumed event an output stands for: what goes to the dead-letter topic when the output
+/// cannot be sent.
+struct SourceEvent<'a> {
+    key: &'a [u8],
+    payload: &'a [u8],
+    timestamp: Option<i64>,
+    /// Its lineage headers (`kml.source.*`).
+    position: &'a [(&'static str, &'a [u8])],
+}
+
+/// The `kml.source.topic`, `.partition` and `.offset` headers of a consumed message, formatted
+/// into the caller's buffers.
+fn position_headers<'a>(
+    msg: &'a BorrowedMessage<'_>,
+    pbuf: &'a mut itoa::Buffer,
+    obuf: &'a mut itoa::Buffer,
+) -> [(&'static str, &'a [u8]); 3] {
+    [
+        ("kml.source.topic", msg.topic().as_bytes()),
+        (
+            "kml.source.partition",
+            pbuf.format(msg.partition()).as_bytes(),
+        ),
+        ("kml.source.offset", obuf.format(msg.offset()).as_bytes()),
+    ]
 }

@@ -48,6 +48,9 @@ pub struct ReplayArgs {
     /// Larger payloads are refused.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
+    /// Lineage headers on each prediction too, as `scorer run --lineage-headers`.
+    #[arg(long)]
+    lineage_headers: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -188,19 +191,21 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                         f.write_all(b"\n")?;
                     }
                     if let Some(sink) = &mut sink {
-                        let headers = [
+                        let all = [
                             position[0],
                             position[1],
                             position[2],
                             ("kml.model", scorer.model().id.as_bytes()),
                         ];
+                        let headers: &[(&'static str, &[u8])] =
+                            if args.lineage_headers { &all } else { &[] };
                         let (k, v) = (scorer.key(), scorer.prediction());
                         sink.send_waiting(
                             To::Output,
                             k,
                             v,
                             Some(event_time),
-                            &headers,
+                            headers,
                             Tag(0),
                             &token,
                         )?;

@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// committed; what is not acknowledged by then is not committed (scored again next time).
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     shutdown_timeout: f64,
+    /// Also put the lineage in headers of each prediction (`kml.source.topic`,
+    /// `kml.source.partition`, `kml.source.offset`, `kml.model`), for routing without parsing;
+    /// it is always in the value. Costs the producer an allocation per header and record.
+    #[arg(long)]
+    lineage_headers: bool,
     /// Print the summary at exit as one JSON object.
     #[arg(long)]
     json: bool,
@@ -106,6 +111,8 @@ pub struct RunConfig {
     pub exit_when_idle: Option<Duration>,
     /// Time allowed for the final flush and commit.
     pub shutdown_timeout: Duration,
+    /// Lineage headers on predictions.
+    pub lineage_headers: bool,
     /// Copy events unscored (benchmark baseline).
     pub pass_through: bool,
 }
@@ -155,6 +162,7 @@ impl RunConfig {
             max_event_bytes: a.max_event_bytes,
             exit_when_idle: a.exit_when_idle.map(Duration::from_secs_f64),
             shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
+            lineage_headers: a.lineage_headers,
             pass_through: a.pass_through,
         })
     }

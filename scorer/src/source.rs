@@ -145,6 +145,10 @@ pub fn group_consumer(
             // poll interval of a member that never left (tansu holds joins that long).
             ("session.timeout.ms", "10000"),
             ("max.poll.interval.ms", "30000"),
+            // An input topic that goes away and comes back (deleted and recreated, or a broker
+            // restarted without its storage) is seen again within 10 s, not librdkafka's
+            // default of 5 minutes.
+            ("topic.metadata.refresh.interval.ms", "10000"),
         ])
         .create_with_context(SourceCtx::new(lag))
         .context("cannot create the consumer")

@@ -101,6 +101,7 @@ fn live_scoring_dead_letters_and_replay_parity() {
                 "3",
                 "--max-event-bytes",
                 "65536",
+                "--lineage-headers",
                 "--json",
             ]),
     );
@@ -314,6 +315,8 @@ fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
                 &format!("flights_delay@{v3}"),
                 "--alias",
                 "champion",
+                // Moving the alias to a bundle the scorer must refuse is the point here.
+                "--no-verify",
             ])
             .args(["--store", &store_url(&store)]),
     );
@@ -453,6 +456,8 @@ fn check_no_loss(preds: &[Rec], committed: i64, reference: &BTreeMap<i64, u64>) 
         let v = p.json();
         let o = v["offset"].as_i64().unwrap();
         *count.entry(o).or_default() += 1;
+        // Lineage headers are opt-in (`--lineage-headers`); the value carries the lineage.
+        assert!(p.headers.is_empty(), "offset {o}: headers {:?}", p.headers);
         assert_eq!(
             Some(&v["score"].as_f64().unwrap().to_bits()),
             reference.get(&o),
@@ -666,16 +671,33 @@ fn a_rebalance_mid_transaction_aborts_it_and_scoring_goes_on() {
 fn nonsense_settings_are_refused_before_any_work() {
     let store = tempdir("nonsense");
     for (flag, value, why) in [
-        ("--batch-size", "0", "--batch-size 0 must be between 1 and 1000000"),
-        ("--transaction-max-events", "0", "--transaction-max-events must be at least 1"),
-        ("--transaction-interval", "-1", "is not a positive number of seconds"),
-        ("--shutdown-timeout", "nan", "is not a positive number of seconds"),
+        (
+            "--batch-size",
+            "0",
+            "--batch-size 0 must be between 1 and 1000000",
+        ),
+        (
+            "--transaction-max-events",
+            "0",
+            "--transaction-max-events must be at least 1",
+        ),
+        (
+            "--transaction-interval",
+            "-1",
+            "is not a positive number of seconds",
+        ),
+        (
+            "--shutdown-timeout",
+            "nan",
+            "is not a positive number of seconds",
+        ),
         ("--output", "flights", "must be different topics"),
     ] {
         let mut args = run_args_at("127.0.0.1:1", &store, "flights", "g");
         match args.iter().position(|a| a == flag) {
             Some(i) => args[i + 1] = value.to_string(),
-            None => args.extend([flag.to_string(), value.to_string()]),
+            // `--flag=value`, so that a value such as `-1` is not read as a flag.
+            None => args.push(format!("{flag}={value}")),
         }
         let out = scorer().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

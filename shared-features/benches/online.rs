@@ -54,7 +54,7 @@ fn online(c: &mut Criterion) {
     });
     // The decoder alone (UTF-8 check, JSON, typing of the declared fields): what the strict
     // UTF-8 rule costs shows here.
-    let decoder = shared_features::decode::Decoder::new(&p);
+    let mut decoder = shared_features::decode::Decoder::new(&p);
     g.bench_function("decode", |b| {
         let mut row = vec![shared_features::Value::Null; p.layout.len()];
         b.iter(|| {

@@ -25,7 +25,7 @@ fn pipeline_pass(p: &Arc<Pipeline>, tables: &Arc<Tables>, events: &[Vec<u8>]) ->
 
 #[inline(never)]
 fn decode_pass(p: &Pipeline, events: &[Vec<u8>]) -> usize {
-    let decoder = Decoder::new(p);
+    let mut decoder = Decoder::new(p);
     let mut row = vec![Value::Null; p.layout.len()];
     events
         .iter()

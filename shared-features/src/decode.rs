@@ -1,6 +1,5 @@
 //! Decoding one JSON event into the declared fields of a row, without building a JSON tree.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,7 +8,11 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use crate::error::EventError;
 use crate::spec::Pipeline;
 use crate::time::parse_timestamp;
-use crate::value::{FieldType, Value};
+use crate::value::{FieldType, Map, Set, Value};
+
+/// Distinct strings remembered per field for sharing (see [`Decoder`]); past this many, new
+/// values of that field are allocated each time, so that an id-like field cannot grow memory.
+const INTERNED_PER_FIELD: usize = 4096;
 
 /// Decodes JSON objects into the event fields of a pipeline.
 ///
@@ -22,7 +25,14 @@ use crate::value::{FieldType, Value};
 /// producer that writes one is broken and its other fields cannot be trusted either.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    index: HashMap<Box<str>, usize>,
+    index: Map<Box<str>, usize>,
+    /// For each key position of the last event, its name and what it resolved to: events from
+    /// one producer list their keys in one order, so most keys cost one comparison, not a hash.
+    memo: Vec<(Box<str>, Option<usize>)>,
+    /// For each field, the strings seen in it so far (up to [`INTERNED_PER_FIELD`]): categorical
+    /// fields repeat a few values, and sharing them saves an allocation and a free per field
+    /// and event.
+    strings: Vec<Set<Arc<str>>>,
     names: Vec<String>,
     types: Vec<FieldType>,
 }
@@ -44,6 +54,8 @@ impl Decoder {
                 .enumerate()
                 .map(|(i, n)| (n.clone().into_boxed_str(), i))
                 .collect(),
+            memo: Vec::new(),
+            strings: vec![Set::default(); names.len()],
             names,
             types,
         }
@@ -60,9 +72,9 @@ impl Decoder {
     }
 
     /// Decode `bytes` into `row[..n_fields]`.
-    pub fn decode(&self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+    pub fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
         let n = self.types.len();
-        let mut seen = vec![false; n];
+        let mut seen = Seen::new(n);
         let mut problem = None;
         // serde_json checks UTF-8 only in the strings it reads, not in values it skips; one
         // pass here covers every byte, and lets the parser skip its own checks.
@@ -70,13 +82,19 @@ impl Decoder {
             offset: e.valid_up_to(),
         })?;
         let mut de = serde_json::Deserializer::from_str(text);
+        let mut memo = std::mem::take(&mut self.memo);
+        let mut strings = std::mem::take(&mut self.strings);
         let visitor = EventVisitor {
             dec: self,
+            memo: &mut memo,
+            strings: &mut strings,
             row: &mut row[..n],
             seen: &mut seen,
             problem: &mut problem,
         };
         let result = de::Deserializer::deserialize_map(&mut de, visitor).and_then(|()| de.end());
+        self.memo = memo;
+        self.strings = strings;
         if let Some(p) = problem {
             return Err(p);
         }
@@ -93,7 +111,7 @@ impl Decoder {
                 message,
             });
         }
-        if let Some(i) = seen.iter().position(|s| !s) {
+        if let Some(i) = seen.first_unset(n) {
             return Err(EventError::Missing {
                 field: self.names[i].clone(),
             });
@@ -102,10 +120,47 @@ impl Decoder {
     }
 }
 
+/// Which declared fields an event has given: a bit mask for up to 64 fields, no allocation.
+enum Seen {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        if n <= 64 {
+            Seen::Bits(0)
+        } else {
+            Seen::Many(vec![false; n])
+        }
+    }
+
+    /// Mark field `i`; returns whether it was marked already.
+    fn mark(&mut self, i: usize) -> bool {
+        match self {
+            Seen::Bits(b) => {
+                let was = *b >> i & 1 == 1;
+                *b |= 1 << i;
+                was
+            }
+            Seen::Many(v) => std::mem::replace(&mut v[i], true),
+        }
+    }
+
+    fn first_unset(&self, n: usize) -> Option<usize> {
+        match self {
+            Seen::Bits(b) => (0..n).find(|i| *b >> i & 1 == 0),
+            Seen::Many(v) => v.iter().position(|s| !s),
+        }
+    }
+}
+
 struct EventVisitor<'a> {
     dec: &'a Decoder,
+    memo: &'a mut Vec<(Box<str>, Option<usize>)>,
+    strings: &'a mut [Set<Arc<str>>],
     row: &'a mut [Value],
-    seen: &'a mut [bool],
+    seen: &'a mut Seen,
     problem: &'a mut Option<EventError>,
 }
 
@@ -117,20 +172,26 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(slot) = map.next_key_seed(KeySeed(self.dec))? {
+        let mut position = 0;
+        while let Some(slot) = map.next_key_seed(KeySeed {
+            dec: self.dec,
+            memo: self.memo,
+            position,
+        })? {
+            position += 1;
             let Some(i) = slot else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
             let raw = map.next_value::<Raw<'de>>()?;
             let field = &self.dec.names[i];
-            if std::mem::replace(&mut self.seen[i], true) {
+            if self.seen.mark(i) {
                 *self.problem = Some(EventError::Duplicate {
                     field: field.clone(),
                 });
                 return Err(de::Error::custom("duplicate field"));
             }
-            match typed(raw, self.dec.types[i], field) {
+            match typed(raw, self.dec.types[i], field, &mut self.strings[i]) {
                 Ok(v) => self.row[i] = v,
                 Err(e) => {
                     *self.problem = Some(e);
@@ -142,7 +203,11 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
     }
 }
 
-struct KeySeed<'a>(&'a Decoder);
+struct KeySeed<'a> {
+    dec: &'a Decoder,
+    memo: &'a mut Vec<(Box<str>, Option<usize>)>,
+    position: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<usize>;
@@ -157,7 +222,21 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("a field name")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.index.get(v).copied())
+        if let Some((name, slot)) = self.memo.get(self.position)
+            && **name == *v
+        {
+            return Ok(*slot);
+        }
+        let slot = self.dec.index.get(v).copied();
+        // Remember what this position held, for the next event (bounded by the key count of
+        // the widest event the pipeline declares plus what it ignores, up to 256 positions).
+        if self.position < 256 {
+            if self.memo.len() <= self.position {
+                self.memo.resize(self.position + 1, (Box::from(""), None));
+            }
+            self.memo[self.position] = (Box::from(v), slot);
+        }
+        Ok(slot)
     }
 }
 
@@ -216,7 +295,12 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
-fn typed(raw: Raw<'_>, ty: FieldType, field: &str) -> Result<Value, EventError> {
+fn typed(
+    raw: Raw<'_>,
+    ty: FieldType,
+    field: &str,
+    strings: &mut Set<Arc<str>>,
+) -> Result<Value, EventError> {
     let wrong = |found: String| EventError::WrongType {
         field: field.to_string(),
         expected: ty.name(),
@@ -227,7 +311,7 @@ fn typed(raw: Raw<'_>, ty: FieldType, field: &str) -> Result<Value, EventError> 
         (Raw::Int(i), FieldType::Int | FieldType::Timestamp) => Ok(Value::Int(i)),
         (Raw::Int(i), FieldType::Float) => Ok(Value::Float(i as f64)),
         (Raw::Float(x), FieldType::Float) => Ok(Value::float(x)),
-        (Raw::Str(s), FieldType::Str) => Ok(Value::Str(Arc::from(s.as_ref()))),
+        (Raw::Str(s), FieldType::Str) => Ok(Value::Str(intern(strings, &s))),
         (Raw::Str(s), FieldType::Timestamp) => parse_timestamp(&s).map(Value::Int).map_err(wrong),
         (Raw::Float(x), _) => Err(wrong(format!("the number {x}"))),
         (Raw::Int(i), _) => Err(wrong(format!("the number {i}"))),
@@ -237,9 +321,61 @@ fn typed(raw: Raw<'_>, ty: FieldType, field: &str) -> Result<Value, EventError> 
     }
 }
 
+/// The shared copy of `s` among a field's strings, made if there is room.
+fn intern(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = strings.get(s) {
+        return a.clone();
+    }
+    let a = Arc::<str>::from(s);
+    if strings.len() < INTERNED_PER_FIELD {
+        strings.insert(a.clone());
+    }
+    a
+}
+
 fn truncate(s: &str) -> &str {
     match s.char_indices().nth(40) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::for_fields([("s".to_string(), FieldType::Str)])
+    }
+
+    fn decode(d: &mut Decoder, json: &str) -> Value {
+        let mut row = vec![Value::Null];
+        d.decode(json.as_bytes(), &mut row).unwrap();
+        row.pop().unwrap()
+    }
+
+    #[test]
+    fn repeated_strings_are_shared_and_new_ones_past_the_cap_still_decode() {
+        let mut d = decoder();
+        let (Value::Str(a), Value::Str(b)) = (
+            decode(&mut d, r#"{"s":"JFK"}"#),
+            decode(&mut d, r#"{"s":"JFK"}"#),
+        ) else {
+            panic!("not strings");
+        };
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second JFK is not the first one's copy"
+        );
+        for i in 0..INTERNED_PER_FIELD + 10 {
+            let v = decode(&mut d, &format!(r#"{{"s":"id-{i}"}}"#));
+            assert_eq!(v, Value::Str(Arc::from(format!("id-{i}").as_str())));
+        }
+        assert_eq!(d.strings[0].len(), INTERNED_PER_FIELD);
+        // An escaped string (not borrowed from the input) is shared by its decoded text.
+        let Value::Str(c) = decode(&mut d, r#"{"s":"J\u0046K"}"#) else {
+            panic!("not a string");
+        };
+        assert!(Arc::ptr_eq(&a, &c));
     }
 }

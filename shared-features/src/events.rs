@@ -77,7 +77,7 @@ pub fn event_order(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<usize> {
 
 /// Each event's partition key (as text) and event time, when they can be computed.
 pub fn event_meta(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<String>, Option<i64>)> {
-    let decoder = Decoder::new(p);
+    let mut decoder = Decoder::new(p);
     let mut row: Row = vec![Value::Null; p.layout.len()];
     events
         .iter()

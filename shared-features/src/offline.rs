@@ -360,7 +360,7 @@ fn read_json_lines(path: &Path, columns: &[(String, FieldType)]) -> Result<DataF
 
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
-    let decoder = Decoder::for_fields(columns.iter().cloned());
+    let mut decoder = Decoder::for_fields(columns.iter().cloned());
     let mut row = vec![Value::Null; columns.len()];
     let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::new(); columns.len()];
     let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); columns.len()];

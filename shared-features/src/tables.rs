@@ -3,7 +3,6 @@
 //! The caller reads the files (this crate does no I/O) and hands over bytes; the offline engine
 //! reads the same files with polars. Both read `NA` and the empty string as null.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -11,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::DataError;
 use crate::spec::Pipeline;
 use crate::time::parse_timestamp;
-use crate::value::{FieldType, Key, Value};
+use crate::value::{FieldType, Key, Map, Value};
 
 /// Text read as null in CSV files.
 pub const NULL_TOKENS: [&str; 2] = ["NA", ""];
@@ -19,7 +18,7 @@ pub const NULL_TOKENS: [&str; 2] = ["NA", ""];
 /// A lookup table: unique key to the declared columns.
 #[derive(Debug, Default)]
 pub struct LookupTable {
-    rows: HashMap<Key, Box<[Value]>>,
+    rows: Map<Key, Box<[Value]>>,
 }
 
 impl LookupTable {
@@ -46,7 +45,7 @@ type TimedRow = (i64, Box<[Value]>);
 /// An as-of table: for each key, rows sorted by time (ties keep file order).
 #[derive(Debug, Default)]
 pub struct AsofTable {
-    by_key: HashMap<Key, TimedRows>,
+    by_key: Map<Key, TimedRows>,
 }
 
 impl AsofTable {
@@ -82,7 +81,7 @@ impl Tables {
         let mut out = Tables::default();
         for l in &p.lookups {
             let bytes = read(&l.path).map_err(|m| DataError::file(&l.path, m))?;
-            let mut rows = HashMap::new();
+            let mut rows = Map::default();
             for (line, key, vals) in
                 parse_csv(&bytes, &l.path, Some((&l.key, l.key_ty)), &l.columns)?
             {
@@ -106,7 +105,7 @@ impl Tables {
                 .iter()
                 .position(|(n, _)| *n == a.time)
                 .unwrap_or(0);
-            let mut grouped: HashMap<Key, Vec<TimedRow>> = HashMap::new();
+            let mut grouped: Map<Key, Vec<TimedRow>> = Map::default();
             for (line, key, vals) in
                 parse_csv(&bytes, &a.path, Some((&a.key, a.key_ty)), &a.columns)?
             {

@@ -26,10 +26,10 @@ mod agg;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::spec::{AggFn, Window};
-use crate::value::{Key, Value};
+use crate::value::{Key, Map, Set, Value};
 
 use agg::{Distinct, Part, int};
 
@@ -44,7 +44,7 @@ pub struct WindowState {
     distinct_fields: Vec<usize>,
     /// For each aggregate, its index into `distinct_fields` when it is a `distinct_count`.
     distinct_slots: Vec<Option<usize>>,
-    by_key: HashMap<Key, KeyWindow>,
+    by_key: Map<Key, KeyWindow>,
     /// The newest event time seen for any key.
     newest: i64,
     /// `newest` when idle keys were last swept.
@@ -90,7 +90,7 @@ struct Swag {
     /// `fields.len()` parts.
     back: Vec<Part>,
     /// For each of `distinct_fields`: how many entries of `entries[start..]` hold each value.
-    distinct: Vec<HashMap<Distinct, u32>>,
+    distinct: Vec<Map<Distinct, u32>>,
 }
 
 impl WindowState {
@@ -135,7 +135,7 @@ impl WindowState {
             slots,
             distinct_fields,
             distinct_slots,
-            by_key: HashMap::new(),
+            by_key: Map::default(),
             newest: i64::MIN,
             swept_at: i64::MIN,
         }
@@ -178,16 +178,34 @@ impl WindowState {
         idle_ttl_ms: Option<i64>,
     ) {
         let current: Box<[Value]> = self.fields.iter().map(|&c| row[c].clone()).collect();
-        let key = Key::of(&row[w.key]);
         let lo = t.saturating_sub(w.length_ms);
         let cur = w.include_current.then_some(&current[..]);
         let nf = self.fields.len();
-        let combined = &mut self.combined;
-        let distinct_fields = &self.distinct_fields;
-        let existing = key.as_ref().and_then(|k| self.by_key.get_mut(k));
-        let in_order = existing.as_ref().is_none_or(|kw| t >= kw.watermark);
-        let distinct = &mut self.distinct;
-        let events = match existing {
+        let Self {
+            by_key,
+            combined,
+            distinct,
+            distinct_fields,
+            slots,
+            distinct_slots,
+            ..
+        } = self;
+        // One hash lookup per event and window: a new key's state starts empty, and its first
+        // event is in order.
+        let mut kw = Key::of(&row[w.key]).map(|key| {
+            by_key.entry(key).or_insert_with(|| KeyWindow {
+                watermark: t,
+                entries: VecDeque::new(),
+                swag: Swag {
+                    valid: true,
+                    back: vec![Part::EMPTY; nf],
+                    distinct: vec![Map::default(); distinct_fields.len()],
+                    ..Swag::default()
+                },
+            })
+        });
+        let in_order = kw.as_ref().is_none_or(|kw| t >= kw.watermark);
+        let events = match kw.as_deref_mut() {
             Some(kw) if in_order => {
                 kw.slide(lo, nf, distinct_fields);
                 let s = &kw.swag;
@@ -205,7 +223,7 @@ impl WindowState {
                 }
                 for (d, (counts, &f)) in distinct
                     .iter_mut()
-                    .zip(s.distinct.iter().zip(distinct_fields))
+                    .zip(s.distinct.iter().zip(distinct_fields.iter()))
                 {
                     let extra = cur
                         .and_then(|c| Distinct::of(&c[f]))
@@ -226,8 +244,8 @@ impl WindowState {
                         .iter()
                         .fold(Part::EMPTY, |acc, e| acc.then(&Part::of(&e.vals[i])));
                 }
-                for (d, &f) in distinct.iter_mut().zip(distinct_fields) {
-                    let seen: std::collections::HashSet<Distinct> = window
+                for (d, &f) in distinct.iter_mut().zip(distinct_fields.iter()) {
+                    let seen: Set<Distinct> = window
                         .iter()
                         .map(|e| &e.vals[f])
                         .chain(cur.map(|c| &c[f]))
@@ -238,8 +256,9 @@ impl WindowState {
                 window.len() as u64
             }
             None => {
+                // A null key: no state, the window is the event itself at most.
                 combined.fill(Part::EMPTY);
-                for (d, &f) in distinct.iter_mut().zip(distinct_fields) {
+                for (d, &f) in distinct.iter_mut().zip(distinct_fields.iter()) {
                     *d = u64::from(cur.is_some_and(|c| !c[f].is_null()));
                 }
                 0
@@ -252,27 +271,17 @@ impl WindowState {
         }
         let events = events + u64::from(cur.is_some());
         for (j, agg) in w.aggs.iter().enumerate() {
-            row[w.first_col + j] = match self.slots[j] {
+            row[w.first_col + j] = match slots[j] {
                 // `count` with no field counts events.
                 None => int(events),
                 Some(slot) => {
-                    let d = self.distinct_slots[j].map_or(0, |d| distinct[d]);
+                    let d = distinct_slots[j].map_or(0, |d| distinct[d]);
                     combined[slot].finish(agg.func, d)
                 }
             };
         }
 
-        let Some(key) = key else { return };
-        let kw = self.by_key.entry(key).or_insert_with(|| KeyWindow {
-            watermark: t,
-            entries: VecDeque::new(),
-            swag: Swag {
-                valid: true,
-                back: vec![Part::EMPTY; nf],
-                distinct: vec![HashMap::new(); distinct_fields.len()],
-                ..Swag::default()
-            },
-        });
+        let Some(kw) = kw else { return };
         if in_order {
             kw.swag.push(&current, distinct_fields);
             kw.entries.push_back(Entry { t, vals: current });
