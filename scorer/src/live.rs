@@ -34,7 +34,9 @@ use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
 use crate::score::{Outcome, Scorer, SourcePos};
-use crate::sink::{DeadLetter, Report, SendError, Sink, To, cut_str};
+use crate::sink::{
+    DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
+};
 use crate::source::{self, Rebalanced, SourceCtx};
 
 /// Longest text of an error kept in a dead letter's `kml.error` header.
@@ -898,12 +900,7 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
     };
     match outcome {
         Outcome::Scored { event_time } => {
-            let all = [
-                position[0],
-                position[1],
-                position[2],
-                ("kml.model", scorer.model().id.as_bytes()),
-            ];
+            let all = lineage_headers(&position, &scorer.model().id);
             let headers: &[(&'static str, &[u8])] =
                 if live.cfg.lineage_headers { &all } else { &[] };
             let (key, prediction) = (scorer.key(), scorer.prediction());
@@ -951,21 +948,4 @@ struct SourceEvent<'a> {
     timestamp: Option<i64>,
     /// Its lineage headers (`kml.source.*`).
     position: &'a [(&'static str, &'a [u8])],
-}
-
-/// The `kml.source.topic`, `.partition` and `.offset` headers of a consumed message, formatted
-/// into the caller's buffers.
-fn position_headers<'a>(
-    msg: &'a BorrowedMessage<'_>,
-    pbuf: &'a mut itoa::Buffer,
-    obuf: &'a mut itoa::Buffer,
-) -> [(&'static str, &'a [u8]); 3] {
-    [
-        ("kml.source.topic", msg.topic().as_bytes()),
-        (
-            "kml.source.partition",
-            pbuf.format(msg.partition()).as_bytes(),
-        ),
-        ("kml.source.offset", obuf.format(msg.offset()).as_bytes()),
-    ]
 }

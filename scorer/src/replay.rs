@@ -15,7 +15,7 @@ use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
 use crate::offsets::Tag;
 use crate::score::{Outcome, Scorer, SourcePos};
-use crate::sink::{DeadLetter, Sink, To, cut_str};
+use crate::sink::{DeadLetter, Sink, To, cut_str, lineage_headers, position_headers};
 use crate::source::{End, each_message, reader};
 
 /// `scorer replay` options.
@@ -173,16 +173,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                 s.warmed += 1;
                 return Ok(());
             }
-            let mut pbuf = itoa::Buffer::new();
-            let mut obuf = itoa::Buffer::new();
-            let position: [(&'static str, &[u8]); 3] = [
-                ("kml.source.topic", msg.topic().as_bytes()),
-                (
-                    "kml.source.partition",
-                    pbuf.format(msg.partition()).as_bytes(),
-                ),
-                ("kml.source.offset", obuf.format(offset).as_bytes()),
-            ];
+            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let position = position_headers(msg, &mut pbuf, &mut obuf);
             match outcome {
                 Outcome::Scored { event_time } => {
                     s.replayed += 1;
@@ -191,12 +183,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                         f.write_all(b"\n")?;
                     }
                     if let Some(sink) = &mut sink {
-                        let all = [
-                            position[0],
-                            position[1],
-                            position[2],
-                            ("kml.model", scorer.model().id.as_bytes()),
-                        ];
+                        let all = lineage_headers(&position, &scorer.model().id);
                         let headers: &[(&'static str, &[u8])] =
                             if args.lineage_headers { &all } else { &[] };
                         let (k, v) = (scorer.key(), scorer.prediction());

@@ -24,7 +24,7 @@ use rdkafka::Message;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use sha2::{Digest, Sha256};
@@ -527,6 +527,33 @@ pub fn cut_str(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The `kml.source.topic`, `.partition` and `.offset` headers of a consumed message, formatted
+/// into the caller's buffers: the position a dead letter (and, with lineage headers, a
+/// prediction) carries.
+pub fn position_headers<'a>(
+    msg: &'a BorrowedMessage<'_>,
+    pbuf: &'a mut itoa::Buffer,
+    obuf: &'a mut itoa::Buffer,
+) -> [(&'static str, &'a [u8]); 3] {
+    [
+        ("kml.source.topic", msg.topic().as_bytes()),
+        (
+            "kml.source.partition",
+            pbuf.format(msg.partition()).as_bytes(),
+        ),
+        ("kml.source.offset", obuf.format(msg.offset()).as_bytes()),
+    ]
+}
+
+/// A prediction's lineage headers: its source position and the model (`kml.model`).
+pub fn lineage_headers<'a>(
+    position: &[(&'static str, &'a [u8]); 3],
+    model: &'a str,
+) -> [(&'static str, &'a [u8]); 4] {
+    let [t, p, o] = *position;
+    [t, p, o, ("kml.model", model.as_bytes())]
 }
 
 #[cfg(test)]
