@@ -12,7 +12,24 @@ use crate::spec::Pipeline;
 use crate::tables::Tables;
 use crate::time::format_timestamp;
 use crate::value::{Key, Row, Value};
-use crate::window::WindowState;
+use crate::window::{WindowSnapshot, WindowSnapshotRef, WindowState};
+
+/// The format of [`Stages::save`]; a saved state of another version is refused.
+const STATE_FORMAT: u32 = 1;
+
+#[derive(serde::Serialize)]
+struct StagesRef<'a> {
+    format: u32,
+    progress: Option<i64>,
+    windows: Vec<WindowSnapshotRef<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct StagesSnapshot {
+    format: u32,
+    progress: Option<i64>,
+    windows: Vec<WindowSnapshot>,
+}
 
 /// The stages after enrichment, shared by the offline and online engines.
 ///
@@ -109,6 +126,51 @@ impl Stages {
         self.windows.iter().map(WindowState::keys).sum()
     }
 
+    /// Everything later events depend on (the progress, every key's window entries and their
+    /// sliding-window indices), as bytes (postcard: integers and floats bit for bit).
+    /// [`Stages::load`] turns them back into a state that gives every later event exactly the
+    /// features this one would.
+    pub fn save(&self) -> Vec<u8> {
+        let snap = StagesRef {
+            format: STATE_FORMAT,
+            progress: self.progress,
+            windows: self.windows.iter().map(WindowState::snapshot).collect(),
+        };
+        // Serializing plain data into a Vec does not fail.
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// The state [`Stages::save`] saved, for pipeline `p`. Bytes that do not decode, or
+    /// describe windows this pipeline does not have, are refused with the reason; nothing
+    /// here panics on any input.
+    pub fn load(p: &Pipeline, bytes: &[u8]) -> Result<Self, String> {
+        let snap: StagesSnapshot = postcard::from_bytes(bytes)
+            .map_err(|e| format!("window state does not decode: {e}"))?;
+        if snap.format != STATE_FORMAT {
+            return Err(format!(
+                "window state of format {}, this build reads format {STATE_FORMAT}",
+                snap.format
+            ));
+        }
+        if snap.windows.len() != p.windows.len() {
+            return Err(format!(
+                "window state for {} windows, the pipeline has {}",
+                snap.windows.len(),
+                p.windows.len()
+            ));
+        }
+        let windows = p
+            .windows
+            .iter()
+            .zip(snap.windows)
+            .map(|(w, s)| WindowState::restore(w, s))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            windows,
+            progress: snap.progress,
+        })
+    }
+
     /// Keys and events held in window state, summed over windows.
     pub fn state_size(&self) -> (usize, usize) {
         self.windows
@@ -190,6 +252,18 @@ impl OnlineEngine {
     /// Keys holding window state, summed over windows.
     pub fn state_keys(&self) -> usize {
         self.stages.state_keys()
+    }
+
+    /// The window state as bytes (see [`Stages::save`]).
+    pub fn save_state(&self) -> Vec<u8> {
+        self.stages.save()
+    }
+
+    /// Replace the window state with one [`OnlineEngine::save_state`] saved under the same
+    /// pipeline. On error the state is unchanged.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stages = Stages::load(&self.pipeline, bytes)?;
+        Ok(())
     }
 }
 

@@ -49,7 +49,7 @@ impl FieldType {
 }
 
 /// One cell. Timestamps are [`Value::Int`] milliseconds since the epoch.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// Missing: `NA` in CSV, `null` in JSON, no lookup match, an empty window.
     #[default]
@@ -59,7 +59,7 @@ pub enum Value {
     /// A float; never NaN (NaN is normalised to [`Value::Null`] on the way in).
     Float(f64),
     /// Text, shared so that copying a joined value does not allocate.
-    Str(Arc<str>),
+    Str(#[serde(with = "arc_str")] Arc<str>),
 }
 
 impl Value {
@@ -145,12 +145,14 @@ impl fmt::Display for Value {
 }
 
 /// A key of per-entity state or of a lookup: the non-null values a key column can hold.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Key {
     /// An integer key.
     Int(i64),
     /// A text key.
-    Str(Arc<str>),
+    Str(#[serde(with = "arc_str")] Arc<str>),
 }
 
 impl Key {
@@ -167,3 +169,19 @@ impl Key {
 
 /// A row: values by column position in the pipeline's layout ([`crate::Pipeline::layout`]).
 pub type Row = Vec<Value>;
+
+/// Shared text as a plain string on the wire (serde's `rc` feature would change serde for the
+/// whole dependency graph).
+mod arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(de).map(Arc::from)
+    }
+}

@@ -23,8 +23,11 @@
 //! function of those, so a snapshot of the entries and the numbers restores it bit for bit.
 
 mod agg;
+mod snapshot;
 #[cfg(test)]
 mod tests;
+
+pub use snapshot::{WindowSnapshot, WindowSnapshotRef};
 
 use std::collections::VecDeque;
 

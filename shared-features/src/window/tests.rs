@@ -242,3 +242,103 @@ fn boundaries_hold_through_flips() {
     // sees the first; 19 sees (9, 19]: the two at 10; 20 sees 19; 30 sees (20, 30]: nothing.
     assert_eq!(counts, [0, 1, 2, 3, 2, 3, 2, 1, 0, 0]);
 }
+
+/// Save `state` to bytes and restore it, as a checkpoint does.
+fn round_trip(w: &Window, state: &WindowState) -> WindowState {
+    let bytes = postcard::to_stdvec(&state.snapshot()).unwrap();
+    let snap: WindowSnapshot = postcard::from_bytes(&bytes).unwrap();
+    WindowState::restore(w, snap).unwrap()
+}
+
+/// Feed `events` to one state that runs through and to one that is saved and restored before
+/// every event: every aggregate of every event is the same bits (std included: the restored
+/// stacks are the same partial sums, not merely close ones).
+fn check_restored(events: &[Ev], lateness_ms: i64, ttl: Option<i64>) {
+    let w = window(10, true);
+    let mut through = WindowState::new(&w);
+    let mut restored = WindowState::new(&w);
+    for (i, e) in events.iter().enumerate() {
+        restored = round_trip(&w, &restored);
+        let key = e.0.map(|k| Key::Str(format!("k{k}").into()));
+        if let Some(mark) = key.as_ref().and_then(|k| through.watermark(k))
+            && e.1 < mark.saturating_sub(lateness_ms)
+        {
+            continue;
+        }
+        let (mut a, mut b) = (row(e), row(e));
+        through.update(&w, e.1, &mut a, lateness_ms, ttl);
+        restored.update(&w, e.1, &mut b, lateness_ms, ttl);
+        assert_eq!(a, b, "event {i} {e:?}");
+        assert_eq!(
+            (through.keys(), through.entries()),
+            (restored.keys(), restored.entries())
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_restored_state_computes_the_same_bits(events in stream(), ttl in prop::option::of(5i64..40)) {
+        check_restored(&events, 15, ttl);
+    }
+}
+
+/// A hot key with tens of flips, saved midway through a front stack.
+#[test]
+fn a_state_saved_mid_stack_restores_exactly() {
+    let w = window(50, false);
+    let mut through = WindowState::new(&w);
+    let mut restored = WindowState::new(&w);
+    for i in 0..2_000i64 {
+        if i % 37 == 0 {
+            restored = round_trip(&w, &restored);
+        }
+        let e = (
+            Some(0),
+            i / 3,
+            Some((i % 19) as i32 - 9),
+            Some((i % 5) as u8),
+        );
+        let (mut a, mut b) = (row(&e), row(&e));
+        through.update(&w, e.1, &mut a, 0, None);
+        restored.update(&w, e.1, &mut b, 0, None);
+        assert_eq!(a, b, "event {i}");
+    }
+}
+
+/// What cannot have come from this window spec is refused with a reason, never a panic.
+#[test]
+fn a_foreign_or_inconsistent_snapshot_is_refused() {
+    let w = window(10, false);
+    let mut state = WindowState::new(&w);
+    for t in [0, 1, 2, 3] {
+        let mut r = row(&(Some(0), t, Some(1), Some(0)));
+        state.update(&w, t, &mut r, 0, None);
+    }
+    let bytes = postcard::to_stdvec(&state.snapshot()).unwrap();
+    // Another spec: one field fewer per entry.
+    let mut narrow = window(10, false);
+    narrow.aggs.truncate(2);
+    let snap: WindowSnapshot = postcard::from_bytes(&bytes).unwrap();
+    let err = WindowState::restore(&narrow, snap).unwrap_err();
+    assert!(err.contains("does not hold 1 values"), "{err}");
+    // Every truncation of the bytes either fails to decode or is refused; none panics, and
+    // the whole restores.
+    for n in 0..bytes.len() {
+        if let Ok(snap) = postcard::from_bytes::<WindowSnapshot>(&bytes[..n]) {
+            let _ = WindowState::restore(&w, snap);
+        }
+    }
+    // A flipped byte anywhere: no panic.
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x5a;
+        if let Ok(snap) = postcard::from_bytes::<WindowSnapshot>(&b) {
+            let _ = WindowState::restore(&w, snap);
+        }
+    }
+    let snap: WindowSnapshot = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(WindowState::restore(&w, snap).unwrap().entries(), 4);
+}
