@@ -3,6 +3,7 @@
 //! with lineage; dead-letters what it cannot score; replays history; serves the model over HTTP;
 //! feeds topics for demos.
 
+pub mod checkpoint;
 pub mod evaluate;
 pub mod feed;
 pub mod http;

@@ -14,7 +14,7 @@
 //! error is replaced. Nothing blocks for longer than ~100 ms without looking at the
 //! cancellation token, so SIGTERM is honoured in every state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -29,11 +29,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use shared_models::Servable;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Checkpoints, Header, PRUNE_LAG, Written};
 use crate::kafka::{self, LogCtx};
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
-use crate::score::{Outcome, Scorer, SourcePos};
+use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
@@ -58,6 +59,17 @@ struct Part {
     /// When a rewind is due (after a failed delivery), and the backoff between rewinds.
     rewind_at: Option<Instant>,
     backoff: ExponentialBackoff,
+    /// Events scored since the last checkpoint, and when it was written.
+    ckpt_events: u64,
+    ckpt_at: Instant,
+    /// A checkpoint write is in flight.
+    ckpt_busy: bool,
+    /// The offset the last checkpoint covers.
+    ckpt_offset: Option<i64>,
+    /// The offset committable after every acknowledged output (at-least-once).
+    committable: Option<i64>,
+    /// Committable offsets as sampled at checkpoints: pruning stays [`PRUNE_LAG`] behind.
+    samples: VecDeque<(Instant, i64)>,
 }
 
 impl Part {
@@ -71,6 +83,12 @@ impl Part {
             resume: None,
             rewind_at: None,
             backoff: backoff(),
+            ckpt_events: 0,
+            ckpt_at: Instant::now(),
+            ckpt_busy: false,
+            ckpt_offset: None,
+            committable: None,
+            samples: VecDeque::new(),
         }
     }
 }
@@ -115,6 +133,10 @@ pub struct Live {
     last_ack: Option<Instant>,
     /// Latency in microseconds, for the summary's percentiles.
     latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Where window state is checkpointed, if it is.
+    ckpt: Option<Checkpoints>,
+    /// [`state_fingerprint`] of the model serving.
+    state_fp: String,
 }
 
 impl Live {
@@ -129,7 +151,9 @@ impl Live {
         metrics: Metrics,
         token: CancellationToken,
         hard: CancellationToken,
+        ckpt: Option<Checkpoints>,
     ) -> Self {
+        let state_fp = state_fingerprint(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
         Self {
             cfg,
@@ -149,6 +173,8 @@ impl Live {
             first_event: None,
             last_ack: None,
             latency,
+            ckpt,
+            state_fp,
         }
     }
 
@@ -167,6 +193,8 @@ impl Live {
                 continue;
             }
             let n = self.consume_batch()?;
+            self.checkpoints_done();
+            self.maybe_checkpoint();
             if self.cfg.exactly_once() {
                 self.maybe_commit_transaction();
             }
@@ -252,23 +280,72 @@ impl Live {
         slot
     }
 
-    /// Build the window state of `slot` from the events before `offset`. A panic during
-    /// warm-up marks that event as poison and starts again without it.
+    /// Build the window state of `slot` from the events before `offset`: from the newest
+    /// checkpoint at or below it and the events after that, or else from the partition's
+    /// beginning. The group consumer is polled meanwhile (its partitions paused), so a long
+    /// warm-up never exceeds `max.poll.interval.ms`. A panic during warm-up marks that event
+    /// as poison and starts again without it.
     fn rebuild(&mut self, slot: usize, offset: i64) -> Result<()> {
+        self.metrics.set_ready(false);
+        let consumer = self.consumer.clone();
+        let mut held = Held::default();
+        let result = self.rebuild_with(slot, offset, &mut || held.keep_alive(&consumer));
+        held.release(
+            &consumer,
+            &self.parts,
+            (slot, offset),
+            self.paused_for_backlog,
+        );
+        self.metrics.set_ready(true);
+        result
+    }
+
+    fn rebuild_with(
+        &mut self,
+        slot: usize,
+        offset: i64,
+        keep_alive: &mut dyn FnMut(),
+    ) -> Result<()> {
         let Some(part) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
         loop {
             let mut scorer = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
+            let from = self.ckpt.as_ref().and_then(|c| {
+                let mut refused = 0;
+                let got = c.restore(
+                    &part.topic,
+                    part.partition,
+                    offset,
+                    &self.state_fp,
+                    &mut refused,
+                    |b| scorer.load_state(b),
+                );
+                self.summary.snapshots_refused += refused;
+                self.metrics.snapshots_refused.inc_by(refused);
+                got
+            });
+            if let Some(at) = from {
+                tracing::info!(
+                    partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
+                    resume = offset, "window state restored from a checkpoint"
+                );
+                self.summary.restored += 1;
+                self.metrics.restores.inc();
+                part.ckpt_offset = Some(at);
+            }
             let w = source::warm(
                 &self.reader,
                 (&part.topic, part.partition),
+                from,
                 offset,
                 &part.poison,
                 &mut scorer,
                 &self.token,
+                keep_alive,
             )?;
             self.summary.warmed += w.events;
+            self.metrics.warmed.inc_by(w.events);
             match w.panicked {
                 Some(bad) => {
                     self.metrics.panics.inc();
@@ -282,6 +359,113 @@ impl Live {
                     part.scorer = Some(scorer);
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Checkpoint partitions whose cadence is due.
+    fn maybe_checkpoint(&mut self) {
+        let Some(cadence) = self.cfg.checkpoint else {
+            return;
+        };
+        for slot in 0..self.parts.len() {
+            let due = self.parts[slot].as_ref().is_some_and(|p| {
+                p.ckpt_events > 0
+                    && (p.ckpt_events >= cadence.events || p.ckpt_at.elapsed() >= cadence.interval)
+            });
+            if due {
+                self.checkpoint(slot);
+            }
+        }
+    }
+
+    /// Write a snapshot of `slot`'s window state in the background (at most one in flight per
+    /// partition); true when one was started.
+    fn checkpoint(&mut self, slot: usize) -> bool {
+        let Some(c) = self.ckpt.as_ref() else {
+            return false;
+        };
+        let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(scorer) = p.scorer.as_ref() else {
+            return false;
+        };
+        if p.ckpt_busy || p.next < 0 || p.ckpt_offset == Some(p.next) {
+            return false;
+        }
+        let now = Instant::now();
+        let committable = if self.cfg.exactly_once() {
+            p.resume
+        } else {
+            p.committable
+        };
+        if let Some(o) = committable {
+            p.samples.push_back((now, o));
+        }
+        while p.samples.len() > 1 && p.samples[1].0.elapsed() >= PRUNE_LAG {
+            p.samples.pop_front();
+        }
+        let floor = p
+            .samples
+            .front()
+            .filter(|(t, _)| t.elapsed() >= PRUNE_LAG)
+            .map(|(_, o)| *o);
+        let header = Header {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: p.next,
+            fingerprint: self.state_fp.clone(),
+            model: self.model.id.clone(),
+            written_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        c.write(&header, &scorer.save_state(), floor);
+        p.ckpt_busy = true;
+        p.ckpt_events = 0;
+        p.ckpt_at = now;
+        true
+    }
+
+    /// Account for finished checkpoint writes.
+    fn checkpoints_done(&mut self) {
+        let Some(c) = self.ckpt.as_ref() else {
+            return;
+        };
+        let done = c.done();
+        for w in done {
+            self.on_written(w);
+        }
+    }
+
+    fn on_written(&mut self, w: Written) {
+        let part = self
+            .parts
+            .iter_mut()
+            .flatten()
+            .find(|p| p.topic == w.topic && p.partition == w.partition);
+        if let Some(p) = part {
+            p.ckpt_busy = false;
+            if w.error.is_none() {
+                p.ckpt_offset = Some(w.offset);
+            }
+        }
+        let at = format!("{}/{}", w.topic, w.partition);
+        match &w.error {
+            None => {
+                self.summary.checkpoints += 1;
+                self.metrics.checkpoints.inc();
+                self.metrics.checkpoint_bytes.set(w.bytes as i64);
+                tracing::debug!(
+                    partition = %at, offset = w.offset, bytes = w.bytes, pruned = w.pruned,
+                    ms = w.elapsed.as_millis() as u64, "checkpoint written"
+                );
+            }
+            Some(e) => {
+                self.metrics.checkpoint_failures.inc();
+                tracing::warn!(
+                    partition = %at, offset = w.offset, error = %e,
+                    "cannot write a checkpoint; scoring goes on and the next one catches up"
+                );
             }
         }
     }
@@ -477,6 +661,7 @@ impl Live {
                 continue;
             };
             if let Some(offset) = self.tracker.advance(slot) {
+                p.committable = Some(offset);
                 if !self.cfg.exactly_once() {
                     let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(offset));
                 }
@@ -624,6 +809,8 @@ impl Live {
                         if let Some(slot) = self.parts.iter().position(|x| {
                             x.as_ref().is_some_and(|x| x.topic == t && x.partition == p)
                         }) {
+                            // For its next owner (or for us, if it comes back).
+                            self.checkpoint(slot);
                             self.parts[slot] = None;
                             self.tracker.reset(slot, None);
                         }
@@ -655,6 +842,7 @@ impl Live {
         }
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
+        self.state_fp = state_fingerprint(&m);
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
     }
@@ -764,6 +952,7 @@ impl Live {
     /// Flush, commit and leave the group, all within `--shutdown-timeout` (a second signal
     /// stops waiting at once); return the summary.
     pub fn finish(&mut self, clean: bool) -> Summary {
+        let t0 = Instant::now();
         self.metrics.set_ready(false);
         let deadline = self.cfg.shutdown_timeout;
         if clean && self.cfg.exactly_once() {
@@ -777,6 +966,7 @@ impl Live {
             );
         }
         let _ = self.settle();
+        self.final_checkpoints(t0);
         let mut s = std::mem::take(&mut self.summary);
         s.model = self.model.id.clone();
         s.peak_rss_mib = peak_rss_mib();
@@ -791,6 +981,45 @@ impl Live {
             s.latency_p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1000.0);
         }
         s
+    }
+
+    /// Checkpoint every partition at the offset the final commit covers, waiting for the
+    /// writes within what is left of `--shutdown-timeout` (since `t0`).
+    fn final_checkpoints(&mut self, t0: Instant) {
+        if self.ckpt.is_none() {
+            return;
+        }
+        let left = self.cfg.shutdown_timeout.saturating_sub(t0.elapsed());
+        let deadline = Instant::now() + left.max(Duration::from_secs(1));
+        // A write already in flight finishes first: one per partition at a time.
+        while self.parts.iter().flatten().any(|p| p.ckpt_busy) && Instant::now() < deadline {
+            let got = self
+                .ckpt
+                .as_ref()
+                .map(|c| c.wait(1, deadline - Instant::now()));
+            for w in got.into_iter().flatten() {
+                self.on_written(w);
+            }
+        }
+        let mut n = 0;
+        for slot in 0..self.parts.len() {
+            n += usize::from(self.checkpoint(slot));
+        }
+        let got = self
+            .ckpt
+            .as_ref()
+            .map(|c| c.wait(n, deadline.saturating_duration_since(Instant::now())));
+        let got = got.unwrap_or_default();
+        if got.len() < n {
+            tracing::warn!(
+                written = got.len(),
+                wanted = n,
+                "not every checkpoint was written before the shutdown timeout"
+            );
+        }
+        for w in got {
+            self.on_written(w);
+        }
     }
 
     /// Commit what is committable and close the consumer (leaving the group now rather than at
@@ -860,6 +1089,7 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         return Ok(());
     };
     part.next = offset + 1;
+    part.ckpt_events += 1;
     if part.resume.is_none() {
         part.resume = Some(offset);
     }
@@ -948,4 +1178,87 @@ struct SourceEvent<'a> {
     timestamp: Option<i64>,
     /// Its lineage headers (`kml.source.*`).
     position: &'a [(&'static str, &'a [u8])],
+}
+
+/// What a warm-up paused of the group consumer to poll it meanwhile, and where to resume.
+#[derive(Default)]
+struct Held {
+    /// The assignment as paused at the first keep-alive.
+    paused: Option<TopicPartitionList>,
+    /// Partitions that delivered a message while paused (fetched before the pause, or newly
+    /// assigned): seek back to the first one after the warm-up, so that none is skipped.
+    seek_back: Vec<(String, i32, i64)>,
+    last: Option<Instant>,
+}
+
+impl Held {
+    /// Poll the group consumer (at most once a second) so that the group sees this member
+    /// alive; no message is scored meanwhile.
+    fn keep_alive(&mut self, consumer: &BaseConsumer<SourceCtx>) {
+        // A warm-up shorter than a second leaves the consumer alone.
+        let last = *self.last.get_or_insert_with(Instant::now);
+        if last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        if self.paused.is_none()
+            && let Ok(a) = consumer.assignment()
+        {
+            let _ = consumer.pause(&a);
+            self.paused = Some(a);
+        }
+        if let Some(Ok(msg)) = consumer.poll(Duration::ZERO) {
+            let (t, p, o) = (msg.topic(), msg.partition(), msg.offset());
+            if !self.seek_back.iter().any(|(t2, p2, _)| t2 == t && *p2 == p) {
+                self.seek_back.push((t.to_string(), p, o));
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(t, p);
+                let _ = consumer.pause(&tpl);
+            }
+        }
+    }
+
+    /// Seek back and resume what was paused, except partitions waiting for a rewind (and
+    /// nothing while the producer's backlog keeps everything paused). The partition being
+    /// warmed goes on after `at`, the event being scored.
+    fn release(
+        self,
+        consumer: &BaseConsumer<SourceCtx>,
+        parts: &[Option<Part>],
+        (slot, at): (usize, i64),
+        backlog: bool,
+    ) {
+        let Some(paused) = self.paused else {
+            return;
+        };
+        let warming = parts.get(slot).and_then(Option::as_ref);
+        for (t, p, o) in &self.seek_back {
+            let o = match warming {
+                Some(w) if w.topic == *t && w.partition == *p => at + 1,
+                _ => *o,
+            };
+            if let Err(e) = consumer.seek(t, *p, Offset::Offset(o), Duration::from_secs(5)) {
+                tracing::warn!(error = %e, partition = %format!("{t}/{p}"), "cannot seek after warm-up");
+            }
+        }
+        let mut resume = TopicPartitionList::new();
+        let mut add = |t: &str, p: i32| {
+            let waiting = parts
+                .iter()
+                .flatten()
+                .any(|x| x.topic == t && x.partition == p && x.rewind_at.is_some());
+            if !waiting && resume.find_partition(t, p).is_none() {
+                resume.add_partition(t, p);
+            }
+        };
+        for e in paused.elements() {
+            add(e.topic(), e.partition());
+        }
+        for (t, p, _) in &self.seek_back {
+            add(t, *p);
+        }
+        if resume.count() > 0 && !backlog {
+            let _ = consumer.resume(&resume);
+        }
+    }
 }

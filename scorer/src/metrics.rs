@@ -46,6 +46,18 @@ pub struct Metrics {
     pub transactions: Counter,
     /// Transactions aborted, exactly-once mode (`kml_transactions_aborted_total`).
     pub transactions_aborted: Counter,
+    /// Checkpoints of window state written (`kml_checkpoints_total`).
+    pub checkpoints: Counter,
+    /// Checkpoint writes that failed (`kml_checkpoint_failures_total`); scoring goes on.
+    pub checkpoint_failures: Counter,
+    /// Size of the last checkpoint written, bytes (`kml_checkpoint_bytes`).
+    pub checkpoint_bytes: Gauge,
+    /// Partitions whose state was restored from a checkpoint (`kml_restores_total`).
+    pub restores: Counter,
+    /// Snapshots refused at restore: corrupt, another pipeline's (`kml_snapshots_refused_total`).
+    pub snapshots_refused: Counter,
+    /// Events read to build window state at assignment or rewind (`kml_warmed_events_total`).
+    pub warmed: Counter,
     /// Version of the model being served (`kml_model_version`).
     pub model_version: Gauge,
     /// Messages behind the high watermark over assigned partitions, from librdkafka's
@@ -128,6 +140,36 @@ impl Metrics {
         let transactions = counter(&mut r, "kml_transactions", "Transactions committed.");
         let transactions_aborted =
             counter(&mut r, "kml_transactions_aborted", "Transactions aborted.");
+        let checkpoints = counter(
+            &mut r,
+            "kml_checkpoints",
+            "Checkpoints of window state written.",
+        );
+        let checkpoint_failures = counter(
+            &mut r,
+            "kml_checkpoint_failures",
+            "Checkpoint writes that failed; scoring went on.",
+        );
+        let checkpoint_bytes = gauge(
+            &mut r,
+            "kml_checkpoint_bytes",
+            "Size of the last checkpoint written, bytes.",
+        );
+        let restores = counter(
+            &mut r,
+            "kml_restores",
+            "Partitions whose window state was restored from a checkpoint.",
+        );
+        let snapshots_refused = counter(
+            &mut r,
+            "kml_snapshots_refused",
+            "Snapshots refused at restore (corrupt, truncated, another pipeline's).",
+        );
+        let warmed = counter(
+            &mut r,
+            "kml_warmed_events",
+            "Events read to build window state at assignment or rewind.",
+        );
         let model_version = gauge(
             &mut r,
             "kml_model_version",
@@ -169,6 +211,12 @@ impl Metrics {
             producer_restarts,
             transactions,
             transactions_aborted,
+            checkpoints,
+            checkpoint_failures,
+            checkpoint_bytes,
+            restores,
+            snapshots_refused,
+            warmed,
             model_version,
             lag,
             window_keys,

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::Checkpoints;
 use crate::http::{self, HttpLimits, positive_seconds};
 use crate::kafka::{self, KafkaArgs};
 use crate::live::Live;
@@ -75,6 +76,15 @@ pub struct RunArgs {
     /// it is always in the value. Costs the producer an allocation per header and record.
     #[arg(long)]
     lineage_headers: bool,
+    /// Seconds between checkpoints of each input partition's window state to the model store
+    /// (`checkpoints/<group>/...`), also written on revocation and shutdown; a restart or a
+    /// new owner of the partition restores the newest one and reads only the events after it.
+    /// `off`: no checkpoints, state is rebuilt from the partition's beginning.
+    #[arg(long, default_value = "30", value_parser = seconds_or_off)]
+    checkpoint_interval: Every,
+    /// ...or after this many events of the partition, whichever comes first.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_events: u64,
     /// Print the summary at exit as one JSON object.
     #[arg(long)]
     json: bool,
@@ -115,6 +125,30 @@ pub struct RunConfig {
     pub lineage_headers: bool,
     /// Copy events unscored (benchmark baseline).
     pub pass_through: bool,
+    /// Checkpoint cadence; `None`: no checkpoints.
+    pub checkpoint: Option<Cadence>,
+}
+
+/// How often a partition's window state is checkpointed: after `interval` or `events`,
+/// whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Events between checkpoints.
+    pub events: u64,
+}
+
+/// Seconds, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Every(Option<f64>);
+
+fn seconds_or_off(s: &str) -> Result<Every, String> {
+    if s == "off" {
+        Ok(Every(None))
+    } else {
+        positive_seconds(s).map(|x| Every(Some(x)))
+    }
 }
 
 impl RunConfig {
@@ -164,6 +198,10 @@ impl RunConfig {
             shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout),
             lineage_headers: a.lineage_headers,
             pass_through: a.pass_through,
+            checkpoint: a.checkpoint_interval.0.map(|s| Cadence {
+                interval: Duration::from_secs_f64(s),
+                events: a.checkpoint_events,
+            }),
         })
     }
 
@@ -188,6 +226,13 @@ pub struct Summary {
     pub filtered: u64,
     /// Events read to rebuild window state.
     pub warmed: u64,
+    /// Partitions whose state was restored from a checkpoint (the rest were rebuilt from
+    /// their beginning).
+    pub restored: u64,
+    /// Snapshots refused at restore (corrupt, another pipeline's).
+    pub snapshots_refused: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
     /// Partitions rewound after a failed delivery or an aborted transaction.
     pub rewinds: u64,
     /// Outputs whose delivery failed for good.
@@ -240,6 +285,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         ));
     }
     rt.spawn(crate::signals(token.clone(), hard.clone()));
+    let checkpoints = cfg
+        .checkpoint
+        .map(|_| Checkpoints::new(registry.store(), &cfg.group, rt.handle().clone()));
     let (tx, rx) = std::sync::mpsc::channel();
     rt.spawn(model::watch(
         registry,
@@ -307,6 +355,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         metrics,
         token.clone(),
         hard,
+        checkpoints,
     );
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());

@@ -187,6 +187,28 @@ pub fn each_message(
     start: i64,
     end: End,
     token: &CancellationToken,
+    f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
+) -> Result<()> {
+    each_message_alive(
+        consumer,
+        (topic, partition),
+        start,
+        end,
+        token,
+        &mut || {},
+        f,
+    )
+}
+
+/// [`each_message`], calling `keep_alive` between messages (it decides itself how often to
+/// act): how a warm-up keeps the group consumer polled.
+pub fn each_message_alive(
+    consumer: &BaseConsumer<LogCtx>,
+    (topic, partition): (&str, i32),
+    start: i64,
+    end: End,
+    token: &CancellationToken,
+    keep_alive: &mut dyn FnMut(),
     mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<()>,
 ) -> Result<()> {
     let (stop, tail) = match end {
@@ -205,6 +227,7 @@ pub fn each_message(
         if token.is_cancelled() {
             bail!("stopped while reading {topic}/{partition}");
         }
+        keep_alive();
         match consumer.poll(wait) {
             Some(Ok(msg)) => {
                 last_progress = Instant::now();
@@ -243,28 +266,34 @@ fn position(consumer: &BaseConsumer<LogCtx>) -> i64 {
     }
 }
 
-/// Rebuild window state for `topic`/`partition` from the events before `until` (the offset
+/// Build window state for `topic`/`partition` from the events before `until` (the offset
 /// scoring resumes at), leaving out the offsets in `skip` (events whose scoring panicked).
-/// Returns the number of events read.
+/// `from`: the offset a restored checkpoint covers (its events are in `scorer` already);
+/// without one, reading starts at the partition's beginning. Returns the number of events read.
 ///
-/// It reads from the partition's beginning: the broker may not map times to offsets (tansu
-/// does not), and the events before the lookback window leave no state behind anyway, so the
-/// state is exactly what a scorer that never stopped would hold.
+/// Without a checkpoint it reads from the partition's beginning: the broker may not map times
+/// to offsets (tansu does not), and the events before the lookback window leave no state
+/// behind anyway, so the state is exactly what a scorer that never stopped would hold.
+#[allow(clippy::too_many_arguments)]
 pub fn warm(
     consumer: &BaseConsumer<LogCtx>,
     (topic, partition): (&str, i32),
+    from: Option<i64>,
     until: i64,
     skip: &BTreeSet<i64>,
     scorer: &mut Scorer,
     token: &CancellationToken,
+    keep_alive: &mut dyn FnMut(),
 ) -> Result<Warmed> {
     let (low, _) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .with_context(|| format!("cannot read offsets of {topic}/{partition}"))?;
+    let start = from.map_or(low, |f| f.max(low));
     let t0 = Instant::now();
     let mut w = Warmed::default();
     let end = End::At(until);
-    each_message(consumer, topic, partition, low, end, token, |msg| {
+    let at = (topic, partition);
+    each_message_alive(consumer, at, start, end, token, keep_alive, |msg| {
         w.events += 1;
         if !skip.contains(&msg.offset()) && !scorer.warm(msg.payload().unwrap_or_default()) {
             w.panicked = Some(msg.offset());

@@ -165,7 +165,9 @@ fn poison_events_of_every_kind_are_dead_lettered_once_and_clean_ones_scored_as_i
     ));
     produce_records(&broker, "mixed", &records);
 
-    let args = run_args(&broker, &store, "mixed", "poison");
+    let mut args = run_args(&broker, &store, "mixed", "poison");
+    // The second run must rebuild its state from the topic (past the poison), not restore it.
+    args.extend(["--checkpoint-interval".to_string(), "off".to_string()]);
     let run = |extra: &[&str]| {
         json_out(&run_ok(
             scorer()
@@ -451,8 +453,10 @@ fn http_clients_that_are_slow_or_malformed_cannot_hold_the_server() {
 /// shutdown timeout. (Against tansu the group member is not reassigned the recreated topic
 /// within two minutes; a restarted scorer resumes normally: see the notes of issue 10.)
 #[test]
-#[ignore = "open bug: the scorer dies of SIGSEGV after the revocation that follows a broker \
-            restart without storage (issue 10's note); run with --ignored"]
+#[ignore = "upstream: librdkafka 2.12.1 dereferences a NULL topic name (rd_kafka_metadata_update_op) \
+            when tansu 0.6.0 answers a Fetch for a forgotten topic id with a zero topic id and a \
+            current-leader tag; the process dies of SIGSEGV in librdkafka's thread (README, \
+            failure table); run with --ignored"]
 fn a_broker_that_comes_back_empty_is_reported_and_sigterm_still_stops_the_scorer() {
     let broker = Broker::start();
     let port: u16 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -510,4 +514,74 @@ fn a_broker_that_comes_back_empty_is_reported_and_sigterm_still_stops_the_scorer
     assert!(out.status.success(), "{:?}: {tail:?}", out.status);
     eprintln!("stopped {:?} after SIGTERM", stopped.elapsed());
     assert!(text.contains("shutdown requested"), "{text}");
+}
+
+/// A warm-up longer than `max.poll.interval.ms` (made slow by a fail point: 4 ms an event,
+/// 2,699 events, about 11 s against 6 s) keeps the member in its group: the group consumer is
+/// polled meanwhile, with its partitions paused, so the member is not evicted, warms up once,
+/// and consumes every later event exactly once.
+#[test]
+fn a_warm_up_longer_than_the_poll_interval_does_not_evict_the_member() {
+    let broker = Broker::start();
+    let store = tempdir("long-warm");
+    fit(&store, "champion", &[]);
+    let fed = feed(&broker, "flights")["fed"].as_u64().unwrap();
+    let mut args = run_args(&broker, &store, "flights", "long-warm");
+    for a in [
+        "--checkpoint-interval",
+        "off",
+        "--exit-when-idle",
+        "3",
+        "--json",
+        "-X",
+        "max.poll.interval.ms=6000",
+        "-X",
+        "session.timeout.ms=6000",
+    ] {
+        args.push(a.to_string());
+    }
+    let first = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    assert_eq!(first["consumed"].as_u64().unwrap(), fed, "{first}");
+    // The same flights again: the second run resumes after the first ones and rebuilds its
+    // state from all of them, slowly.
+    assert_eq!(feed(&broker, "flights")["fed"].as_u64().unwrap(), fed);
+    let log = store.join("second.log");
+    let mut child = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .env("FAILPOINTS", "warm=sleep(4)")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // An evicted member rejoins, warms up again, is evicted again: a livelock, never idle.
+    let t0 = Instant::now();
+    while child.child().try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(120) {
+            let text = std::fs::read_to_string(&log).unwrap();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            panic!("no end after 120 s (evicted and warming up again?): {tail:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.output();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "{text}");
+    let second = json_out(&out);
+    assert_eq!(
+        second["warmed"].as_u64().unwrap(),
+        fed,
+        "warmed once: {second}"
+    );
+    assert_eq!(second["consumed"].as_u64().unwrap(), fed, "{second}");
+    let outputs = second["predicted"].as_u64().unwrap()
+        + second["dead_lettered"].as_u64().unwrap()
+        + second["filtered"].as_u64().unwrap();
+    assert_eq!(outputs, fed, "{second}");
+    assert!(
+        !text.contains("poll interval") && !text.contains("MAXPOLL"),
+        "the member was evicted: {text}"
+    );
 }

@@ -362,9 +362,43 @@ fn hot_reload_swaps_good_bundles_and_refuses_bad_ones() {
     );
 }
 
+/// How window state comes back after the crash.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Restore {
+    /// No checkpoints: rebuilt from the partition's beginning.
+    Rebuild,
+    /// From the newest checkpoint at or below the committed offset.
+    Checkpoint,
+    /// As `Checkpoint`, with that snapshot corrupted after the crash: refused, and the next
+    /// older one (or a rebuild) takes its place.
+    CorruptCheckpoint,
+}
+
+/// Offsets of the snapshots of `flights/0` for `group` in a `file://` store, newest first.
+fn snapshots(store: &std::path::Path, group: &str) -> Vec<i64> {
+    let dir = store.join(format!("checkpoints/{group}/flights/0"));
+    let mut v: Vec<i64> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".ckpt")?.parse().ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v
+}
+
 /// Start a scorer, SIGKILL it mid-stream, restart it with the same group until it is idle;
 /// return (predictions, committed offset seen after the crash, the scores of a clean replay).
-fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64, u64>) {
+/// The restart's warm-up must read exactly the events between where its state comes from
+/// (`restore`) and the commit.
+fn crash_and_restart(
+    name: &str,
+    extra: &[&str],
+    restore: Restore,
+) -> (Vec<Rec>, i64, BTreeMap<i64, u64>) {
     let broker = Broker::start();
     let store = tempdir(name);
     fit(&store, "champion", &[]);
@@ -404,6 +438,11 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64
     ] {
         args.push(x.to_string());
     }
+    let cadence: &[&str] = match restore {
+        Restore::Rebuild => &["--checkpoint-interval", "off"],
+        _ => &["--checkpoint-interval", "0.3", "--checkpoint-events", "200"],
+    };
+    args.extend(cadence.iter().map(|s| s.to_string()));
     let mut child = Guard::new(
         scorer()
             .current_dir(repo())
@@ -420,7 +459,9 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64
     wait_until("a third of the predictions and a commit", 60, || {
         broker_has(&broker, "flights.pred")
             && high_watermark(&broker, "flights.pred") > n as i64 / 3
-            && committed(&broker, name, "flights").is_some()
+            && committed(&broker, name, "flights").is_some_and(|c| {
+                restore == Restore::Rebuild || snapshots(&store, name).iter().any(|s| *s <= c)
+            })
     });
     child.child().kill().unwrap(); // SIGKILL: no commit, no leaving the group
     child.child().wait().unwrap();
@@ -430,6 +471,15 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64
         committed > 0 && (committed as usize) < n,
         "committed {committed}"
     );
+    let before = snapshots(&store, name);
+    if restore == Restore::CorruptCheckpoint {
+        let o = before.iter().find(|o| **o <= committed).unwrap();
+        let path = store.join(format!("checkpoints/{name}/flights/0/{o:020}.ckpt"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+    }
     let out = run_ok(
         scorer()
             .current_dir(repo())
@@ -438,11 +488,21 @@ fn crash_and_restart(name: &str, extra: &[&str]) -> (Vec<Rec>, i64, BTreeMap<i64
             .args(extra),
     );
     let s = json_out(&out);
+    let usable: Vec<i64> = before.iter().copied().filter(|o| *o <= committed).collect();
+    let from = match restore {
+        Restore::Rebuild => None,
+        Restore::Checkpoint => usable.first().copied(),
+        Restore::CorruptCheckpoint => usable.get(1).copied(),
+    };
     assert_eq!(
         s["warmed"].as_i64().unwrap(),
-        committed,
-        "state rebuilt from the events before the commit"
+        committed - from.unwrap_or(0),
+        "{restore:?}: warm-up reads from offset {from:?} (snapshots {before:?}) to the commit \
+         {committed}: {s}"
     );
+    assert_eq!(s["restored"], u64::from(from.is_some()), "{s}");
+    let refused = u64::from(restore == Restore::CorruptCheckpoint);
+    assert_eq!(s["snapshots_refused"], refused, "{s}");
     let reference = replay_scores(&broker, &store, "flights");
     (read_all(&broker, "flights.pred"), committed, reference)
 }
@@ -486,7 +546,7 @@ fn check_no_loss(preds: &[Rec], committed: i64, reference: &BTreeMap<i64, u64>) 
 
 #[test]
 fn sigkill_at_least_once_loses_nothing_and_repeats_only_uncommitted_work() {
-    let (preds, committed, reference) = crash_and_restart("alo", &[]);
+    let (preds, committed, reference) = crash_and_restart("alo", &[], Restore::Rebuild);
     let repeated = check_no_loss(&preds, committed, &reference);
     eprintln!(
         "at-least-once: committed {committed}, {} repeated predictions",
@@ -499,6 +559,7 @@ fn sigkill_exactly_once_resumes_at_the_last_committed_transaction() {
     let (preds, committed, reference) = crash_and_restart(
         "eos",
         &["--exactly-once", "--transaction-max-events", "100"],
+        Restore::Rebuild,
     );
     let repeated = check_no_loss(&preds, committed, &reference);
     // Every repeat belongs to the transaction open at the crash: at most 100 events after the
@@ -513,6 +574,33 @@ fn sigkill_exactly_once_resumes_at_the_last_committed_transaction() {
         "exactly-once: committed {committed}, {} repeated predictions",
         repeated.len()
     );
+}
+
+/// Checkpoints: the restart loads the newest snapshot at or below the commit, reads only the
+/// events after it, and scores every later event with the bits of an uninterrupted run.
+#[test]
+fn sigkill_after_a_checkpoint_restores_from_it_and_reads_only_the_rest() {
+    let (preds, committed, reference) = crash_and_restart("ckpt", &[], Restore::Checkpoint);
+    check_no_loss(&preds, committed, &reference);
+}
+
+/// A corrupt snapshot is refused by its checksum, and the next older one is used instead.
+#[test]
+fn a_corrupt_checkpoint_is_refused_and_an_older_one_used() {
+    let (preds, committed, reference) =
+        crash_and_restart("ckpt-bad", &[], Restore::CorruptCheckpoint);
+    check_no_loss(&preds, committed, &reference);
+}
+
+/// Exactly-once with checkpoints: the commit is a transaction's, and so is the snapshot used.
+#[test]
+fn sigkill_exactly_once_with_checkpoints_restores_and_loses_nothing() {
+    let (preds, committed, reference) = crash_and_restart(
+        "ckpt-eos",
+        &["--exactly-once", "--transaction-max-events", "100"],
+        Restore::Checkpoint,
+    );
+    check_no_loss(&preds, committed, &reference);
 }
 
 #[test]
