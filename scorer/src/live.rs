@@ -131,6 +131,9 @@ pub struct Live {
     paused_for_backlog: bool,
     first_event: Option<Instant>,
     last_ack: Option<Instant>,
+    /// When the process started, and when the first output was acknowledged.
+    started: Instant,
+    first_ack: Option<Instant>,
     /// Latency in microseconds, for the summary's percentiles.
     latency: Option<hdrhistogram::Histogram<u64>>,
     /// Where window state is checkpointed, if it is.
@@ -140,6 +143,12 @@ pub struct Live {
 }
 
 impl Live {
+    /// Count [`Summary::first_output_seconds`] from `t` (the process's start) rather than from
+    /// the loop's creation.
+    pub fn started_at(&mut self, t: Instant) {
+        self.started = t;
+    }
+
     /// Wire a loop from its parts.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -171,6 +180,8 @@ impl Live {
             txn: Txn::default(),
             paused_for_backlog: false,
             first_event: None,
+            started: Instant::now(),
+            first_ack: None,
             last_ack: None,
             latency,
             ckpt,
@@ -698,6 +709,7 @@ impl Live {
                     return;
                 }
                 self.last_ack = Some(now);
+                self.first_ack.get_or_insert(now);
                 if let Some(l) = a.latency {
                     self.metrics.latency.observe(l.as_secs_f64());
                     if let Some(h) = self.latency.as_mut() {
@@ -804,6 +816,9 @@ impl Live {
         for e in self.consumer.context().rebalances() {
             match e {
                 Rebalanced::Revoked(ps) => {
+                    if ps.is_empty() {
+                        continue; // cooperative rebalancing: nothing of ours moved
+                    }
                     self.settle()?;
                     for (t, p) in ps {
                         if let Some(slot) = self.parts.iter().position(|x| {
@@ -820,10 +835,12 @@ impl Live {
                         self.abort_transaction("partitions revoked mid-transaction");
                     }
                 }
-                Rebalanced::Assigned(ps) => {
+                Rebalanced::Assigned(_) => {
                     // State is built on each partition's first message, from wherever the
-                    // group's committed offset puts it.
-                    self.metrics.set_ready(!ps.is_empty());
+                    // group's committed offset puts it. (With cooperative rebalancing an
+                    // assignment lists only the partitions added.)
+                    let assigned = self.consumer.assignment().is_ok_and(|a| a.count() > 0);
+                    self.metrics.set_ready(assigned);
                 }
             }
         }
@@ -976,6 +993,9 @@ impl Live {
                 s.events_per_second = s.consumed as f64 / s.busy_seconds;
             }
         }
+        s.first_output_seconds = self
+            .first_ack
+            .map(|t| t.duration_since(self.started).as_secs_f64());
         if let Some(h) = self.latency.as_ref().filter(|h| !h.is_empty()) {
             s.latency_p50_ms = Some(h.value_at_quantile(0.5) as f64 / 1000.0);
             s.latency_p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1000.0);

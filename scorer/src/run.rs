@@ -243,6 +243,9 @@ pub struct Summary {
     pub transactions_aborted: u64,
     /// Seconds from the first event to the last acknowledgement.
     pub busy_seconds: f64,
+    /// Seconds from the process's start to the first output acknowledged: model load, group
+    /// join, state restore or rebuild, and one event scored (what a restart costs).
+    pub first_output_seconds: Option<f64>,
     /// Consumed events per busy second.
     pub events_per_second: f64,
     /// Median consumption-to-acknowledgement latency of the outputs, milliseconds.
@@ -255,6 +258,7 @@ pub struct Summary {
 
 /// Run the scorer until SIGINT/SIGTERM (or idleness, with `--exit-when-idle`).
 pub fn run(args: RunArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let cfg = RunConfig::new(&args)?;
     let metrics = Metrics::new();
     let token = CancellationToken::new();
@@ -357,6 +361,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         hard,
         checkpoints,
     );
+    live.started_at(started);
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());
     live.close();

@@ -99,6 +99,27 @@ impl ClientContext for SourceCtx {
 }
 
 impl ConsumerContext for SourceCtx {
+    /// A failed commit is not fatal (the next one carries the same offsets or later ones), but
+    /// it means a restart repeats more work: say so.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => tracing::debug!(count = offsets.count(), "offsets committed"),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                let parts: Vec<String> = offsets
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+                    .collect();
+                tracing::warn!(error = %e, offsets = ?parts, "offset commit failed");
+            }
+        }
+    }
+
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
             tracing::info!(count = tpl.count(), "partitions revoked");
@@ -141,6 +162,10 @@ pub fn group_consumer(
             ("auto.offset.reset", "earliest"),
             ("isolation.level", "read_committed"),
             ("statistics.interval.ms", "5000"),
+            // Partitions move one by one when members join or leave (KIP-429): the others go
+            // on scoring with their state, and an exactly-once transaction is aborted only when
+            // a partition it covers moves.
+            ("partition.assignment.strategy", "cooperative-sticky"),
             // A member that dies is noticed within 10 s, and a join waits at most for the
             // poll interval of a member that never left (tansu holds joins that long).
             ("session.timeout.ms", "10000"),

@@ -648,8 +648,9 @@ fn a_broker_that_is_down_at_start_is_waited_for() {
     std::fs::remove_dir_all(&store).ok();
 }
 
-/// A second instance joins the group while the first has a transaction open: the first aborts
-/// it and goes on; when it stops, the second takes over from the last committed transaction.
+/// A second instance joins the group while the first has a transaction open and (eager
+/// rebalancing) its partition is revoked: the first aborts it and goes on; when it stops, the
+/// second takes over from the last committed transaction.
 #[test]
 fn a_rebalance_mid_transaction_aborts_it_and_scoring_goes_on() {
     let broker = Broker::start();
@@ -673,6 +674,10 @@ fn a_rebalance_mid_transaction_aborts_it_and_scoring_goes_on() {
                     "max.poll.interval.ms=8000",
                     "-X",
                     "session.timeout.ms=6000",
+                    // Eager rebalancing, so that a member joining revokes A's one partition
+                    // mid-transaction (the default, cooperative-sticky, would leave it at A).
+                    "-X",
+                    "partition.assignment.strategy=range,roundrobin",
                 ])
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(&log).unwrap())
@@ -792,4 +797,334 @@ fn nonsense_settings_are_refused_before_any_work() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(why), "{flag} {value}: {err}");
     }
+}
+
+/// Scores of a whole topic (every partition) by `scorer replay`, by source (partition, offset).
+fn replay_by_position(
+    broker: &Broker,
+    store: &std::path::Path,
+    model: &str,
+) -> BTreeMap<(i64, i64), u64> {
+    let out = store.join("replay-all.jsonl");
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["replay", "--brokers", &broker.addr])
+            .args(["--store", &store_url(store), "--model", model])
+            .args(["--input", "flights", "--out", out.to_str().unwrap()]),
+    );
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = (
+                v["partition"].as_i64().unwrap(),
+                v["offset"].as_i64().unwrap(),
+            );
+            (at, v["score"].as_f64().unwrap().to_bits())
+        })
+        .collect()
+}
+
+/// Scale out: two instances in one group over a 4-partition topic keyed by aircraft (the
+/// pipeline whose windows are all keyed by the partition key); one is SIGKILLed mid-stream. Its
+/// partitions move to the survivor, which restores their state from the dead one's
+/// checkpoints. The union of predictions by source position misses none, and every score is
+/// the one a single-instance replay of the whole topic gives, bit for bit.
+#[test]
+fn two_instances_share_four_partitions_and_one_killed_loses_nothing() {
+    let broker = Broker::start();
+    let store = tempdir("scale");
+    let pipeline = "data/flights/pipeline-by-aircraft.toml";
+    let model = "flights_delay_by_aircraft@champion";
+    run_ok(
+        trainer()
+            .current_dir(repo())
+            .args(["fit", "--pipeline", pipeline, "--base", FIXTURES])
+            .args(["--store", &store_url(&store), "--valid-from", "2013-01-03"])
+            .args(["--alias", "champion", "--json"]),
+    );
+    let events = format!("{FIXTURES}/raw/flights.csv");
+    let mut feeder = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", &broker.addr, "--pipeline", pipeline])
+            .args([
+                "--topic",
+                "flights",
+                "--partitions",
+                "4",
+                "--events",
+                &events,
+            ])
+            .args(["--rate", "300"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut args = run_args(&broker, &store, "flights", "scale");
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args[at + 1] = model.to_string();
+    for a in [
+        "--checkpoint-interval",
+        "0.5",
+        "--checkpoint-events",
+        "100",
+        "--batch-size",
+        "100",
+        "--exit-when-idle",
+        "15",
+        "--json",
+        "-X",
+        "auto.commit.interval.ms=100",
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "max.poll.interval.ms=8000",
+    ] {
+        args.push(a.to_string());
+    }
+    let start = |name: &str| {
+        Guard::new(
+            scorer()
+                .current_dir(repo())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(store.join(name)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let survivor = start("a.log");
+    let mut doomed = start("b.log");
+    // Both hold partitions, and every partition has a commit and a checkpoint at or below it
+    // (one above the commit is of no use to the partition's next owner).
+    let snapshots_of = |p: i32| -> Vec<i64> {
+        let dir = store.join(format!("checkpoints/scale/flights/{p}"));
+        let mut v: Vec<i64> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".ckpt")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    wait_until(
+        "two members with partitions, commits and checkpoints",
+        60,
+        || {
+            let assigned = |f: &str| {
+                std::fs::read_to_string(store.join(f))
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("partitions assigned"))
+                    .is_some_and(|l| l.contains("flights/"))
+            };
+            assigned("a.log")
+                && assigned("b.log")
+                && committed_all(&broker, "scale", "flights", 4)
+                    .iter()
+                    .zip(0..)
+                    .all(|(c, p)| c.is_some_and(|c| snapshots_of(p).iter().any(|s| *s <= c)))
+        },
+    );
+    doomed.child().kill().unwrap(); // SIGKILL: no commit, no leaving the group
+    doomed.child().wait().unwrap();
+    let at_kill = committed_all(&broker, "scale", "flights", 4);
+    let snaps: Vec<Vec<i64>> = (0..4).map(snapshots_of).collect();
+    eprintln!("at the kill: committed {at_kill:?}, snapshots {snaps:?}");
+    assert!(feeder.child().wait().unwrap().success());
+    let out = survivor.output();
+    let log = std::fs::read_to_string(store.join("a.log")).unwrap();
+    assert!(out.status.success(), "{log}");
+    let s = json_out(&out);
+    assert!(
+        s["restored"].as_u64().unwrap() >= 2,
+        "the two moved partitions restored from checkpoints: {s}"
+    );
+    assert!(
+        s["consumed"].as_u64().unwrap() < 2699,
+        "the survivor did not read the moved partitions from their beginning: {s}"
+    );
+
+    let reference = replay_by_position(&broker, &store, model);
+    assert!(reference.len() > 2000, "{}", reference.len());
+    let mut predicted: BTreeMap<(i64, i64), usize> = BTreeMap::new();
+    for p in read_every_partition(&broker, "flights.pred") {
+        let v = p.json();
+        let at = (
+            v["partition"].as_i64().unwrap(),
+            v["offset"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            Some(&v["score"].as_f64().unwrap().to_bits()),
+            reference.get(&at),
+            "{at:?}: a prediction a clean replay does not make, or another score"
+        );
+        *predicted.entry(at).or_default() += 1;
+    }
+    let missing: Vec<&(i64, i64)> = reference
+        .keys()
+        .filter(|k| !predicted.contains_key(k))
+        .collect();
+    let mut by_partition: BTreeMap<i64, (usize, i64, i64)> = BTreeMap::new();
+    for (p, o) in &missing {
+        let e = by_partition.entry(*p).or_insert((0, i64::MAX, i64::MIN));
+        *e = (e.0 + 1, e.1.min(*o), e.2.max(*o));
+    }
+    assert!(
+        missing.is_empty(),
+        "predictions missing (partition: count, first, last offset): {by_partition:?}; survivor {s}"
+    );
+    let partitions: std::collections::BTreeSet<i64> = predicted.keys().map(|k| k.0).collect();
+    assert_eq!(partitions.len(), 4, "{partitions:?}");
+    let repeats = predicted.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "scale-out: {} predictions over 4 partitions, {repeats} repeated after the kill; survivor: {s}",
+        predicted.len()
+    );
+}
+
+/// Checkpoints in an S3-compatible store (moto, started by `ci/s3-server`), beside the models:
+/// a run that stops cleanly leaves a snapshot at its commit; the next run restores it and reads
+/// nothing to warm up, and its predictions of the new events equal a clean replay's.
+#[test]
+fn checkpoints_in_an_s3_compatible_store_restore_a_restart() {
+    let dir = tempdir("s3-ckpt");
+    let file = dir.join("s3");
+    let out = std::process::Command::new(repo().join("ci/s3-server"))
+        .arg("start")
+        .arg(&file)
+        .arg("kml")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(dir.join("s3.pid")).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let env = [
+            ("AWS_ENDPOINT", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        let url = "s3://kml/flights";
+        run_ok(
+            trainer()
+                .current_dir(repo())
+                .envs(env)
+                .args([
+                    "fit",
+                    "--pipeline",
+                    PIPELINE,
+                    "--base",
+                    FIXTURES,
+                    "--store",
+                    url,
+                ])
+                .args([
+                    "--valid-from",
+                    "2013-01-03",
+                    "--alias",
+                    "champion",
+                    "--json",
+                ]),
+        );
+        let broker = Broker::start();
+        // The first 2,000 flights, then a run that scores them and stops.
+        let all = read_fixture_events();
+        let (first, rest) = all.split_at(2000);
+        produce_records(&broker, "flights", first);
+        let mut args = run_args(&broker, &dir, "flights", "s3-ckpt");
+        let at = args.iter().position(|a| a == "--store").unwrap();
+        args[at + 1] = url.to_string();
+        args.extend(["--exit-when-idle", "3", "--json"].map(String::from));
+        let run = || json_out(&run_ok(scorer().current_dir(repo()).envs(env).args(&args)));
+        let one = run();
+        assert_eq!(one["consumed"], 2000, "{one}");
+        assert_eq!(
+            one["checkpoints"].as_u64().unwrap(),
+            1,
+            "the one at shutdown: {one}"
+        );
+        produce_records(&broker, "flights", rest);
+        let two = run();
+        assert_eq!(
+            two["consumed"].as_u64().unwrap(),
+            rest.len() as u64,
+            "{two}"
+        );
+        assert_eq!(two["restored"], 1, "{two}");
+        assert_eq!(two["warmed"], 0, "the snapshot is at the commit: {two}");
+        // The predictions of both runs equal a clean replay's, offset by offset.
+        let out = dir.join("replay.jsonl");
+        run_ok(
+            scorer()
+                .current_dir(repo())
+                .envs(env)
+                .args(["replay", "--brokers", &broker.addr, "--store", url])
+                .args(["--model", "flights_delay@champion", "--input", "flights"])
+                .args(["--out", out.to_str().unwrap()]),
+        );
+        let reference: BTreeMap<i64, u64> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["offset"].as_i64().unwrap(),
+                    v["score"].as_f64().unwrap().to_bits(),
+                )
+            })
+            .collect();
+        let (preds, repeats) = scores_by_offset(&read_all(&broker, "flights.pred"));
+        assert_eq!(repeats, 0);
+        let got: BTreeMap<i64, u64> = preds.iter().map(|(o, s)| (*o, s.to_bits())).collect();
+        assert_eq!(got, reference);
+    });
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The fixture flights as topic records (key, JSON value), in event order, as `scorer feed`
+/// publishes them.
+fn read_fixture_events() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let out = std::env::temp_dir().join(format!("kml-fixture-events-{}.jsonl", std::process::id()));
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--pipeline", PIPELINE])
+            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = v["tailnum"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
+            (key, Some(l.as_bytes().to_vec()))
+        })
+        .collect()
 }

@@ -274,6 +274,26 @@ pub fn high_watermark(broker: &Broker, topic: &str) -> i64 {
 
 /// Every record of partition 0 of `topic`, up to its high watermark now.
 pub fn read_all(broker: &Broker, topic: &str) -> Vec<Rec> {
+    read_partition(broker, topic, 0)
+}
+
+/// Every record of every partition of `topic`, partition by partition.
+pub fn read_every_partition(broker: &Broker, topic: &str) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let n = md.topics()[0].partitions().len() as i32;
+    (0..n)
+        .flat_map(|p| read_partition(broker, topic, p))
+        .collect()
+}
+
+/// Every record of `partition` of `topic`, up to its high watermark now.
+pub fn read_partition(broker: &Broker, topic: &str, partition: i32) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .set("group.id", "test-reader")
@@ -281,14 +301,14 @@ pub fn read_all(broker: &Broker, topic: &str) -> Vec<Rec> {
         .create()
         .unwrap();
     let (low, high) = c
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .unwrap();
     let mut out = Vec::new();
     if high <= low {
         return out;
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
         .unwrap();
     c.assign(&tpl).unwrap();
     let t0 = Instant::now();
@@ -342,6 +362,28 @@ pub fn committed(broker: &Broker, group: &str, topic: &str) -> Option<i64> {
         Offset::Offset(o) => Some(o),
         _ => None,
     }
+}
+
+/// The committed offsets of `group` on partitions `0..n` of `topic`.
+pub fn committed_all(broker: &Broker, group: &str, topic: &str, n: i32) -> Vec<Option<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Produce raw records to partition 0 of `topic`.
