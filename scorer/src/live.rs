@@ -298,6 +298,12 @@ impl Live {
     /// as poison and starts again without it.
     fn rebuild(&mut self, slot: usize, offset: i64) -> Result<()> {
         self.metrics.set_ready(false);
+        if let Some(Some(p)) = self.parts.get(slot) {
+            tracing::info!(
+                partition = %format!("{}/{}", p.topic, p.partition), resume = offset,
+                "restoring window state; not ready meanwhile"
+            );
+        }
         let consumer = self.consumer.clone();
         let mut held = Held::default();
         let result = self.rebuild_with(slot, offset, &mut || held.keep_alive(&consumer));

@@ -557,6 +557,17 @@ fn a_warm_up_longer_than_the_poll_interval_does_not_evict_the_member() {
             .unwrap(),
     );
     // An evicted member rejoins, warms up again, is evicted again: a livelock, never idle.
+    // Meanwhile `/readyz` must say 503 while the state is being rebuilt, 200 once it is.
+    let addr = addr_in_log(&log, "metrics and health endpoints");
+    let readyz = || {
+        let mut s = TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.split_whitespace().nth(1)?.parse::<u16>().ok()
+    };
+    let (mut during, mut after) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
     while child.child().try_wait().unwrap().is_none() {
         if t0.elapsed() > Duration::from_secs(120) {
@@ -564,8 +575,28 @@ fn a_warm_up_longer_than_the_poll_interval_does_not_evict_the_member() {
             let tail: Vec<&str> = text.lines().rev().take(10).collect();
             panic!("no end after 120 s (evicted and warming up again?): {tail:?}");
         }
+        // Not ready is set before "restoring" is logged, ready after "rebuilt" is: an answer
+        // between a log that says the first and one that does not yet say the second came
+        // from inside the restore.
+        let before = std::fs::read_to_string(&log).unwrap();
+        let code = readyz();
+        let now = std::fs::read_to_string(&log).unwrap();
+        if let Some(code) = code {
+            if before.contains("window state rebuilt") {
+                after.push(code);
+            } else if before.contains("restoring window state")
+                && !now.contains("window state rebuilt")
+            {
+                during.push(code);
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        !during.is_empty() && during.iter().all(|c| *c == 503),
+        "/readyz during the warm-up: {during:?}"
+    );
+    assert!(after.contains(&200), "/readyz after the warm-up: {after:?}");
     let out = child.output();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(out.status.success(), "{text}");
