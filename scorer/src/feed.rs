@@ -48,6 +48,10 @@ pub struct FeedArgs {
     /// Events per second (default: as fast as the broker takes them).
     #[arg(long)]
     rate: Option<f64>,
+    /// Refuse, rather than warn, when the topic has more partitions than the pipeline can be
+    /// scored on (windows keyed by another column than the entity key need one partition).
+    #[arg(long)]
+    strict: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -71,6 +75,10 @@ pub fn feed(args: FeedArgs) -> Result<()> {
         &text,
         &args.pipeline.display().to_string(),
     )?);
+    if let Some(topic) = &args.topic {
+        // Before any work: the partitions asked for.
+        check_partitioning(&p, topic, args.partitions, args.strict)?;
+    }
     let events_path = match (&args.events, &p.events_path) {
         (Some(e), _) => e.clone(),
         (None, Some(e)) => args
@@ -131,7 +139,7 @@ pub fn feed(args: FeedArgs) -> Result<()> {
             out.display().to_string()
         }
         (Some(topic), None) => {
-            produce(&args, topic, &order, &events, &meta)?;
+            produce(&args, &p, topic, &order, &events, &meta)?;
             topic.clone()
         }
         (None, None) => bail!("give --topic or --out"),
@@ -165,12 +173,19 @@ pub fn feed(args: FeedArgs) -> Result<()> {
 /// Publish `events` in `order`, keyed, with their event time as the Kafka timestamp.
 fn produce(
     args: &FeedArgs,
+    p: &Pipeline,
     topic: &str,
     order: &[usize],
     events: &[Vec<u8>],
     meta: &[(Option<String>, Option<i64>)],
 ) -> Result<()> {
     kafka::ensure_topics(&args.kafka, &[topic], args.partitions)?;
+    // A topic that existed already keeps its own partition count.
+    let reader = crate::source::reader(&args.kafka)?;
+    let n = kafka::partitions(&reader, topic)?.len() as i32;
+    if n != args.partitions {
+        check_partitioning(p, topic, n, args.strict)?;
+    }
     let mut sink = Sink::new(&args.kafka, topic, topic, None)?;
     let token = CancellationToken::new();
     let t0 = Instant::now();
@@ -195,6 +210,29 @@ fn produce(
         bail!("{} events not acknowledged after 300 s", sink.in_flight());
     }
     failed(&mut sink)
+}
+
+/// A topic of `partitions` partitions keyed by the entity key gives each scorer instance only
+/// part of the events of a window keyed by another column: `scorer run` refuses it for such a
+/// pipeline. Say so before feeding it (or refuse, with `strict`), naming the windows.
+fn check_partitioning(p: &Pipeline, topic: &str, partitions: i32, strict: bool) -> Result<()> {
+    let spread: Vec<String> = p
+        .repartition_windows()
+        .map(|w| format!("`{}` (keyed by `{}`)", w.name, p.layout[w.key].name))
+        .collect();
+    if partitions <= 1 || spread.is_empty() {
+        return Ok(());
+    }
+    let msg = format!(
+        "topic `{topic}` has {partitions} partitions, keyed by `{}`, but the pipeline's windows {}          are keyed by another column: `scorer run` and `scorer replay` refuse this topic for          this pipeline (each instance would see only part of those windows' events); feed it          with --partitions 1",
+        p.layout[p.key].name,
+        spread.join(", ")
+    );
+    if strict {
+        bail!("{msg} (--strict)");
+    }
+    tracing::warn!("{msg}");
+    Ok(())
 }
 
 /// Fail on the first record that could not be delivered (librdkafka retried it already).

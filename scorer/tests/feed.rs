@@ -1,5 +1,5 @@
-//! `scorer feed --out`: history as JSON lines in event order, and fed back in as JSON lines
-//! unchanged. No broker needed.
+//! `scorer feed`: history as JSON lines in event order (`--out`), fed back in unchanged; and the
+//! partitioning check (`--partitions`, `--strict`) before a topic is fed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -56,4 +56,44 @@ fn feed_writes_json_lines_in_event_order_and_reads_them_back_unchanged() {
         "JSON lines fed back give the same file"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A topic of several partitions cannot serve a pipeline with a window keyed by another column
+/// than the entity key: `--strict` refuses before any work (no broker is even reached), naming
+/// the window and its key; a pipeline whose windows are all keyed by the entity key is fed.
+#[test]
+fn feed_refuses_a_partitioning_the_pipeline_cannot_be_scored_on_with_strict() {
+    let feed = |pipeline: &str| {
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", "127.0.0.1:1", "--pipeline", pipeline])
+            .args(["--events", "data/flights/fixtures/raw/flights.csv"])
+            .args(["--topic", "t", "--partitions", "4", "--strict"])
+            .args(["-X", "socket.connection.setup.timeout.ms=1000"])
+            .args(["-X", "message.timeout.ms=1000"])
+            .output()
+            .unwrap()
+    };
+    let out = feed("data/flights/pipeline.toml");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("topic `t` has 4 partitions, keyed by `tailnum`")
+            && err.contains("`origin_1h` (keyed by `origin`)")
+            && err.contains("--partitions 1"),
+        "{err}"
+    );
+    // The aircraft pipeline (every window keyed by the entity key) is fed to four partitions.
+    let broker = Broker::start();
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", &broker.addr])
+            .args(["--pipeline", "data/flights/pipeline-by-aircraft.toml"])
+            .args(["--events", "data/flights/fixtures/raw/flights.csv"])
+            .args(["--topic", "t", "--partitions", "4", "--strict", "--json"]),
+    );
+    assert_eq!(json_out(&out)["fed"], 2699);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("partitions, keyed by"), "{err}");
 }
