@@ -288,16 +288,6 @@ impl Checkpoints {
         }
         None
     }
-
-    /// The store's copy of a snapshot, as bytes (tests and tools).
-    pub fn read(&self, topic: &str, partition: i32, offset: i64) -> Result<Vec<u8>> {
-        let path = self.path(topic, partition, offset);
-        let store = self.store.clone();
-        let b = self
-            .rt
-            .block_on(async move { store.get(&path).await?.bytes().await })?;
-        Ok(b.to_vec())
-    }
 }
 
 async fn offsets(store: &dyn ObjectStore, dir: &Path) -> Result<Vec<i64>> {

@@ -16,13 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use sha2::{Digest, Sha256};
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("kml-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The bad events, each with a piece of the reason its dead letter must give. `base` is a
 /// clean departed flight to derive them from.
 fn poison(base: &serde_json::Value) -> Vec<(Option<Vec<u8>>, &'static str)> {

@@ -161,18 +161,30 @@ pub const FIXTURES: &str = "data/flights/fixtures";
 
 /// Fit the flights model on the fixtures into `store` (a directory) and set `alias`.
 pub fn fit(store: &Path, alias: &str, extra: &[&str]) -> serde_json::Value {
-    let url = format!("file://{}", store.display());
+    fit_with(PIPELINE, &store_url(store), alias, extra, &[])
+}
+
+/// Fit `pipeline` on the fixtures into the store at `url` and set `alias`, with `env` set (the
+/// credentials and endpoint of a bucket, say).
+pub fn fit_with(
+    pipeline: &str,
+    url: &str,
+    alias: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let out = run_ok(
         trainer()
             .current_dir(repo())
+            .envs(env.iter().copied())
             .args([
                 "fit",
                 "--pipeline",
-                PIPELINE,
+                pipeline,
                 "--base",
                 FIXTURES,
                 "--store",
-                &url,
+                url,
             ])
             .args(["--valid-from", "2013-01-03", "--alias", alias, "--json"])
             .args(extra),
@@ -349,19 +361,7 @@ pub fn read_partition(broker: &Broker, topic: &str, partition: i32) -> Vec<Rec> 
 
 /// The committed offset of `group` on partition 0 of `topic` (`None`: nothing committed).
 pub fn committed(broker: &Broker, group: &str, topic: &str) -> Option<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
+    committed_all(broker, group, topic, 1)[0]
 }
 
 /// The committed offsets of `group` on partitions `0..n` of `topic`.
@@ -538,5 +538,39 @@ pub fn create_topic(broker: &Broker, topic: &str, partitions: i32) {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, e)) => panic!("cannot create {t}: {e}"),
         }
+    }
+}
+
+/// Score of each source offset, from a predictions topic; repeats are counted.
+pub fn scores_by_offset(recs: &[Rec]) -> (BTreeMap<i64, f64>, usize) {
+    let mut m = BTreeMap::new();
+    let mut repeats = 0;
+    for r in recs {
+        let v = r.json();
+        let off = v["offset"].as_i64().unwrap();
+        if m.insert(off, v["score"].as_f64().unwrap()).is_some() {
+            repeats += 1;
+        }
+    }
+    (m, repeats)
+}
+
+/// A fresh directory for one test, under the system's temporary directory.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kml-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Wait until `f` holds, checking every 100 ms; fail naming `what` after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -29,7 +29,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use shared_models::Servable;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{Checkpoints, Header, PRUNE_LAG, Written};
+use crate::checkpoint::Checkpoints;
 use crate::kafka::{self, LogCtx};
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
@@ -38,7 +38,9 @@ use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
-use crate::source::{self, Rebalanced, SourceCtx};
+use crate::source::{Rebalanced, SourceCtx};
+
+mod restore;
 
 /// Longest text of an error kept in a dead letter's `kml.error` header.
 const MAX_ERROR_BYTES: usize = 2048;
@@ -68,7 +70,7 @@ struct Part {
     ckpt_offset: Option<i64>,
     /// The offset committable after every acknowledged output (at-least-once).
     committable: Option<i64>,
-    /// Committable offsets as sampled at checkpoints: pruning stays [`PRUNE_LAG`] behind.
+    /// Committable offsets as sampled at checkpoints: pruning stays [`crate::checkpoint::PRUNE_LAG`] behind.
     samples: VecDeque<(Instant, i64)>,
 }
 
@@ -289,202 +291,6 @@ impl Live {
         };
         self.last_slot = slot;
         slot
-    }
-
-    /// Build the window state of `slot` from the events before `offset`: from the newest
-    /// checkpoint at or below it and the events after that, or else from the partition's
-    /// beginning. The group consumer is polled meanwhile (its partitions paused), so a long
-    /// warm-up never exceeds `max.poll.interval.ms`. A panic during warm-up marks that event
-    /// as poison and starts again without it.
-    fn rebuild(&mut self, slot: usize, offset: i64) -> Result<()> {
-        self.metrics.set_ready(false);
-        if let Some(Some(p)) = self.parts.get(slot) {
-            tracing::info!(
-                partition = %format!("{}/{}", p.topic, p.partition), resume = offset,
-                "restoring window state; not ready meanwhile"
-            );
-        }
-        let consumer = self.consumer.clone();
-        let mut held = Held::default();
-        let result = self.rebuild_with(slot, offset, &mut || held.keep_alive(&consumer));
-        held.release(
-            &consumer,
-            &self.parts,
-            (slot, offset),
-            self.paused_for_backlog,
-        );
-        self.metrics.set_ready(true);
-        result
-    }
-
-    fn rebuild_with(
-        &mut self,
-        slot: usize,
-        offset: i64,
-        keep_alive: &mut dyn FnMut(),
-    ) -> Result<()> {
-        let Some(part) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(());
-        };
-        loop {
-            let mut scorer = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
-            let from = self.ckpt.as_ref().and_then(|c| {
-                let mut refused = 0;
-                let got = c.restore(
-                    &part.topic,
-                    part.partition,
-                    offset,
-                    &self.state_fp,
-                    &mut refused,
-                    |b| scorer.load_state(b),
-                );
-                self.summary.snapshots_refused += refused;
-                self.metrics.snapshots_refused.inc_by(refused);
-                got
-            });
-            if let Some(at) = from {
-                tracing::info!(
-                    partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
-                    resume = offset, "window state restored from a checkpoint"
-                );
-                self.summary.restored += 1;
-                self.metrics.restores.inc();
-                part.ckpt_offset = Some(at);
-            }
-            let w = source::warm(
-                &self.reader,
-                (&part.topic, part.partition),
-                from,
-                offset,
-                &part.poison,
-                &mut scorer,
-                &self.token,
-                keep_alive,
-            )?;
-            self.summary.warmed += w.events;
-            self.metrics.warmed.inc_by(w.events);
-            match w.panicked {
-                Some(bad) => {
-                    self.metrics.panics.inc();
-                    tracing::error!(
-                        partition = %format!("{}/{}", part.topic, part.partition), offset = bad,
-                        "an event panicked during warm-up (a bug); rebuilding without it"
-                    );
-                    part.poison.insert(bad);
-                }
-                None => {
-                    part.scorer = Some(scorer);
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// Checkpoint partitions whose cadence is due.
-    fn maybe_checkpoint(&mut self) {
-        let Some(cadence) = self.cfg.checkpoint else {
-            return;
-        };
-        for slot in 0..self.parts.len() {
-            let due = self.parts[slot].as_ref().is_some_and(|p| {
-                p.ckpt_events > 0
-                    && (p.ckpt_events >= cadence.events || p.ckpt_at.elapsed() >= cadence.interval)
-            });
-            if due {
-                self.checkpoint(slot);
-            }
-        }
-    }
-
-    /// Write a snapshot of `slot`'s window state in the background (at most one in flight per
-    /// partition); true when one was started.
-    fn checkpoint(&mut self, slot: usize) -> bool {
-        let Some(c) = self.ckpt.as_ref() else {
-            return false;
-        };
-        let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
-            return false;
-        };
-        let Some(scorer) = p.scorer.as_ref() else {
-            return false;
-        };
-        if p.ckpt_busy || p.next < 0 || p.ckpt_offset == Some(p.next) {
-            return false;
-        }
-        let now = Instant::now();
-        let committable = if self.cfg.exactly_once() {
-            p.resume
-        } else {
-            p.committable
-        };
-        if let Some(o) = committable {
-            p.samples.push_back((now, o));
-        }
-        while p.samples.len() > 1 && p.samples[1].0.elapsed() >= PRUNE_LAG {
-            p.samples.pop_front();
-        }
-        let floor = p
-            .samples
-            .front()
-            .filter(|(t, _)| t.elapsed() >= PRUNE_LAG)
-            .map(|(_, o)| *o);
-        let header = Header {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            offset: p.next,
-            fingerprint: self.state_fp.clone(),
-            model: self.model.id.clone(),
-            written_at_ms: chrono::Utc::now().timestamp_millis(),
-        };
-        c.write(&header, &scorer.save_state(), floor);
-        p.ckpt_busy = true;
-        p.ckpt_events = 0;
-        p.ckpt_at = now;
-        true
-    }
-
-    /// Account for finished checkpoint writes.
-    fn checkpoints_done(&mut self) {
-        let Some(c) = self.ckpt.as_ref() else {
-            return;
-        };
-        let done = c.done();
-        for w in done {
-            self.on_written(w);
-        }
-    }
-
-    fn on_written(&mut self, w: Written) {
-        let part = self
-            .parts
-            .iter_mut()
-            .flatten()
-            .find(|p| p.topic == w.topic && p.partition == w.partition);
-        if let Some(p) = part {
-            p.ckpt_busy = false;
-            if w.error.is_none() {
-                p.ckpt_offset = Some(w.offset);
-            }
-        }
-        let at = format!("{}/{}", w.topic, w.partition);
-        match &w.error {
-            None => {
-                self.summary.checkpoints += 1;
-                self.metrics.checkpoints.inc();
-                self.metrics.checkpoint_bytes.set(w.bytes as i64);
-                tracing::debug!(
-                    partition = %at, offset = w.offset, bytes = w.bytes, pruned = w.pruned,
-                    ms = w.elapsed.as_millis() as u64, "checkpoint written"
-                );
-            }
-            Some(e) => {
-                self.metrics.checkpoint_failures.inc();
-                tracing::warn!(
-                    partition = %at, offset = w.offset, error = %e,
-                    "cannot write a checkpoint; scoring goes on and the next one catches up"
-                );
-            }
-        }
     }
 
     /// Produce the output of event `seq` of `slot`, or, when it does not fit in a record, the
@@ -1009,45 +815,6 @@ impl Live {
         s
     }
 
-    /// Checkpoint every partition at the offset the final commit covers, waiting for the
-    /// writes within what is left of `--shutdown-timeout` (since `t0`).
-    fn final_checkpoints(&mut self, t0: Instant) {
-        if self.ckpt.is_none() {
-            return;
-        }
-        let left = self.cfg.shutdown_timeout.saturating_sub(t0.elapsed());
-        let deadline = Instant::now() + left.max(Duration::from_secs(1));
-        // A write already in flight finishes first: one per partition at a time.
-        while self.parts.iter().flatten().any(|p| p.ckpt_busy) && Instant::now() < deadline {
-            let got = self
-                .ckpt
-                .as_ref()
-                .map(|c| c.wait(1, deadline - Instant::now()));
-            for w in got.into_iter().flatten() {
-                self.on_written(w);
-            }
-        }
-        let mut n = 0;
-        for slot in 0..self.parts.len() {
-            n += usize::from(self.checkpoint(slot));
-        }
-        let got = self
-            .ckpt
-            .as_ref()
-            .map(|c| c.wait(n, deadline.saturating_duration_since(Instant::now())));
-        let got = got.unwrap_or_default();
-        if got.len() < n {
-            tracing::warn!(
-                written = got.len(),
-                wanted = n,
-                "not every checkpoint was written before the shutdown timeout"
-            );
-        }
-        for w in got {
-            self.on_written(w);
-        }
-    }
-
     /// Commit what is committable and close the consumer (leaving the group now rather than at
     /// the session timeout), on a thread of its own so that a broker that does not answer
     /// cannot hold the exit for longer than `--shutdown-timeout`.
@@ -1204,87 +971,4 @@ struct SourceEvent<'a> {
     timestamp: Option<i64>,
     /// Its lineage headers (`kml.source.*`).
     position: &'a [(&'static str, &'a [u8])],
-}
-
-/// What a warm-up paused of the group consumer to poll it meanwhile, and where to resume.
-#[derive(Default)]
-struct Held {
-    /// The assignment as paused at the first keep-alive.
-    paused: Option<TopicPartitionList>,
-    /// Partitions that delivered a message while paused (fetched before the pause, or newly
-    /// assigned): seek back to the first one after the warm-up, so that none is skipped.
-    seek_back: Vec<(String, i32, i64)>,
-    last: Option<Instant>,
-}
-
-impl Held {
-    /// Poll the group consumer (at most once a second) so that the group sees this member
-    /// alive; no message is scored meanwhile.
-    fn keep_alive(&mut self, consumer: &BaseConsumer<SourceCtx>) {
-        // A warm-up shorter than a second leaves the consumer alone.
-        let last = *self.last.get_or_insert_with(Instant::now);
-        if last.elapsed() < Duration::from_secs(1) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        if self.paused.is_none()
-            && let Ok(a) = consumer.assignment()
-        {
-            let _ = consumer.pause(&a);
-            self.paused = Some(a);
-        }
-        if let Some(Ok(msg)) = consumer.poll(Duration::ZERO) {
-            let (t, p, o) = (msg.topic(), msg.partition(), msg.offset());
-            if !self.seek_back.iter().any(|(t2, p2, _)| t2 == t && *p2 == p) {
-                self.seek_back.push((t.to_string(), p, o));
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(t, p);
-                let _ = consumer.pause(&tpl);
-            }
-        }
-    }
-
-    /// Seek back and resume what was paused, except partitions waiting for a rewind (and
-    /// nothing while the producer's backlog keeps everything paused). The partition being
-    /// warmed goes on after `at`, the event being scored.
-    fn release(
-        self,
-        consumer: &BaseConsumer<SourceCtx>,
-        parts: &[Option<Part>],
-        (slot, at): (usize, i64),
-        backlog: bool,
-    ) {
-        let Some(paused) = self.paused else {
-            return;
-        };
-        let warming = parts.get(slot).and_then(Option::as_ref);
-        for (t, p, o) in &self.seek_back {
-            let o = match warming {
-                Some(w) if w.topic == *t && w.partition == *p => at + 1,
-                _ => *o,
-            };
-            if let Err(e) = consumer.seek(t, *p, Offset::Offset(o), Duration::from_secs(5)) {
-                tracing::warn!(error = %e, partition = %format!("{t}/{p}"), "cannot seek after warm-up");
-            }
-        }
-        let mut resume = TopicPartitionList::new();
-        let mut add = |t: &str, p: i32| {
-            let waiting = parts
-                .iter()
-                .flatten()
-                .any(|x| x.topic == t && x.partition == p && x.rewind_at.is_some());
-            if !waiting && resume.find_partition(t, p).is_none() {
-                resume.add_partition(t, p);
-            }
-        };
-        for e in paused.elements() {
-            add(e.topic(), e.partition());
-        }
-        for (t, p, _) in &self.seek_back {
-            add(t, *p);
-        }
-        if resume.count() > 0 && !backlog {
-            let _ = consumer.resume(&resume);
-        }
-    }
 }
