@@ -31,6 +31,37 @@ struct StagesSnapshot {
     windows: Vec<WindowSnapshot>,
 }
 
+/// Which part of the stages after enrichment an engine runs.
+///
+/// A pipeline with windows keyed by another column than the partition key runs in two steps
+/// when its topic has several partitions (the README's repartition semantics): upstream, per
+/// input partition, the admission checks and the windows keyed by the partition key; then,
+/// after a repartition topic has brought each other key's events to one place and a merge has
+/// put them in `(event time, partition key, log position)` order, downstream the other windows
+/// and the derived features. Over a sorted history the two steps give exactly what
+/// [`Split::All`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Everything, in one place (one partition, or the offline engine).
+    All,
+    /// Admission (future, late per key and per input partition) and the windows keyed by the
+    /// partition key; no derived features.
+    Upstream,
+    /// The windows keyed by another column and the derived features, on events already
+    /// admitted upstream and merged into order: nothing is refused here.
+    Downstream,
+}
+
+impl Split {
+    fn runs(self, p: &Pipeline, w: &crate::spec::Window) -> bool {
+        match self {
+            Split::All => true,
+            Split::Upstream => w.key == p.key,
+            Split::Downstream => w.key != p.key,
+        }
+    }
+}
+
 /// The stages after enrichment, shared by the offline and online engines.
 ///
 /// # Events from the future
@@ -75,9 +106,29 @@ impl Stages {
     /// Aggregate windows and derive features into `row`, whose fields, `event_time` and joined
     /// columns are filled. A future or late event is refused before any window changes.
     pub fn process(&mut self, p: &Pipeline, row: &mut [Value]) -> Result<(), EventError> {
+        self.process_split(p, row, Split::All)
+    }
+
+    /// [`Stages::process`] for part of the stages (see [`Split`]).
+    pub fn process_split(
+        &mut self,
+        p: &Pipeline,
+        row: &mut [Value],
+        split: Split,
+    ) -> Result<(), EventError> {
         let t = row[p.event_time_col()]
             .as_i64()
             .ok_or_else(|| EventError::Time("event_time is null".into()))?;
+        if split == Split::Downstream {
+            self.progress = Some(self.progress.map_or(t, |x| x.max(t)));
+            for (w, state) in p.windows.iter().zip(&mut self.windows) {
+                if split.runs(p, w) {
+                    state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
+                }
+            }
+            self.derive(p, row);
+            return Ok(());
+        }
         let progress = self.progress.unwrap_or(t);
         let limit = progress.saturating_add(p.max_future_ms);
         self.progress = Some(progress.max(t.min(limit)));
@@ -88,7 +139,19 @@ impl Stages {
                 max_future_ms: p.max_future_ms,
             });
         }
+        // Upstream of a repartition, the merge downstream needs every event of a partition at
+        // or after the partition's newest event less the lateness (its watermark).
+        if split == Split::Upstream && t < progress.saturating_sub(p.lateness_ms) {
+            return Err(EventError::LateInPartition {
+                event_time: format_timestamp(t),
+                newest: format_timestamp(progress),
+                lateness_ms: p.lateness_ms,
+            });
+        }
         for (w, state) in p.windows.iter().zip(&self.windows) {
+            if !split.runs(p, w) {
+                continue;
+            }
             let Some(key) = Key::of(&row[w.key]) else {
                 continue;
             };
@@ -107,8 +170,17 @@ impl Stages {
             }
         }
         for (w, state) in p.windows.iter().zip(&mut self.windows) {
-            state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
+            if split.runs(p, w) {
+                state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
+            }
         }
+        if split == Split::All {
+            self.derive(p, row);
+        }
+        Ok(())
+    }
+
+    fn derive(&self, p: &Pipeline, row: &mut [Value]) {
         for (i, d) in p.derives.iter().enumerate() {
             let col = p.layout.len() - p.derives.len() + i;
             let v = match d.args.as_slice() {
@@ -118,7 +190,6 @@ impl Stages {
             };
             row[col] = v;
         }
-        Ok(())
     }
 
     /// Keys holding window state, summed over windows (cheap: no walk over the keys).
@@ -187,6 +258,7 @@ pub struct OnlineEngine {
     decoder: Decoder,
     stages: Stages,
     row: Row,
+    split: Split,
 }
 
 impl OnlineEngine {
@@ -201,7 +273,15 @@ impl OnlineEngine {
             decoder,
             stages,
             row,
+            split: Split::All,
         }
+    }
+
+    /// Run only part of the stages after enrichment (see [`Split`]); [`Split::Upstream`] rows
+    /// carry no derived features and leave the windows keyed by another column empty.
+    pub fn with_split(mut self, split: Split) -> Self {
+        self.split = split;
+        self
     }
 
     /// The pipeline this engine runs.
@@ -235,8 +315,13 @@ impl OnlineEngine {
         let t = eval::event_time(p, row).map_err(EventError::Time)?;
         row[p.event_time_col()] = Value::Int(t);
         enrich(p, &self.tables, t, row);
-        self.stages.process(p, row)?;
+        self.stages.process_split(p, row, self.split)?;
         Ok(Some(&self.row))
+    }
+
+    /// The row of the last event [`OnlineEngine::process`] turned into features.
+    pub fn row(&self) -> &[Value] {
+        &self.row
     }
 
     /// Keys and events held in window state.

@@ -109,6 +109,19 @@ pub enum EventError {
         /// The allowed lateness.
         lateness_ms: i64,
     },
+    /// Upstream of a repartition: the event is older than the newest event of its input
+    /// partition minus the allowed lateness, behind the watermark the merge orders events by.
+    #[error(
+        "late event: event time {event_time} is more than {lateness_ms} ms behind the newest event of its input partition {newest} (a pipeline that repartitions orders events behind a watermark per input partition)"
+    )]
+    LateInPartition {
+        /// The event's time (RFC 3339).
+        event_time: String,
+        /// The partition's newest event time (RFC 3339).
+        newest: String,
+        /// The allowed lateness.
+        lateness_ms: i64,
+    },
 }
 
 impl EventError {
@@ -123,7 +136,7 @@ impl EventError {
             Self::WrongType { .. } => "wrong_type",
             Self::Time(_) => "time",
             Self::Future { .. } => "future",
-            Self::Late { .. } => "late",
+            Self::Late { .. } | Self::LateInPartition { .. } => "late",
         }
     }
 }

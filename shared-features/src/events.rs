@@ -10,7 +10,7 @@ use crate::error::DataError;
 use crate::eval;
 use crate::spec::Pipeline;
 use crate::tables::{open_csv, parse_cell};
-use crate::value::{Row, Value};
+use crate::value::{Key, Row, Value};
 
 /// Turn every record of a CSV history file into one JSON object. Declared fields are typed as
 /// declared (`NA` and empty become `null`); other columns pass through as strings.
@@ -63,16 +63,35 @@ pub fn csv_to_json(p: &Pipeline, bytes: &[u8], file: &str) -> Result<Vec<Vec<u8>
     Ok(out)
 }
 
-/// The order a topic should carry events in: by event time, ties in file order. Events without
-/// a computable time (they will be refused anyway) go last, in file order.
+/// The order a topic should carry events in: by event time, ties by partition key (nulls
+/// first), then file order, as the offline engine sorts them. Events without a computable time
+/// (they will be refused anyway) go last, in file order.
 pub fn event_order(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<usize> {
-    let mut keyed: Vec<(i64, usize)> = event_meta(p, events)
+    let mut keyed: Vec<(i64, Option<Key>, usize)> = event_keys(p, events)
         .into_iter()
         .enumerate()
-        .map(|(i, (_, t))| (t.unwrap_or(i64::MAX), i))
+        .map(|(i, (k, t))| match t {
+            Some(t) => (t, k, i),
+            None => (i64::MAX, None, i),
+        })
         .collect();
-    keyed.sort_by_key(|&(t, _)| t);
-    keyed.into_iter().map(|(_, i)| i).collect()
+    keyed.sort();
+    keyed.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// Each event's partition key and event time, when they can be computed.
+fn event_keys(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<Key>, Option<i64>)> {
+    let mut decoder = Decoder::new(p);
+    let mut row: Row = vec![Value::Null; p.layout.len()];
+    events
+        .iter()
+        .map(|e| {
+            if decoder.decode(e, &mut row).is_err() {
+                return (None, None);
+            }
+            (Key::of(&row[p.key]), eval::event_time(p, &row).ok())
+        })
+        .collect()
 }
 
 /// Each event's partition key (as text) and event time, when they can be computed.

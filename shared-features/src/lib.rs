@@ -49,7 +49,7 @@ pub mod time;
 pub mod value;
 pub mod window;
 
-pub use engine::{OnlineEngine, Stages};
+pub use engine::{OnlineEngine, Split, Stages};
 pub use error::{DataError, EventError};
 pub use fitted::{FittedState, fingerprint};
 pub use spec::{Pipeline, SpecError};

@@ -3,8 +3,9 @@
 //! polars reads the CSV files, filters, joins the lookup tables, sorts by event time and runs
 //! the as-of joins. The joined table is then fed row by row, in event-time order, through the
 //! same [`Stages`] the online engine uses, so windows and derived features are computed by one
-//! piece of code. Events with equal times keep file order (stable sort), which is the order the
-//! online feed replays them in.
+//! piece of code. Events with equal times are ordered by partition key (nulls first), then keep
+//! file order (stable sort): the order the online feed replays them in, and the order a merge
+//! behind a watermark gives a window keyed by another column.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,10 +121,15 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         df = drop_helpers(df);
     }
 
+    // Ties in time go by partition key (nulls first), then file order: the order a merge
+    // behind a watermark gives a window keyed by another column (README, repartitioning).
+    let key_name = p.layout[p.key].name.as_str();
     df = df
         .sort(
-            ["event_time"],
-            SortMultipleOptions::default().with_maintain_order(true),
+            ["event_time", key_name],
+            SortMultipleOptions::default()
+                .with_maintain_order(true)
+                .with_nulls_last(false),
         )
         .map_err(|e| polars_err(events, e))?;
 

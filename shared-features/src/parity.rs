@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::OnlineEngine;
-use crate::error::DataError;
-use crate::events::{csv_to_json, event_order};
+use crate::engine::{OnlineEngine, Split, Stages};
+use crate::error::{DataError, EventError};
+use crate::events::{csv_to_json, event_meta, event_order};
 use crate::fitted::{FittedState, fingerprint};
 use crate::offline;
 use crate::spec::Pipeline;
 use crate::tables::Tables;
 use crate::time::format_timestamp;
-use crate::value::Value;
+use crate::value::{Key, Row, Value};
 
 /// The outcome of a parity run.
 #[derive(Debug, Serialize)]
@@ -68,6 +68,21 @@ pub struct Mismatch {
 /// Run `p` over `events` offline and online, fit the encoding on the training split of the
 /// offline rows, and compare every event's row and encoded vector.
 pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityReport, DataError> {
+    check_with(p, events, base, None)
+}
+
+/// [`check`], the online side run as the scorer runs a pipeline that repartitions on a topic
+/// of `partitions` partitions (when given): each event goes to a partition by its key and
+/// through that partition's upstream engine ([`Split::Upstream`]); the admitted events are
+/// then merged in `(event time, partition key, partition, position)` order and run through
+/// the downstream stages ([`Split::Downstream`]), as the merge behind the watermark orders
+/// them. The windows keyed by another column are the ones this changes.
+pub fn check_with(
+    p: &Arc<Pipeline>,
+    events: &Path,
+    base: &Path,
+    partitions: Option<u32>,
+) -> Result<ParityReport, DataError> {
     let started = Instant::now();
     let off = offline::run(p, events, base)?;
     let offline_seconds = started.elapsed().as_secs_f64();
@@ -136,12 +151,20 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
         first_mismatch: None,
     };
     let names = fitted.names();
-    let mut engine = OnlineEngine::new(p.clone(), Arc::new(tables));
+    let tables = Arc::new(tables);
+    let mut engine = OnlineEngine::new(p.clone(), tables.clone());
     let (mut v_off, mut v_on) = (Vec::new(), Vec::new());
     let online_started = Instant::now();
+    let split = partitions.map(|n| repartitioned(p, &tables, &jsons, &order, n.max(1)));
     let mut compare_time = std::time::Duration::ZERO;
     for &rec in &order {
-        let online = engine.process(&jsons[rec]);
+        let online = match &split {
+            Some(out) => match &out[rec] {
+                Ok(row) => Ok(row.as_deref()),
+                Err(e) => Err(e.clone()),
+            },
+            None => engine.process(&jsons[rec]),
+        };
         let cmp_started = Instant::now();
         let offline_row = by_record[rec].map(|pos| &off.rows[pos as usize]);
         let line = lines[rec];
@@ -226,6 +249,56 @@ pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityRepo
     }
     report.online_seconds = (online_started.elapsed() - compare_time).as_secs_f64();
     Ok(report)
+}
+
+/// The online outcome of every record when the scorer repartitions (see [`check_with`]).
+fn repartitioned(
+    p: &Arc<Pipeline>,
+    tables: &Arc<Tables>,
+    jsons: &[Vec<u8>],
+    order: &[usize],
+    partitions: u32,
+) -> Vec<Result<Option<Row>, EventError>> {
+    let n = partitions as usize;
+    let keys = event_meta(p, jsons);
+    let mut out: Vec<Result<Option<Row>, EventError>> =
+        (0..jsons.len()).map(|_| Ok(None)).collect();
+    let mut upstream: Vec<OnlineEngine> = (0..n)
+        .map(|_| OnlineEngine::new(p.clone(), tables.clone()).with_split(Split::Upstream))
+        .collect();
+    let mut next = vec![0usize; n];
+    let mut merged: Vec<(i64, Option<Key>, usize, usize, usize)> = Vec::new();
+    for &rec in order {
+        // A keyed partitioner (FNV-1a here: which one does not matter, only that a key stays
+        // in one partition); an event without a key goes anywhere.
+        let q = match &keys[rec].0 {
+            Some(k) => {
+                (k.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                }) % n as u64) as usize
+            }
+            None => rec % n,
+        };
+        match upstream[q].process(&jsons[rec]) {
+            Ok(Some(row)) => {
+                let t = row[p.event_time_col()].as_i64().unwrap_or_default();
+                merged.push((t, Key::of(&row[p.key]), q, next[q], rec));
+                out[rec] = Ok(Some(row.to_vec()));
+            }
+            Ok(None) => {}
+            Err(e) => out[rec] = Err(e),
+        }
+        next[q] += 1;
+    }
+    merged.sort_unstable();
+    let mut downstream = Stages::new(p);
+    for (.., rec) in merged {
+        if let Ok(Some(row)) = &mut out[rec] {
+            // Downstream refuses nothing.
+            let _ = downstream.process_split(p, row, Split::Downstream);
+        }
+    }
+    out
 }
 
 fn first_difference(

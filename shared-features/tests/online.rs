@@ -335,3 +335,31 @@ fn tables_refuse_duplicate_keys_and_missing_columns_with_file_and_line() {
         "cats.csv:3: column `weight`: `heavy` is not a float"
     );
 }
+
+/// Upstream of a repartition, lateness is also measured against the partition's newest event:
+/// the merge downstream orders events behind a watermark per partition, so an event of a new
+/// key 30 minutes behind another key's is refused there (it changes no state), while one engine
+/// over everything accepts it (no event of its own key is newer).
+#[test]
+fn upstream_of_a_repartition_refuses_events_behind_the_partition_not_only_the_key() {
+    use shared_features::Split;
+    let mut all = engine();
+    let mut up = engine().with_split(Split::Upstream);
+    for e in [&mut all, &mut up] {
+        e.process(&event(Some("k1"), 60, Some(1.0), Some("a")))
+            .unwrap()
+            .unwrap();
+    }
+    // A new `id` (the partition key) and a new `cat` (the other window's key): no key is late.
+    let behind = event(Some("k2"), 30, Some(2.0), Some("b"));
+    assert!(all.process(&behind).unwrap().is_some());
+    let refused = up.process(&behind);
+    assert!(
+        matches!(refused, Err(EventError::LateInPartition { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(refused.unwrap_err().kind(), "late");
+    // Within the lateness (10 minutes) it is admitted.
+    let near = event(Some("k2"), 55, Some(2.0), Some("b"));
+    assert!(up.process(&near).unwrap().is_some());
+}

@@ -27,6 +27,37 @@ fn fixtures() -> PathBuf {
     repo().join("data/flights/fixtures")
 }
 
+/// The online side as the scorer runs it on 4 partitions through a repartition topic (upstream
+/// per partition, a merge by time and key, downstream) gives every offline vector bit for bit,
+/// and the airport window is not trivially empty.
+#[test]
+fn fixture_flights_repartitioned_over_four_partitions_are_bit_identical() {
+    let p = flights_pipeline();
+    let events = fixtures().join("raw/flights.csv");
+    let report = parity::check_with(&p, &events, &fixtures(), Some(4)).expect("parity runs");
+    assert_eq!(
+        report.first_mismatch.as_ref().map(|m| m.feature.clone()),
+        None,
+        "{:?}",
+        report.first_mismatch
+    );
+    assert_eq!(report.identical, report.events);
+    assert_eq!(report.events, 2677);
+    let off = offline::run(&p, &events, &fixtures()).unwrap();
+    let col = p
+        .layout
+        .iter()
+        .position(|c| c.name == "or1_flights")
+        .unwrap();
+    assert!(
+        off.rows
+            .iter()
+            .filter(|r| r[col].as_i64() > Some(0))
+            .count()
+            > 1000
+    );
+}
+
 #[test]
 fn fixture_flights_are_bit_identical_offline_and_online() {
     let p = flights_pipeline();

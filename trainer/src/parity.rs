@@ -21,6 +21,11 @@ pub struct ParityArgs {
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Run the online side as the scorer runs it on a topic of this many partitions: events
+    /// spread by key, admitted per partition, windows keyed by another column computed after
+    /// the merge behind the watermark (README, repartitioning).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    partitions: Option<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -31,7 +36,8 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
     let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
     input.fetch()?;
     let (pipeline, events, base) = (input.pipeline, input.events, input.base);
-    let report = parity::check(&pipeline, &events, &base).context("parity check failed")?;
+    let report = parity::check_with(&pipeline, &events, &base, args.partitions)
+        .context("parity check failed")?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
