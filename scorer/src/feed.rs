@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use shared_features::Pipeline;
-use shared_features::events::{csv_to_json, event_meta};
+use shared_features::events::{csv_to_json, event_meta, event_order};
 use shared_features::time::{format_timestamp, parse_date_or_timestamp};
 
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,8 @@ pub struct FeedArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Refuse, rather than warn, when the topic has more partitions than the pipeline can be
-    /// scored on (windows keyed by another column than the entity key need one partition).
+    /// scored on (windows keyed by several columns other than the entity key need one
+    /// partition; one such column is repartitioned by `scorer run`).
     #[arg(long)]
     strict: bool,
     /// Print the summary as one JSON object.
@@ -114,14 +115,15 @@ pub fn feed(args: FeedArgs) -> Result<()> {
             .transpose()
     };
     let (from, to) = (bound(&args.from, "--from")?, bound(&args.to, "--to")?);
-    // Event order, ties in file order; events without a time go last (the scorer refuses them).
-    let mut order: Vec<usize> = (0..events.len())
+    // Event order, ties by key then file order (as the offline engine sorts); events without a
+    // time go last (the scorer refuses them).
+    let order: Vec<usize> = event_order(&p, &events)
+        .into_iter()
         .filter(|&i| match meta[i].1 {
             Some(t) => from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e),
             None => from.is_none() && to.is_none(),
         })
         .collect();
-    order.sort_by_key(|&i| meta[i].1.unwrap_or(i64::MAX));
 
     let t0 = Instant::now();
     let topic = match (&args.topic, &args.out) {
@@ -212,27 +214,41 @@ fn produce(
     failed(&mut sink)
 }
 
-/// A topic of `partitions` partitions keyed by the entity key gives each scorer instance only
-/// part of the events of a window keyed by another column: `scorer run` refuses it for such a
-/// pipeline. Say so before feeding it (or refuse, with `strict`), naming the windows.
+/// A topic of `partitions` partitions keyed by the entity key spreads the events of a window
+/// keyed by another column: `scorer run` brings them together through a repartition topic,
+/// which it can do for one such column. A pipeline whose windows are keyed by several other
+/// columns cannot be scored on it: say so before feeding it (or refuse, with `strict`).
 fn check_partitioning(p: &Pipeline, topic: &str, partitions: i32, strict: bool) -> Result<()> {
+    if partitions <= 1 {
+        return Ok(());
+    }
     let spread: Vec<String> = p
         .repartition_windows()
         .map(|w| format!("`{}` (keyed by `{}`)", w.name, p.layout[w.key].name))
         .collect();
-    if partitions <= 1 || spread.is_empty() {
-        return Ok(());
+    match crate::merge::repartition_key(p) {
+        Ok(None) => Ok(()),
+        Ok(Some(by)) => {
+            tracing::info!(
+                "topic `{topic}` has {partitions} partitions, keyed by `{}`: `scorer run`                  computes the windows {} behind a repartition topic keyed by `{by}`",
+                p.layout[p.key].name,
+                spread.join(", ")
+            );
+            Ok(())
+        }
+        Err(why) => {
+            let msg = format!(
+                "topic `{topic}` has {partitions} partitions, keyed by `{}`, and the windows {}                  are keyed by other columns: {why}; `scorer run` refuses this topic for this                  pipeline. Feed it with --partitions 1",
+                p.layout[p.key].name,
+                spread.join(", ")
+            );
+            if strict {
+                bail!("{msg} (--strict)");
+            }
+            tracing::warn!("{msg}");
+            Ok(())
+        }
     }
-    let msg = format!(
-        "topic `{topic}` has {partitions} partitions, keyed by `{}`, but the pipeline's windows {}          are keyed by another column: `scorer run` and `scorer replay` refuse this topic for          this pipeline (each instance would see only part of those windows' events); feed it          with --partitions 1",
-        p.layout[p.key].name,
-        spread.join(", ")
-    );
-    if strict {
-        bail!("{msg} (--strict)");
-    }
-    tracing::warn!("{msg}");
-    Ok(())
 }
 
 /// Fail on the first record that could not be delivered (librdkafka retried it already).

@@ -10,6 +10,7 @@ pub mod http;
 pub mod kafka;
 pub mod live;
 pub mod log;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod offsets;

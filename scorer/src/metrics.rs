@@ -24,6 +24,8 @@ pub struct Metrics {
     pub events_in: Counter,
     /// Predictions acknowledged by the broker (`kml_predictions_total`).
     pub predictions: Counter,
+    /// Rows forwarded to the repartition topic and acknowledged (`kml_forwarded_total`).
+    pub forwarded: Counter,
     /// Dead letters acknowledged by the broker (`kml_dead_lettered_total`).
     pub dead_lettered: Counter,
     /// Events a pipeline filter dropped: no output is due (`kml_filtered_total`).
@@ -100,6 +102,11 @@ impl Metrics {
             &mut r,
             "kml_predictions",
             "Predictions acknowledged by the broker.",
+        );
+        let forwarded = counter(
+            &mut r,
+            "kml_forwarded",
+            "Rows forwarded to the repartition topic and acknowledged by the broker.",
         );
         let dead_lettered = counter(
             &mut r,
@@ -201,6 +208,7 @@ impl Metrics {
             registry: Arc::new(r),
             events_in,
             predictions,
+            forwarded,
             dead_lettered,
             filtered,
             reloads,

@@ -45,6 +45,22 @@ impl Tag {
         (self.0 as u64 >> 62) & 1 == 1
     }
 
+    /// The same output, marked as a record for the repartition topic (not a prediction).
+    pub fn as_forwarded(self) -> Self {
+        Tag((self.0 as u64 | 1 << 63) as usize)
+    }
+
+    /// Whether the output is a record for the repartition topic.
+    pub fn is_forwarded(self) -> bool {
+        (self.0 as u64 >> 63) & 1 == 1
+    }
+
+    /// A tag no tracked event carries (marks for the repartition topic): its report is
+    /// ignored.
+    pub fn untracked() -> Self {
+        Tag::new(MAX_SLOTS - 1, SEQ_MASK, false).as_forwarded()
+    }
+
     /// The same output, re-marked as a dead letter (an output replaced by one).
     pub fn as_dead_letter(self) -> Self {
         Tag((self.0 as u64 | 1 << 62) as usize)
@@ -55,6 +71,8 @@ impl Tag {
 struct Pending {
     offset: i64,
     outputs: u32,
+    /// Held by a merge ([`crate::merge`]): its outputs are not known yet.
+    held: bool,
     at: Instant,
 }
 
@@ -113,6 +131,7 @@ impl Tracker {
         p.events.push_back(Pending {
             offset,
             outputs: 0,
+            held: false,
             at,
         });
         seq
@@ -125,6 +144,21 @@ impl Tracker {
             self.in_flight += 1;
         }
         Tag::new(slot, seq, dead_letter)
+    }
+
+    /// Event `seq` of `slot` waits in a merge: nothing past it is committable until
+    /// [`Tracker::unhold`] (after its outputs are [expected](Tracker::expect)).
+    pub fn hold(&mut self, slot: usize, seq: u64) {
+        if let Some(e) = self.event(slot, seq) {
+            e.held = true;
+        }
+    }
+
+    /// The merge released event `seq` of `slot`.
+    pub fn unhold(&mut self, slot: usize, seq: u64) {
+        if let Some(e) = self.event(slot, seq) {
+            e.held = false;
+        }
     }
 
     fn event(&mut self, slot: usize, seq: u64) -> Option<&mut Pending> {
@@ -174,7 +208,7 @@ impl Tracker {
         let p = self.parts.get_mut(slot)?;
         let mut moved = None;
         while let Some(e) = p.events.front() {
-            if e.outputs > 0 || p.failed.is_some_and(|f| f <= p.base) {
+            if e.outputs > 0 || e.held || p.failed.is_some_and(|f| f <= p.base) {
                 break;
             }
             if let Some(e) = p.events.pop_front() {
@@ -219,6 +253,31 @@ mod tests {
         assert_eq!((t.slot(), t.seq(), t.is_dead_letter()), (3, 12345, false));
         assert!(t.as_dead_letter().is_dead_letter());
         assert_eq!(t.as_dead_letter().slot(), 3);
+    }
+
+    #[test]
+    fn a_held_event_stops_the_commit_until_released_and_acknowledged() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let a = t.begin(0, 10, now);
+        let b = t.begin(0, 11, now);
+        t.hold(0, a);
+        assert_eq!(t.advance(0), None, "offset 10 waits in the merge");
+        // Released: its prediction is due, then the hold goes.
+        let tag = t.expect(0, a, false);
+        t.unhold(0, a);
+        assert_eq!(t.advance(0), None, "its prediction is not acknowledged yet");
+        assert!(t.ack(tag, now).current);
+        assert_eq!(
+            t.advance(0),
+            Some(12),
+            "10 complete, 11 had nothing to wait for"
+        );
+        let _ = b;
+        let u = Tag::untracked();
+        assert!(u.is_forwarded() && !u.is_dead_letter());
+        assert!(!t.ack(u, now).current, "a mark's report is ignored");
+        assert!(!t.fail(u));
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub struct RunArgs {
     /// ...or after this many events of the partition, whichever comes first.
     #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_events: u64,
+    /// For a pipeline with windows keyed by another column than the partition key, on an
+    /// input topic of several partitions: the repartition topic that brings each such key's
+    /// events to one place (created with the input's partition count; default
+    /// `kml-<group>-<input>-repartition`).
+    #[arg(long)]
+    repartition_topic: Option<String>,
+    /// Seconds after which an input partition that delivered nothing is marked idle, so that
+    /// the merge behind the repartition topic stops waiting for it.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    idle_after: f64,
     /// Print the summary at exit as one JSON object.
     #[arg(long)]
     json: bool,
@@ -127,6 +137,25 @@ pub struct RunConfig {
     pub pass_through: bool,
     /// Checkpoint cadence; `None`: no checkpoints.
     pub checkpoint: Option<Cadence>,
+    /// The repartition step, when the pipeline and the input need one.
+    pub repartition: Option<Repartition>,
+    /// The topic `--repartition-topic` names, if given.
+    pub repartition_topic: Option<String>,
+    /// An input partition silent this long is marked idle.
+    pub idle_after: Duration,
+}
+
+/// The repartition step of a run ([`crate::merge`]).
+#[derive(Debug, Clone)]
+pub struct Repartition {
+    /// The repartition topic.
+    pub topic: String,
+    /// The input topic.
+    pub input: String,
+    /// Partitions of the input topic.
+    pub inputs: usize,
+    /// Partitions of the repartition topic.
+    pub partitions: i32,
 }
 
 /// How often a partition's window state is checkpointed: after `interval` or `events`,
@@ -202,6 +231,9 @@ impl RunConfig {
                 interval: Duration::from_secs_f64(s),
                 events: a.checkpoint_events,
             }),
+            repartition: None,
+            repartition_topic: a.repartition_topic.clone(),
+            idle_after: Duration::from_secs_f64(a.idle_after),
         })
     }
 
@@ -222,6 +254,9 @@ pub struct Summary {
     pub predicted: u64,
     /// Dead letters acknowledged (and committed).
     pub dead_lettered: u64,
+    /// Rows forwarded to the repartition topic and acknowledged (each becomes a prediction
+    /// downstream, in this instance or another).
+    pub forwarded: u64,
     /// Events a pipeline filter dropped.
     pub filtered: u64,
     /// Events read to rebuild window state.
@@ -309,26 +344,53 @@ pub fn run(args: RunArgs) -> Result<()> {
         metrics.lag.clone(),
     )?;
     // Windows keyed by something other than the partition key see only their partition's
-    // share of events; with one partition per topic that share is everything.
-    let spread: Vec<&str> = current
-        .pipeline
-        .repartition_windows()
-        .map(|w| w.name.as_str())
-        .collect();
+    // share of events; with one partition per topic that share is everything. Otherwise the
+    // events go through a repartition topic (crate::merge).
+    let by = crate::merge::repartition_key(&current.pipeline).map_err(anyhow::Error::msg)?;
+    let mut cfg = cfg;
     let mut out_partitions = 1;
     for t in &cfg.inputs {
         let n = crate::retry_until_cancelled(&token, "broker not ready", || {
             kafka::partitions(&consumer, t)
         })?
         .len();
-        if n > 1 && !spread.is_empty() {
-            bail!(
-                "topic `{t}` has {n} partitions but windows {spread:?} are keyed by another \
-                 column than the partition key: each instance would see only part of them. \
-                 Repartition the topic by that column, or use one partition"
-            );
-        }
         out_partitions = out_partitions.max(n as i32);
+        if n > 1
+            && let Some(by) = by
+        {
+            if cfg.inputs.len() > 1 {
+                bail!(
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}`                      need a repartition step, which takes one input topic; give one --input"
+                );
+            }
+            if cfg.exactly_once() {
+                bail!(
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}`                      need a repartition step, which runs at-least-once only (drop                      --exactly-once, or use one partition)"
+                );
+            }
+            let topic = cfg
+                .repartition_topic
+                .clone()
+                .unwrap_or_else(|| format!("kml-{}-{t}-repartition", cfg.group));
+            if cfg.inputs.contains(&topic) || topic == cfg.output || topic == cfg.dlq {
+                bail!("--repartition-topic `{topic}` must differ from the other topics");
+            }
+            kafka::ensure_topics(&cfg.kafka, &[&topic], n as i32)?;
+            let partitions = crate::retry_until_cancelled(&token, "broker not ready", || {
+                kafka::partitions(&consumer, &topic)
+            })?
+            .len() as i32;
+            tracing::info!(
+                input = %t, repartition = %topic, by, partitions,
+                "windows keyed by another column: repartitioning"
+            );
+            cfg.repartition = Some(crate::run::Repartition {
+                topic,
+                input: t.clone(),
+                inputs: n,
+                partitions,
+            });
+        }
     }
     kafka::ensure_topics(&cfg.kafka, &[&cfg.output, &cfg.dlq], out_partitions)?;
     let sink = Sink::new(
@@ -343,7 +405,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .context("cannot initialise transactions")
         })?;
     }
-    let inputs: Vec<&str> = cfg.inputs.iter().map(String::as_str).collect();
+    let sink = match &cfg.repartition {
+        Some(r) => sink.with_repartition(&r.topic),
+        None => sink,
+    };
+    let mut inputs: Vec<&str> = cfg.inputs.iter().map(String::as_str).collect();
+    if let Some(r) = &cfg.repartition {
+        inputs.push(&r.topic);
+    }
     rdkafka::consumer::Consumer::subscribe(&consumer, &inputs).context("cannot subscribe")?;
     tracing::info!(
         input = ?cfg.inputs, output = %cfg.output, dlq = %cfg.dlq, group = %cfg.group,

@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use serde::Serialize;
-use shared_features::{OnlineEngine, Value, time::format_timestamp};
+use shared_features::{OnlineEngine, Split, Value, time::format_timestamp};
 use shared_models::Servable;
 
 /// Where an event came from.
@@ -65,6 +65,8 @@ pub struct Scorer {
     out: Vec<u8>,
     key: Vec<u8>,
     broken: bool,
+    /// Upstream of a repartition: forward rows to the repartition topic rather than score.
+    upstream: Option<crate::merge::Upstream>,
 }
 
 impl Scorer {
@@ -79,7 +81,19 @@ impl Scorer {
             out: Vec::with_capacity(512),
             key: Vec::with_capacity(32),
             broken: false,
+            upstream: None,
         }
+    }
+
+    /// A scorer upstream of a repartition ([`crate::merge`]): it runs the admission checks and
+    /// the windows keyed by the partition key, and its "prediction" is the record for the
+    /// repartition topic, keyed by the column the other windows are keyed by.
+    pub fn upstream(model: Arc<Servable>, max_event_bytes: usize) -> Self {
+        let mut s = Self::new(model, max_event_bytes);
+        s.engine = OnlineEngine::new(s.model.pipeline.clone(), s.model.tables.clone())
+            .with_split(Split::Upstream);
+        s.upstream = crate::merge::Upstream::of(&s.model.pipeline);
+        s
     }
 
     /// The model being served.
@@ -93,7 +107,16 @@ impl Scorer {
     pub fn swap(&mut self, model: Arc<Servable>) -> bool {
         let same = same_spec(&self.model, &model);
         if !same {
-            self.engine = OnlineEngine::new(model.pipeline.clone(), model.tables.clone());
+            let split = if self.upstream.is_some() {
+                Split::Upstream
+            } else {
+                Split::All
+            };
+            self.engine =
+                OnlineEngine::new(model.pipeline.clone(), model.tables.clone()).with_split(split);
+            if self.upstream.is_some() {
+                self.upstream = crate::merge::Upstream::of(&model.pipeline);
+            }
         }
         self.model = model;
         same
@@ -155,49 +178,50 @@ impl Scorer {
         fail_point(payload);
         let m = &*self.model;
         let p = &*m.pipeline;
-        let row = match self.engine.process(payload) {
-            Ok(Some(row)) => row,
+        match self.engine.process(payload) {
+            Ok(Some(_)) => {}
             Ok(None) => return Outcome::Filtered,
             Err(e) => return Outcome::Dead(e.to_string()),
-        };
-        let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
-        self.key.clear();
-        match &row[p.key] {
-            Value::Null => {}
-            Value::Str(s) => self.key.extend_from_slice(s.as_bytes()),
-            v => {
-                use std::io::Write;
-                let _ = write!(self.key, "{v}");
-            }
         }
-        // Keys are text from a JSON string or a number: valid UTF-8 either way.
-        let key = std::str::from_utf8(&self.key).unwrap_or_default();
-        m.fitted.transform(p, row, &mut self.x);
-        let score = m.model.predict_proba(&self.x);
-        let time = format_timestamp(event_time);
-        self.out.clear();
-        let pred = Prediction {
-            key,
-            event_time: &time,
-            event_time_ms: event_time,
-            score,
-            decision: m.model.decide(score),
-            model: &m.name,
-            version: m.version,
-            fingerprint: &m.fingerprint,
-            topic: pos.topic,
-            partition: pos.partition,
-            offset: pos.offset,
+        let row = self.engine.row();
+        if let Some(up) = &self.upstream {
+            let progress = self.engine.progress();
+            return up.forward(p, row, pos, progress, &mut self.key, &mut self.out);
+        }
+        let bufs = Bufs {
+            key: &mut self.key,
+            x: &mut self.x,
+            out: &mut self.out,
         };
-        // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score
-        // becomes null (serde_json), which the reader rejects loudly.
-        let _ = serde_json::to_writer(&mut self.out, &pred);
-        Outcome::Scored { event_time }
+        predict(m, row, pos, bufs)
+    }
+
+    /// Score a row whose features are all computed (downstream of a repartition, see
+    /// [`crate::merge`]), as [`Scorer::score`] scores an event.
+    pub fn score_row(&mut self, row: &[Value], pos: SourcePos<'_>) -> Outcome {
+        let bufs = Bufs {
+            key: &mut self.key,
+            x: &mut self.x,
+            out: &mut self.out,
+        };
+        let model = &self.model;
+        match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
+            Ok(outcome) => outcome,
+            Err(panic) => Outcome::Dead(format!(
+                "internal error while scoring (a bug; please report it): {}",
+                crate::log::panic_message(&*panic)
+            )),
+        }
     }
 
     /// The key of the last scored event (the output record's key).
     pub fn key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// The stream's progress (newest admitted event time), once an event was processed.
+    pub fn progress(&self) -> Option<i64> {
+        self.engine.progress()
     }
 
     /// Keys holding window state, summed over the pipeline's windows.
@@ -220,6 +244,56 @@ impl Scorer {
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.engine.load_state(bytes)
     }
+}
+
+/// The scorer's reusable output buffers.
+struct Bufs<'a> {
+    key: &'a mut Vec<u8>,
+    x: &'a mut Vec<f64>,
+    out: &'a mut Vec<u8>,
+}
+
+/// Write `text` of a key value into `buf` (null: nothing).
+pub(crate) fn key_text(v: &Value, buf: &mut Vec<u8>) {
+    buf.clear();
+    match v {
+        Value::Null => {}
+        Value::Str(s) => buf.extend_from_slice(s.as_bytes()),
+        v => {
+            use std::io::Write;
+            let _ = write!(buf, "{v}");
+        }
+    }
+}
+
+/// Encode, predict and write the prediction of a full feature row.
+fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
+    let p = &*m.pipeline;
+    let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
+    key_text(&row[p.key], b.key);
+    // Keys are text from a JSON string or a number: valid UTF-8 either way.
+    let key = std::str::from_utf8(b.key).unwrap_or_default();
+    m.fitted.transform(p, row, b.x);
+    let score = m.model.predict_proba(b.x);
+    let time = format_timestamp(event_time);
+    b.out.clear();
+    let pred = Prediction {
+        key,
+        event_time: &time,
+        event_time_ms: event_time,
+        score,
+        decision: m.model.decide(score),
+        model: &m.name,
+        version: m.version,
+        fingerprint: &m.fingerprint,
+        topic: pos.topic,
+        partition: pos.partition,
+        offset: pos.offset,
+    };
+    // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score becomes
+    // null (serde_json), which the reader rejects loudly.
+    let _ = serde_json::to_writer(&mut *b.out, &pred);
+    Outcome::Scored { event_time }
 }
 
 /// What window state depends on: the pipeline spec and the lookup and as-of tables, not the

@@ -47,6 +47,8 @@ pub enum To {
     Output,
     /// Dead letters.
     DeadLetters,
+    /// The repartition topic ([`crate::merge`]), to a given partition or by key.
+    Repartition(Option<i32>),
 }
 
 /// A delivery report.
@@ -159,6 +161,7 @@ pub struct Sink {
     producer: ThreadedProducer<SinkCtx>,
     output: String,
     dlq: String,
+    repartition: String,
     max_message_bytes: usize,
     backlog: VecDeque<Owned>,
     spare: Vec<Report>,
@@ -196,10 +199,17 @@ impl Sink {
             producer,
             output: output.to_string(),
             dlq: dlq.to_string(),
+            repartition: String::new(),
             max_message_bytes,
             backlog: VecDeque::new(),
             spare: Vec::new(),
         })
+    }
+
+    /// Send [`To::Repartition`] records to `topic`.
+    pub fn with_repartition(mut self, topic: &str) -> Self {
+        self.repartition = topic.to_string();
+        self
     }
 
     /// The largest record the producer sends (`message.max.bytes`).
@@ -257,10 +267,14 @@ impl Sink {
         let topic = match to {
             To::Output => &self.output,
             To::DeadLetters => &self.dlq,
+            To::Repartition(_) => &self.repartition,
         };
         let mut rec = BaseRecord::with_opaque_to(topic, tag.0)
             .key(key)
             .payload(payload);
+        if let To::Repartition(Some(p)) = to {
+            rec = rec.partition(p);
+        }
         if !headers.is_empty() {
             let mut h = OwnedHeaders::new_with_capacity(headers.len());
             for (name, value) in headers {
@@ -544,6 +558,22 @@ pub fn position_headers<'a>(
             pbuf.format(msg.partition()).as_bytes(),
         ),
         ("kml.source.offset", obuf.format(msg.offset()).as_bytes()),
+    ]
+}
+
+/// The `kml.source.*` headers of an event's position.
+pub fn source_headers<'a>(
+    pos: crate::score::SourcePos<'a>,
+    pbuf: &'a mut itoa::Buffer,
+    obuf: &'a mut itoa::Buffer,
+) -> [(&'static str, &'a [u8]); 3] {
+    [
+        ("kml.source.topic", pos.topic.as_bytes()),
+        (
+            "kml.source.partition",
+            pbuf.format(pos.partition).as_bytes(),
+        ),
+        ("kml.source.offset", obuf.format(pos.offset).as_bytes()),
     ]
 }
 

@@ -306,7 +306,7 @@ pub fn warm(
     from: Option<i64>,
     until: i64,
     skip: &BTreeSet<i64>,
-    scorer: &mut Scorer,
+    scorer: &mut dyn Warm,
     token: &CancellationToken,
     keep_alive: &mut dyn FnMut(),
 ) -> Result<Warmed> {
@@ -336,6 +336,18 @@ pub fn warm(
         );
     }
     Ok(w)
+}
+
+/// State a warm-up feeds events into without scoring them.
+pub trait Warm {
+    /// Take in one event; false when processing panicked.
+    fn warm(&mut self, payload: &[u8]) -> bool;
+}
+
+impl Warm for Scorer {
+    fn warm(&mut self, payload: &[u8]) -> bool {
+        Scorer::warm(self, payload)
+    }
 }
 
 /// What a warm-up did.

@@ -58,42 +58,55 @@ fn feed_writes_json_lines_in_event_order_and_reads_them_back_unchanged() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// A topic of several partitions cannot serve a pipeline with a window keyed by another column
-/// than the entity key: `--strict` refuses before any work (no broker is even reached), naming
-/// the window and its key; a pipeline whose windows are all keyed by the entity key is fed.
+/// A topic of several partitions cannot serve a pipeline with windows keyed by two columns
+/// other than the entity key (the scorer repartitions by one): `--strict` refuses before any
+/// work (no broker is even reached), naming the windows and their keys. The flights pipeline
+/// (one such column, `origin`) is fed to four partitions.
 #[test]
 fn feed_refuses_a_partitioning_the_pipeline_cannot_be_scored_on_with_strict() {
-    let feed = |pipeline: &str| {
-        scorer()
-            .current_dir(repo())
-            .args(["feed", "--brokers", "127.0.0.1:1", "--pipeline", pipeline])
-            .args(["--events", "data/flights/fixtures/raw/flights.csv"])
-            .args(["--topic", "t", "--partitions", "4", "--strict"])
-            .args(["-X", "socket.connection.setup.timeout.ms=1000"])
-            .args(["-X", "message.timeout.ms=1000"])
-            .output()
-            .unwrap()
-    };
-    let out = feed("data/flights/pipeline.toml");
+    let dir = common::tempdir("feed-strict");
+    let text = std::fs::read_to_string(repo().join("data/flights/pipeline.toml")).unwrap();
+    let two = text.replace(
+        "path = \"raw/",
+        &format!("path = \"{}/data/flights/raw/", repo().display()),
+    ) + "\n[[window]]\nname = \"dest_1h\"\nkey = \"dest\"\nlength = \"1h\"\n\
+           aggs = [{ name = \"de1_flights\", fn = \"count\" }]\n";
+    let two_keys = dir.join("two-keys.toml");
+    std::fs::write(&two_keys, two).unwrap();
+    let out = scorer()
+        .current_dir(repo())
+        .args(["feed", "--brokers", "127.0.0.1:1"])
+        .arg("--pipeline")
+        .arg(&two_keys)
+        .args(["--events", "data/flights/fixtures/raw/flights.csv"])
+        .args(["--topic", "t", "--partitions", "4", "--strict"])
+        .args(["-X", "socket.connection.setup.timeout.ms=1000"])
+        .args(["-X", "message.timeout.ms=1000"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("topic `t` has 4 partitions, keyed by `tailnum`")
-            && err.contains("`origin_1h` (keyed by `origin`)")
+            && err.contains("`origin_1h` (keyed by `origin`), `dest_1h` (keyed by `dest`)")
             && err.contains("--partitions 1"),
         "{err}"
     );
-    // The aircraft pipeline (every window keyed by the entity key) is fed to four partitions.
+    // The flights pipeline is fed to four partitions, and told how it will be scored.
     let broker = Broker::start();
     let out = run_ok(
         scorer()
             .current_dir(repo())
             .args(["feed", "--brokers", &broker.addr])
-            .args(["--pipeline", "data/flights/pipeline-by-aircraft.toml"])
+            .args(["--pipeline", "data/flights/pipeline.toml"])
             .args(["--events", "data/flights/fixtures/raw/flights.csv"])
             .args(["--topic", "t", "--partitions", "4", "--strict", "--json"]),
     );
     assert_eq!(json_out(&out)["fed"], 2699);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("partitions, keyed by"), "{err}");
+    assert!(
+        err.contains("behind a repartition topic keyed by `origin`"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -540,3 +540,159 @@ fn read_fixture_events() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         })
         .collect()
 }
+
+/// The offline engine's score of every fixture flight that becomes a feature vector, by
+/// (aircraft, event time ms): the bundle's model over `offline::run`'s rows.
+fn offline_scores(store: &std::path::Path, model: &str) -> BTreeMap<(String, i64), u64> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = rt.block_on(async {
+        let reg = shared_models::Registry::open(&store_url(store)).unwrap();
+        let manifest = reg
+            .resolve(&shared_models::ModelRef::parse(model).unwrap())
+            .await
+            .unwrap();
+        let bundle = reg.fetch(&manifest).await.unwrap();
+        shared_models::Servable::from_bundle(&bundle).unwrap()
+    });
+    let p = &m.pipeline;
+    let events = repo().join(FIXTURES).join("raw/flights.csv");
+    let off = shared_features::offline::run(p, &events, &repo().join(FIXTURES)).unwrap();
+    let mut x = Vec::new();
+    let mut out = BTreeMap::new();
+    for row in &off.rows {
+        m.fitted.transform(p, row, &mut x);
+        let key = row[p.key].key_text().unwrap();
+        let t = row[p.event_time_col()].as_i64().unwrap();
+        let score = m.model.predict_proba(&x).to_bits();
+        assert!(
+            out.insert((key.clone(), t), score).is_none(),
+            "two flights of {key} at {t}: (aircraft, time) does not identify an event"
+        );
+    }
+    out
+}
+
+/// Windows keyed by another column than the partition key (test d): the flights pipeline,
+/// whose `origin_1h` window is keyed by airport, on a 4-partition topic keyed by aircraft,
+/// scored by 2 instances through the repartition topic. Every event the offline engine turns
+/// into a feature vector gets a prediction, with the score of the offline engine's vector bit
+/// for bit, so the vectors are the same (the model is the same function of them).
+#[test]
+fn two_instances_repartition_the_flights_pipeline_and_match_the_offline_engine() {
+    let broker = Broker::start();
+    let store = tempdir("repartition");
+    fit_with(PIPELINE, &store_url(&store), "champion", &[], &[]);
+    create_topic(&broker, "flights", 4);
+    let mut args = run_args(&broker, &store, "flights", "rep");
+    for a in [
+        "--idle-after",
+        "2",
+        "--exit-when-idle",
+        "8",
+        "--checkpoint-interval",
+        "off",
+        "--json",
+        "-X",
+        "auto.commit.interval.ms=100",
+    ] {
+        args.push(a.to_string());
+    }
+    let start = |name: &str| {
+        Guard::new(
+            scorer()
+                .current_dir(repo())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(store.join(name)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let a = start("a.log");
+    let b = start("b.log");
+    wait_until("both members hold partitions of both topics", 60, || {
+        ["a.log", "b.log"].iter().all(|f| {
+            std::fs::read_to_string(store.join(f))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .find(|l| l.contains("partitions assigned"))
+                .is_some_and(|l| l.contains("flights/") && l.contains("repartition/"))
+        })
+    });
+    let out = run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", &broker.addr, "--pipeline", PIPELINE])
+            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+            .args(["--topic", "flights", "--json"]),
+    );
+    assert_eq!(json_out(&out)["fed"], 2699);
+    let (sa, sb) = (a.output(), b.output());
+    for (s, log) in [(&sa, "a.log"), (&sb, "b.log")] {
+        let text = std::fs::read_to_string(store.join(log)).unwrap();
+        assert!(s.status.success(), "{text}");
+    }
+    let (sa, sb) = (json_out(&sa), json_out(&sb));
+    eprintln!("instance a: {sa}\ninstance b: {sb}");
+    for s in [&sa, &sb] {
+        assert!(
+            s["forwarded"].as_u64().unwrap() > 0 && s["predicted"].as_u64().unwrap() > 0,
+            "each instance forwards rows and scores merged ones: {s}"
+        );
+    }
+
+    let reference = offline_scores(&store, "flights_delay@champion");
+    let mut identical = 0;
+    let mut seen: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    for p in read_every_partition(&broker, "flights.pred") {
+        let v = p.json();
+        let at = (
+            v["key"].as_str().unwrap().to_string(),
+            v["event_time_ms"].as_i64().unwrap(),
+        );
+        let src = (
+            v["partition"].as_i64().unwrap(),
+            v["offset"].as_i64().unwrap(),
+        );
+        let score = v["score"].as_f64().unwrap().to_bits();
+        let want = reference.get(&at);
+        assert!(
+            want.is_some(),
+            "{at:?} ({src:?}): a prediction offline has no vector for"
+        );
+        if want == Some(&score) {
+            identical += 1;
+        } else {
+            panic!(
+                "{at:?} ({src:?}): online score {} is not the offline engine's {}",
+                f64::from_bits(score),
+                f64::from_bits(*want.unwrap())
+            );
+        }
+        if let Some(before) = seen.insert(at.clone(), src) {
+            assert_eq!(before, src, "{at:?} predicted for two source positions");
+        }
+    }
+    let missing: Vec<_> = reference
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .collect();
+    eprintln!(
+        "repartitioned: {} of {} offline vectors predicted online, {identical} predictions \
+         identical to the offline engine's",
+        seen.len(),
+        reference.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} events never predicted: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        read_every_partition(&broker, "flights.dlq").is_empty(),
+        "nothing is dead-lettered"
+    );
+    std::fs::remove_dir_all(&store).ok();
+}

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoints;
 use crate::kafka::{self, LogCtx};
+use crate::merge::{self, Merge, Pushed};
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
@@ -51,6 +52,11 @@ struct Part {
     partition: i32,
     /// `None`: rebuild window state before the next event.
     scorer: Option<Scorer>,
+    /// A partition of the repartition topic: its merge (`None`: rebuild it first).
+    is_merge: bool,
+    merge: Option<Merge>,
+    /// When the partition last delivered an event (for idle marks).
+    last_event: Instant,
     /// Offsets of events whose scoring panicked: left out when the state is rebuilt.
     poison: BTreeSet<i64>,
     /// The offset after the last event consumed.
@@ -80,6 +86,9 @@ impl Part {
             topic: topic.to_string(),
             partition,
             scorer: None,
+            is_merge: false,
+            merge: None,
+            last_event: Instant::now(),
             poison: BTreeSet::new(),
             next: -1,
             resume: None,
@@ -142,6 +151,26 @@ pub struct Live {
     ckpt: Option<Checkpoints>,
     /// [`state_fingerprint`] of the model serving.
     state_fp: String,
+    /// Repartitioning: the input partitions assigned (with when), the marks sent last.
+    marks: std::collections::BTreeMap<i32, MarkSent>,
+    marks_at: Instant,
+}
+
+/// The last mark an input partition sent to the repartition topic.
+struct MarkSent {
+    assigned: Instant,
+    sent: Option<i64>,
+}
+
+/// The state fingerprint snapshots are written and restored under: an upstream scorer's
+/// state (without the windows keyed by another column) is not a whole one.
+fn state_fp_of(m: &Servable, repartition: bool) -> String {
+    let fp = state_fingerprint(m);
+    if repartition {
+        format!("{fp}+upstream")
+    } else {
+        fp
+    }
 }
 
 impl Live {
@@ -164,7 +193,7 @@ impl Live {
         hard: CancellationToken,
         ckpt: Option<Checkpoints>,
     ) -> Self {
-        let state_fp = state_fingerprint(&model);
+        let state_fp = state_fp_of(&model, cfg.repartition.is_some());
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
         Self {
             cfg,
@@ -188,6 +217,8 @@ impl Live {
             latency,
             ckpt,
             state_fp,
+            marks: Default::default(),
+            marks_at: Instant::now(),
         }
     }
 
@@ -206,6 +237,7 @@ impl Live {
                 continue;
             }
             let n = self.consume_batch()?;
+            self.send_marks();
             self.checkpoints_done();
             self.maybe_checkpoint();
             if self.cfg.exactly_once() {
@@ -221,11 +253,22 @@ impl Live {
                 idle_since = Instant::now(); // idle means nothing to read, not still joining
             }
             let quiet = self.sink.in_flight() == 0 && self.txn.started.is_none();
+            // Events held in a merge wait for idle marks (--idle-after) before they count.
+            let held = self
+                .parts
+                .iter()
+                .flatten()
+                .any(|p| p.merge.as_ref().is_some_and(|m| m.held() > 0));
+            let wait = if held {
+                self.cfg.idle_after * 2
+            } else {
+                Duration::ZERO
+            };
             if quiet
                 && self
                     .cfg
                     .exit_when_idle
-                    .is_some_and(|l| idle_since.elapsed() >= l)
+                    .is_some_and(|l| idle_since.elapsed() >= l + wait)
             {
                 tracing::info!("idle; exiting");
                 break;
@@ -284,7 +327,13 @@ impl Live {
                         self.parts.len() - 1
                     }
                 };
-                self.parts[i] = Some(Part::new(topic, partition));
+                let mut part = Part::new(topic, partition);
+                part.is_merge = self
+                    .cfg
+                    .repartition
+                    .as_ref()
+                    .is_some_and(|r| r.topic == topic);
+                self.parts[i] = Some(part);
                 self.tracker.reset(i, None);
                 i
             }
@@ -305,13 +354,14 @@ impl Live {
         timestamp: Option<i64>,
         headers: &[(&'static str, &[u8])],
         source: &SourceEvent<'_>,
+        to: To,
     ) {
-        let tag = self.tracker.expect(slot, seq, false);
+        let mut tag = self.tracker.expect(slot, seq, false);
+        if matches!(to, To::Repartition(_)) {
+            tag = tag.as_forwarded();
+        }
         self.metrics.in_flight.set(self.tracker.in_flight() as i64);
-        match self
-            .sink
-            .send(To::Output, key, payload, timestamp, headers, tag)
-        {
+        match self.sink.send(to, key, payload, timestamp, headers, tag) {
             Ok(()) => {}
             Err(SendError::TooLarge(n)) => {
                 let why = format!(
@@ -451,6 +501,7 @@ impl Live {
         };
         self.tracker.reset(slot, Some(offset));
         p.scorer = None;
+        p.merge = None;
         p.next = offset;
         if let Err(e) = self.consumer.seek(
             &p.topic,
@@ -504,7 +555,10 @@ impl Live {
             .parts
             .iter()
             .flatten()
-            .filter_map(|p| p.scorer.as_ref().map(Scorer::state_keys))
+            .map(|p| {
+                p.scorer.as_ref().map_or(0, Scorer::state_keys)
+                    + p.merge.as_ref().map_or(0, Merge::state_keys)
+            })
             .sum();
         self.metrics.window_keys.set(keys as i64);
         if let Some(fatal) = self.sink.fatal() {
@@ -529,7 +583,10 @@ impl Live {
                     }
                 }
                 let dead = r.tag.is_dead_letter();
-                if self.cfg.exactly_once() {
+                if r.tag.is_forwarded() && !dead {
+                    self.summary.forwarded += 1;
+                    self.metrics.forwarded.inc();
+                } else if self.cfg.exactly_once() {
                     if dead {
                         self.txn.dead += 1;
                     } else {
@@ -641,13 +698,25 @@ impl Live {
                             self.parts[slot] = None;
                             self.tracker.reset(slot, None);
                         }
+                        self.marks.remove(&p);
                     }
                     // The partitions kept go back to the last committed transaction.
                     if self.cfg.exactly_once() && self.txn.started.is_some() {
                         self.abort_transaction("partitions revoked mid-transaction");
                     }
                 }
-                Rebalanced::Assigned(_) => {
+                Rebalanced::Assigned(ps) => {
+                    if let Some(r) = &self.cfg.repartition {
+                        for (_, p) in ps.iter().filter(|(t, _)| *t == r.input) {
+                            self.marks.insert(
+                                *p,
+                                MarkSent {
+                                    assigned: Instant::now(),
+                                    sent: None,
+                                },
+                            );
+                        }
+                    }
                     // State is built on each partition's first message, from wherever the
                     // group's committed offset puts it. (With cooperative rebalancing an
                     // assignment lists only the partitions added.)
@@ -668,10 +737,16 @@ impl Live {
                 kept = false;
                 p.scorer = None; // rebuilt with the new pipeline before the next event
             }
+            if let Some(g) = p.merge.as_mut()
+                && !g.swap(m.clone())
+            {
+                kept = false;
+                p.merge = None;
+            }
         }
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
-        self.state_fp = state_fingerprint(&m);
+        self.state_fp = state_fp_of(&m, self.cfg.repartition.is_some());
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
     }
@@ -756,6 +831,10 @@ impl Live {
             &self.cfg.dlq,
             self.cfg.transactional_id.as_deref(),
         )?;
+        let sink = match &self.cfg.repartition {
+            Some(r) => sink.with_repartition(&r.topic),
+            None => sink,
+        };
         if self.cfg.exactly_once() {
             crate::retry_until_cancelled(&self.token, "cannot initialise transactions", || {
                 sink.init_transactions(Duration::from_secs(10))
@@ -859,6 +938,9 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         anyhow::bail!("more than {MAX_SLOTS} input partitions");
     }
     let offset = msg.offset();
+    if live.parts[slot].as_ref().is_some_and(|p| p.is_merge) {
+        return on_merge_message(live, slot, msg);
+    }
     if live.parts[slot]
         .as_ref()
         .is_some_and(|p| p.scorer.is_none())
@@ -883,6 +965,7 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
     };
     part.next = offset + 1;
     part.ckpt_events += 1;
+    part.last_event = now;
     if part.resume.is_none() {
         part.resume = Some(offset);
     }
@@ -900,7 +983,7 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
             timestamp: ts,
             position: &position,
         };
-        live.send(slot, seq, key, payload, ts, &[], &source);
+        live.send(slot, seq, key, payload, ts, &[], &source, To::Output);
         return Ok(());
     }
     // The scorer leaves its slot while its buffers are borrowed for the send.
@@ -924,8 +1007,14 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
     match outcome {
         Outcome::Scored { event_time } => {
             let all = lineage_headers(&position, &scorer.model().id);
-            let headers: &[(&'static str, &[u8])] =
-                if live.cfg.lineage_headers { &all } else { &[] };
+            let (headers, to): (&[(&'static str, &[u8])], To) = if live.cfg.repartition.is_some() {
+                // The source position is in the record; lineage goes on the prediction.
+                (&[], To::Repartition(None))
+            } else if live.cfg.lineage_headers {
+                (&all, To::Output)
+            } else {
+                (&[], To::Output)
+            };
             let (key, prediction) = (scorer.key(), scorer.prediction());
             live.send(
                 slot,
@@ -935,6 +1024,7 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
                 Some(event_time),
                 headers,
                 &source,
+                to,
             );
         }
         Outcome::Filtered => {
@@ -961,6 +1051,136 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         part.scorer = Some(scorer);
     }
     Ok(())
+}
+
+/// Take in one record of the repartition topic and score what its merge releases.
+fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> Result<()> {
+    let now = Instant::now();
+    let offset = msg.offset();
+    if live.parts[slot].as_ref().is_some_and(|p| p.merge.is_none()) {
+        live.rebuild_merge(slot, offset)?;
+    }
+    let seq = live.tracker.begin(slot, offset, now);
+    let Some(part) = live.parts[slot].as_mut() else {
+        return Ok(());
+    };
+    part.next = offset + 1;
+    let Some(mut merge) = part.merge.take() else {
+        return Ok(());
+    };
+    match merge.push(msg.payload().unwrap_or_default(), Some(seq)) {
+        Pushed::Held => live.tracker.hold(slot, seq),
+        Pushed::Done => {}
+        Pushed::Refused(why) => {
+            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let position = position_headers(msg, &mut pbuf, &mut obuf);
+            let tag = live.tracker.expect(slot, seq, true);
+            let (key, payload) = (
+                msg.key().unwrap_or_default(),
+                msg.payload().unwrap_or_default(),
+            );
+            let ts = msg.timestamp().to_millis();
+            live.send_dead_letter(tag, key, payload, ts, &position, &why);
+        }
+    }
+    merge.release(|scorer, r| {
+        let Some(seq) = r.seq else {
+            return; // consumed at warm-up: delivered before
+        };
+        let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let position = crate::sink::source_headers(r.pos, &mut pbuf, &mut obuf);
+        match r.outcome {
+            Some(Outcome::Scored { event_time }) => {
+                let all = lineage_headers(&position, &scorer.model().id);
+                let headers: &[(&'static str, &[u8])] =
+                    if live.cfg.lineage_headers { &all } else { &[] };
+                let (key, prediction) = (scorer.key(), scorer.prediction());
+                let source = SourceEvent {
+                    key,
+                    payload: prediction,
+                    timestamp: Some(event_time),
+                    position: &position,
+                };
+                live.send(
+                    slot,
+                    seq,
+                    key,
+                    prediction,
+                    Some(event_time),
+                    headers,
+                    &source,
+                    To::Output,
+                );
+            }
+            Some(Outcome::Dead(why)) => {
+                let tag = live.tracker.expect(slot, seq, true);
+                live.send_dead_letter(tag, &[], &[], None, &position, &why);
+            }
+            Some(Outcome::Filtered) | None => {}
+        }
+        live.tracker.unhold(slot, seq);
+    });
+    if let Some(part) = live.parts[slot].as_mut() {
+        part.merge = Some(merge);
+    }
+    Ok(())
+}
+
+impl Live {
+    /// Repartitioning: send each assigned input partition's mark to every partition of the
+    /// repartition topic when it changed (at most every 100 ms): its newest event time less
+    /// the lateness, or [`merge::IDLE`] once it has delivered nothing for `--idle-after`.
+    fn send_marks(&mut self) {
+        let Some(r) = self.cfg.repartition.clone() else {
+            return;
+        };
+        if self.marks_at.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.marks_at = Instant::now();
+        let lateness = self.model.pipeline.lateness_ms;
+        let partitions: Vec<i32> = self.marks.keys().copied().collect();
+        for p in partitions {
+            let part = self
+                .parts
+                .iter()
+                .flatten()
+                .find(|x| !x.is_merge && x.partition == p && x.topic == r.input);
+            if part.is_some_and(|x| x.rewind_at.is_some()) || self.paused_for_backlog {
+                continue; // not idle, only held back
+            }
+            let Some(m) = self.marks.get(&p) else {
+                continue;
+            };
+            let quiet_since = part.map_or(m.assigned, |x| x.last_event.max(m.assigned));
+            let mark = if quiet_since.elapsed() >= self.cfg.idle_after {
+                Some(merge::IDLE)
+            } else {
+                part.and_then(|x| x.scorer.as_ref())
+                    .and_then(Scorer::progress)
+                    .map(|t| t.saturating_sub(lateness))
+            };
+            let Some(mark) = mark else {
+                continue;
+            };
+            if m.sent == Some(mark) {
+                continue;
+            }
+            let bytes = merge::mark_record(p, mark);
+            for to in 0..r.partitions {
+                let tag = Tag::untracked();
+                if let Err(e) =
+                    self.sink
+                        .send(To::Repartition(Some(to)), &[], &bytes, None, &[], tag)
+                {
+                    tracing::warn!(error = ?e, "cannot send a mark; the next one catches up");
+                }
+            }
+            if let Some(m) = self.marks.get_mut(&p) {
+                m.sent = Some(mark);
+            }
+        }
+    }
 }
 
 /// The consumed event an output stands for: what goes to the dead-letter topic when the output

@@ -11,6 +11,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{Live, Part};
 use crate::checkpoint::{Header, PRUNE_LAG, Written};
+use crate::merge::Merge;
 use crate::score::Scorer;
 use crate::source::{self, SourceCtx};
 
@@ -41,6 +42,49 @@ impl Live {
         result
     }
 
+    /// Build the merge of repartition partition `slot` from its records before `offset` (no
+    /// checkpoints yet: from the partition's beginning), keeping the group alive meanwhile.
+    pub(super) fn rebuild_merge(&mut self, slot: usize, offset: i64) -> Result<()> {
+        let Some(r) = self.cfg.repartition.as_ref() else {
+            return Ok(());
+        };
+        let Some(part) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        self.metrics.set_ready(false);
+        tracing::info!(
+            partition = %format!("{}/{}", part.topic, part.partition), resume = offset,
+            "rebuilding a merge of the repartition topic; not ready meanwhile"
+        );
+        let mut merge = Merge::new(self.model.clone(), &r.input, r.inputs);
+        let consumer = self.consumer.clone();
+        let mut held = Held::default();
+        let w = source::warm(
+            &self.reader,
+            (&part.topic, part.partition),
+            None,
+            offset,
+            &part.poison,
+            &mut merge,
+            &self.token,
+            &mut || held.keep_alive(&consumer),
+        );
+        held.release(
+            &consumer,
+            &self.parts,
+            (slot, offset),
+            self.paused_for_backlog,
+        );
+        self.metrics.set_ready(true);
+        let w = w?;
+        self.summary.warmed += w.events;
+        self.metrics.warmed.inc_by(w.events);
+        if let Some(part) = self.parts.get_mut(slot).and_then(Option::as_mut) {
+            part.merge = Some(merge);
+        }
+        Ok(())
+    }
+
     fn rebuild_with(
         &mut self,
         slot: usize,
@@ -51,7 +95,11 @@ impl Live {
             return Ok(());
         };
         loop {
-            let mut scorer = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
+            let mut scorer = if self.cfg.repartition.is_some() {
+                Scorer::upstream(self.model.clone(), self.cfg.max_event_bytes)
+            } else {
+                Scorer::new(self.model.clone(), self.cfg.max_event_bytes)
+            };
             let from = self.ckpt.as_ref().and_then(|c| {
                 let mut refused = 0;
                 let got = c.restore(
