@@ -230,7 +230,8 @@ fn check_partitioning(p: &Pipeline, topic: &str, partitions: i32, strict: bool) 
         Ok(None) => Ok(()),
         Ok(Some(by)) => {
             tracing::info!(
-                "topic `{topic}` has {partitions} partitions, keyed by `{}`: `scorer run`                  computes the windows {} behind a repartition topic keyed by `{by}`",
+                "topic `{topic}` has {partitions} partitions, keyed by `{}`: `scorer run` computes \
+                 the windows {} behind a repartition topic keyed by `{by}`",
                 p.layout[p.key].name,
                 spread.join(", ")
             );
@@ -238,7 +239,9 @@ fn check_partitioning(p: &Pipeline, topic: &str, partitions: i32, strict: bool) 
         }
         Err(why) => {
             let msg = format!(
-                "topic `{topic}` has {partitions} partitions, keyed by `{}`, and the windows {}                  are keyed by other columns: {why}; `scorer run` refuses this topic for this                  pipeline. Feed it with --partitions 1",
+                "topic `{topic}` has {partitions} partitions, keyed by `{}`, and the windows {} \
+                 are keyed by other columns: {why}; `scorer run` refuses this topic for this \
+                 pipeline. Feed it with --partitions 1",
                 p.layout[p.key].name,
                 spread.join(", ")
             );

@@ -11,8 +11,8 @@
 //!   its source position and the partition's *mark*: its newest event time less the lateness.
 //!   Every admitted event of the partition is at or after the mark it advertised before, so
 //!   the mark is a watermark. Marks also go to every repartition partition on their own
-//!   ([`Record::Mark`]), and a partition that delivered nothing for `--idle-after` is marked
-//!   idle (no bound).
+//!   ([`Record::Mark`]), and a partition that delivered nothing for `--idle-after` and is read
+//!   to its end is marked idle (no bound).
 //! - **Downstream**, per repartition partition ([`Merge`]): records are held in
 //!   `(event time, partition key, input partition, input offset)` order until the smallest
 //!   mark over all input partitions has passed them; then the windows keyed by the other
@@ -20,12 +20,18 @@
 //!   That order is the offline engine's (event time, ties by partition key, then file order),
 //!   so the two agree by construction; `trainer parity --partitions N` measures it.
 //!
+//! An idle partition still bounds what is released for the grace (`--idle-after`): an event
+//! behind the active partitions' marks but not behind the idle one's last mark is released
+//! once it has waited that long, so a partition that resumes with older events within the
+//! grace is not overtaken (a topic fed in bursts after a pause).
+//!
 //! A record's input offset at or below the newest one seen from its partition is a repeat
 //! (upstream rescored after a restart) and is skipped. A record behind what was released
-//! already (possible only after its partition was marked idle) is dead-lettered as late.
+//! already (possible only when its partition resumed after the grace) is dead-lettered as late.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shared_features::{Key, Pipeline, Row, Split, Stages, Value};
@@ -172,6 +178,8 @@ struct Held {
     /// The event's sequence number in the live loop's tracker; `None`: read at warm-up, its
     /// prediction was delivered before.
     seq: Option<u64>,
+    /// When it arrived (the grace before idle partitions stop holding it back).
+    at: Instant,
 }
 
 /// What [`Merge::push`] did with a record.
@@ -205,9 +213,12 @@ pub struct Merge {
     marks: Vec<i64>,
     idle: Vec<bool>,
     seen: Vec<i64>,
-    /// Every event before this time has been released.
-    frontier: i64,
+    /// The last event released: one before it in the merge's order can no longer be placed.
+    last: Option<Order>,
     held: BTreeMap<Order, Held>,
+    /// How long an event waits for the last marks of idle partitions before they stop holding
+    /// it back.
+    grace: Duration,
 }
 
 impl Merge {
@@ -222,9 +233,17 @@ impl Merge {
             marks: vec![i64::MIN; partitions],
             idle: vec![false; partitions],
             seen: vec![-1; partitions],
-            frontier: i64::MIN,
+            last: None,
             held: BTreeMap::new(),
+            grace: Duration::ZERO,
         }
+    }
+
+    /// Hold events back for up to `grace` when an idle input partition's last mark is behind
+    /// them (a partition resuming after the others went idle gets that long to catch up).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// The scorer (model, buffers of the last prediction).
@@ -300,7 +319,9 @@ impl Merge {
                 let Some(t) = row[p.event_time_col()].as_i64() else {
                     return Pushed::Refused("row without an event time".into());
                 };
-                if t < self.frontier {
+                let key = Key::of(&row[p.key]);
+                let order = (t, key, partition, offset);
+                if self.last.as_ref().is_some_and(|l| &order < l) {
                     return Pushed::Refused(format!(
                         "late event: event time {} of {}/{partition}@{offset} is behind events \
                          already scored after its partition was idle",
@@ -308,40 +329,54 @@ impl Merge {
                         self.input
                     ));
                 }
-                let key = Key::of(&row[p.key]);
                 let mut full = row;
                 full.resize(p.layout.len(), Value::Null);
-                self.held
-                    .insert((t, key, partition, offset), Held { row: full, seq });
+                self.held.insert(
+                    order,
+                    Held {
+                        row: full,
+                        seq,
+                        at: Instant::now(),
+                    },
+                );
                 Pushed::Held
             }
         }
     }
 
-    /// The smallest mark over the input partitions (idle ones bound nothing).
-    fn watermark(&self) -> i64 {
-        self.marks
+    /// The smallest mark over the input partitions: `(strict, loose)`, where `strict` counts
+    /// an idle partition's last mark and `loose` does not (idle ones bound nothing).
+    fn watermarks(&self) -> (i64, i64) {
+        let strict = self.marks.iter().copied().min().unwrap_or(i64::MIN);
+        let loose = self
+            .marks
             .iter()
             .zip(&self.idle)
             .map(|(&m, &idle)| if idle { IDLE } else { m })
             .min()
-            .unwrap_or(i64::MIN)
+            .unwrap_or(i64::MIN);
+        (strict, loose)
     }
 
     /// Release, in order, every held event before the watermark: the remaining windows and
     /// derived features are computed and, for an event consumed live, it is scored; `f` gets
-    /// each one.
+    /// each one. An event behind the marks of the active partitions but not behind an idle
+    /// partition's last mark waits the grace first, so that a partition that resumes with
+    /// older events is not overtaken at once.
     pub fn release(&mut self, mut f: impl FnMut(&Scorer, Released<'_>)) {
-        let w = self.watermark();
-        if w == i64::MIN {
+        let (strict, loose) = self.watermarks();
+        if loose == i64::MIN {
             return;
         }
-        self.frontier = self.frontier.max(w);
         while let Some(entry) = self.held.first_entry() {
-            if entry.key().0 >= w {
+            let t = entry.key().0;
+            let due = t < strict || (t < loose && entry.get().at.elapsed() >= self.grace);
+            if !due {
                 break;
             }
-            let ((_, _, partition, offset), mut h) = entry.remove_entry();
+            let (order, mut h) = entry.remove_entry();
+            let (partition, offset) = (order.2, order.3);
+            self.last = Some(order);
             let p = &*self.pipeline;
             // Downstream refuses nothing: admission happened upstream.
             let _ = self.stages.process_split(p, &mut h.row, Split::Downstream);
@@ -360,6 +395,102 @@ impl Merge {
                 },
             );
         }
+    }
+}
+
+/// The format of [`Merge::save_state`].
+const MERGE_FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct MergeRef<'a> {
+    format: u32,
+    stages: Vec<u8>,
+    marks: &'a [i64],
+    idle: &'a [bool],
+    seen: &'a [i64],
+    last: Option<Order>,
+    held: Vec<(&'a Order, &'a [Value])>,
+}
+
+#[derive(Deserialize)]
+struct MergeSnapshot {
+    format: u32,
+    stages: Vec<u8>,
+    marks: Vec<i64>,
+    idle: Vec<bool>,
+    seen: Vec<i64>,
+    last: Option<Order>,
+    held: Vec<(Order, Row)>,
+}
+
+impl Merge {
+    /// Everything later records depend on, as bytes for a checkpoint: the downstream window
+    /// state, the marks, the newest offset seen per input partition and the rows held. Rows
+    /// held at a snapshot are not yet scored; a restore at a commit at or past the snapshot
+    /// knows they were scored by then (their records are below the commit), so they come back
+    /// without a prediction due.
+    pub fn save_state(&self) -> Vec<u8> {
+        let snap = MergeRef {
+            format: MERGE_FORMAT,
+            stages: self.stages.save(),
+            marks: &self.marks,
+            idle: &self.idle,
+            seen: &self.seen,
+            last: self.last.clone(),
+            held: self.held.iter().map(|(k, h)| (k, &h.row[..])).collect(),
+        };
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Replace the state with one [`Merge::save_state`] saved for the same pipeline and input.
+    /// Bytes that do not decode or do not fit are refused with the reason; on error nothing
+    /// changes.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: MergeSnapshot =
+            postcard::from_bytes(bytes).map_err(|e| format!("merge state does not decode: {e}"))?;
+        if s.format != MERGE_FORMAT {
+            return Err(format!(
+                "merge state of format {}, this build reads format {MERGE_FORMAT}",
+                s.format
+            ));
+        }
+        let n = self.marks.len();
+        if s.marks.len() != n || s.idle.len() != n || s.seen.len() != n {
+            return Err(format!(
+                "merge state for {} input partitions, `{}` has {n}",
+                s.marks.len(),
+                self.input
+            ));
+        }
+        let p = &*self.pipeline;
+        if let Some((_, row)) = s.held.iter().find(|(_, r)| r.len() != p.layout.len()) {
+            return Err(format!(
+                "a held row of {} columns, the pipeline has {}",
+                row.len(),
+                p.layout.len()
+            ));
+        }
+        let stages = Stages::load(p, &s.stages)?;
+        self.stages = stages;
+        self.marks = s.marks;
+        self.idle = s.idle;
+        self.seen = s.seen;
+        self.last = s.last;
+        self.held = s
+            .held
+            .into_iter()
+            .map(|(k, row)| {
+                (
+                    k,
+                    Held {
+                        row,
+                        seq: None,
+                        at: Instant::now(),
+                    },
+                )
+            })
+            .collect();
+        Ok(())
     }
 }
 

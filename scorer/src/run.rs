@@ -360,12 +360,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         {
             if cfg.inputs.len() > 1 {
                 bail!(
-                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}`                      need a repartition step, which takes one input topic; give one --input"
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
+                     need a repartition step, which takes one input topic; give one --input"
                 );
             }
             if cfg.exactly_once() {
                 bail!(
-                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}`                      need a repartition step, which runs at-least-once only (drop                      --exactly-once, or use one partition)"
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
+                     need a repartition step, which runs at-least-once only (drop --exactly-once, \
+                     or use one partition)"
                 );
             }
             let topic = cfg

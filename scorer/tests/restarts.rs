@@ -797,3 +797,65 @@ fn a_repartitioned_instance_killed_mid_stream_loses_nothing() {
     eprintln!("{repeats} events predicted again after the kill");
     std::fs::remove_dir_all(&store).ok();
 }
+
+/// A partition with events still to read is never marked idle, however short `--idle-after`:
+/// the whole fixture topic waits before one instance starts, with a 50 ms idle bound, and
+/// still no event falls behind the merge (nothing dead-lettered, every score the offline one).
+#[test]
+fn a_backlog_is_not_idle() {
+    let broker = Broker::start();
+    let store = tempdir("repartition-backlog");
+    fit_with(PIPELINE, &store_url(&store), "champion", &[], &[]);
+    create_topic(&broker, "flights", 4);
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--brokers", &broker.addr, "--pipeline", PIPELINE])
+            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+            .args(["--topic", "flights"]),
+    );
+    let mut args = repartition_args(&broker, &store, "backlog");
+    let at = args.iter().position(|a| a == "--idle-after").unwrap();
+    args[at + 1] = "0.05".into();
+    let at = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[at + 1] = "10".into();
+    let out = run_ok(scorer().current_dir(repo()).args(&args));
+    let s = json_out(&out);
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+    assert_eq!(check_against_offline(&broker, &store), (2677, 0));
+    std::fs::remove_dir_all(&store).ok();
+}
+
+/// Merges are checkpointed like input partitions: a repartitioned run that stops cleanly leaves
+/// snapshots at its commits, the next run restores them (reading nothing to warm up) and
+/// scores the new events with the offline engine's scores.
+#[test]
+fn a_repartitioned_restart_restores_merges_from_checkpoints() {
+    let broker = Broker::start();
+    let store = tempdir("repartition-restart");
+    fit_with(PIPELINE, &store_url(&store), "champion", &[], &[]);
+    create_topic(&broker, "flights", 4);
+    let feed = |range: [&str; 2]| {
+        run_ok(
+            scorer()
+                .current_dir(repo())
+                .args(["feed", "--brokers", &broker.addr, "--pipeline", PIPELINE])
+                .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+                .args(["--topic", "flights", range[0], range[1]]),
+        );
+    };
+    let args = repartition_args(&broker, &store, "restart");
+    feed(["--to", "2013-01-03"]);
+    let first = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    assert!(first["checkpoints"].as_u64().unwrap() >= 8, "{first}");
+    feed(["--from", "2013-01-03"]);
+    let second = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    eprintln!("first run: {first}\nsecond run: {second}");
+    assert_eq!(
+        second["restored"], 8,
+        "4 input partitions and 4 merges restored: {second}"
+    );
+    assert_eq!(second["warmed"], 0, "snapshots at the commits: {second}");
+    assert_eq!(check_against_offline(&broker, &store), (2677, 0));
+    std::fs::remove_dir_all(&store).ok();
+}

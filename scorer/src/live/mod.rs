@@ -154,12 +154,16 @@ pub struct Live {
     /// Repartitioning: the input partitions assigned (with when), the marks sent last.
     marks: std::collections::BTreeMap<i32, MarkSent>,
     marks_at: Instant,
+    /// When the merges' held events were last looked at (the grace, see [`Merge::release`]).
+    released_at: Instant,
 }
 
 /// The last mark an input partition sent to the repartition topic.
 struct MarkSent {
     assigned: Instant,
     sent: Option<i64>,
+    /// When the partition's end was last looked up (whether it is caught up, to be idle).
+    checked: Option<Instant>,
 }
 
 /// The state fingerprint snapshots are written and restored under: an upstream scorer's
@@ -219,6 +223,7 @@ impl Live {
             state_fp,
             marks: Default::default(),
             marks_at: Instant::now(),
+            released_at: Instant::now(),
         }
     }
 
@@ -238,6 +243,7 @@ impl Live {
             }
             let n = self.consume_batch()?;
             self.send_marks();
+            self.release_held();
             self.checkpoints_done();
             self.maybe_checkpoint();
             if self.cfg.exactly_once() {
@@ -713,6 +719,7 @@ impl Live {
                                 MarkSent {
                                     assigned: Instant::now(),
                                     sent: None,
+                                    checked: None,
                                 },
                             );
                         }
@@ -1065,6 +1072,7 @@ fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> 
         return Ok(());
     };
     part.next = offset + 1;
+    part.ckpt_events += 1;
     let Some(mut merge) = part.merge.take() else {
         return Ok(());
     };
@@ -1083,6 +1091,15 @@ fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> 
             live.send_dead_letter(tag, key, payload, ts, &position, &why);
         }
     }
+    release_merge(live, slot, &mut merge);
+    if let Some(part) = live.parts[slot].as_mut() {
+        part.merge = Some(merge);
+    }
+    Ok(())
+}
+
+/// Release what merge `slot` can and send each released event's prediction (or dead letter).
+fn release_merge(live: &mut Live, slot: usize, merge: &mut Merge) {
     merge.release(|scorer, r| {
         let Some(seq) = r.seq else {
             return; // consumed at warm-up: delivered before
@@ -1120,13 +1137,32 @@ fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> 
         }
         live.tracker.unhold(slot, seq);
     });
-    if let Some(part) = live.parts[slot].as_mut() {
-        part.merge = Some(merge);
-    }
-    Ok(())
 }
 
 impl Live {
+    /// Repartitioning: release what waited out the grace in every merge holding events (at
+    /// most every 100 ms; arrivals release the rest).
+    fn release_held(&mut self) {
+        if self.cfg.repartition.is_none() || self.released_at.elapsed() < Duration::from_millis(100)
+        {
+            return;
+        }
+        self.released_at = Instant::now();
+        for slot in 0..self.parts.len() {
+            let Some(mut merge) = self.parts[slot]
+                .as_mut()
+                .filter(|p| p.merge.as_ref().is_some_and(|m| m.held() > 0))
+                .and_then(|p| p.merge.take())
+            else {
+                continue;
+            };
+            release_merge(self, slot, &mut merge);
+            if let Some(part) = self.parts[slot].as_mut() {
+                part.merge = Some(merge);
+            }
+        }
+    }
+
     /// Repartitioning: send each assigned input partition's mark to every partition of the
     /// repartition topic when it changed (at most every 100 ms): its newest event time less
     /// the lateness, or [`merge::IDLE`] once it has delivered nothing for `--idle-after`.
@@ -1153,7 +1189,56 @@ impl Live {
                 continue;
             };
             let quiet_since = part.map_or(m.assigned, |x| x.last_event.max(m.assigned));
-            let mark = if quiet_since.elapsed() >= self.cfg.idle_after {
+            let quiet = quiet_since.elapsed() >= self.cfg.idle_after;
+            // Quiet is not idle when events are waiting (a backlog the consumer has not
+            // reached): the partition must also be read to its end. Looked up at most once per
+            // --idle-after, and only for a quiet partition.
+            let idle = quiet
+                && (m.sent == Some(merge::IDLE)
+                    || (m.checked.is_none_or(|t| {
+                        t.elapsed() >= self.cfg.idle_after.max(Duration::from_secs(1))
+                    }) && {
+                        let t0 = Instant::now();
+                        // Where this member reads from: after its last event, or (nothing
+                        // delivered since the assignment) the group's commit.
+                        let next = match part {
+                            Some(x) if x.next >= 0 => Some(x.next),
+                            _ => {
+                                let mut tpl = TopicPartitionList::new();
+                                tpl.add_partition(&r.input, p);
+                                self.consumer
+                                    .committed_offsets(tpl, Duration::from_millis(200))
+                                    .ok()
+                                    .and_then(|t| {
+                                        t.elements().first().and_then(|e| match e.offset() {
+                                            Offset::Offset(o) => Some(o),
+                                            _ => None,
+                                        })
+                                    })
+                            }
+                        };
+                        let end =
+                            self.consumer
+                                .fetch_watermarks(&r.input, p, Duration::from_millis(200));
+                        tracing::debug!(
+                            partition = p,
+                            ?next,
+                            ?end,
+                            ms = t0.elapsed().as_millis() as u64,
+                            "is a quiet input partition read to its end?"
+                        );
+                        if let Some(m) = self.marks.get_mut(&p) {
+                            m.checked = Some(Instant::now());
+                        }
+                        match end {
+                            Ok((low, high)) => high <= low || next.is_some_and(|n| n >= high),
+                            Err(_) => false,
+                        }
+                    }));
+            let Some(m) = self.marks.get(&p) else {
+                continue;
+            };
+            let mark = if idle {
                 Some(merge::IDLE)
             } else {
                 part.and_then(|x| x.scorer.as_ref())

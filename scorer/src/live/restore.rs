@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::{Live, Part};
 use crate::checkpoint::{Header, PRUNE_LAG, Written};
 use crate::merge::Merge;
-use crate::score::Scorer;
+use crate::score::{Scorer, state_fingerprint};
 use crate::source::{self, SourceCtx};
 
 impl Live {
@@ -42,8 +42,9 @@ impl Live {
         result
     }
 
-    /// Build the merge of repartition partition `slot` from its records before `offset` (no
-    /// checkpoints yet: from the partition's beginning), keeping the group alive meanwhile.
+    /// Build the merge of repartition partition `slot` from its records before `offset`: from
+    /// the newest checkpoint at or below it and the records after that, or else from the
+    /// partition's beginning, keeping the group alive meanwhile.
     pub(super) fn rebuild_merge(&mut self, slot: usize, offset: i64) -> Result<()> {
         let Some(r) = self.cfg.repartition.as_ref() else {
             return Ok(());
@@ -56,13 +57,38 @@ impl Live {
             partition = %format!("{}/{}", part.topic, part.partition), resume = offset,
             "rebuilding a merge of the repartition topic; not ready meanwhile"
         );
-        let mut merge = Merge::new(self.model.clone(), &r.input, r.inputs);
+        let mut merge =
+            Merge::new(self.model.clone(), &r.input, r.inputs).with_grace(self.cfg.idle_after);
+        let fp = format!("{}+merge", state_fingerprint(&self.model));
+        let from = self.ckpt.as_ref().and_then(|c| {
+            let mut refused = 0;
+            let got = c.restore(
+                &part.topic,
+                part.partition,
+                offset,
+                &fp,
+                &mut refused,
+                |b| merge.load_state(b),
+            );
+            self.summary.snapshots_refused += refused;
+            self.metrics.snapshots_refused.inc_by(refused);
+            got
+        });
+        if let Some(at) = from {
+            tracing::info!(
+                partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
+                resume = offset, "merge restored from a checkpoint"
+            );
+            self.summary.restored += 1;
+            self.metrics.restores.inc();
+            part.ckpt_offset = Some(at);
+        }
         let consumer = self.consumer.clone();
         let mut held = Held::default();
         let w = source::warm(
             &self.reader,
             (&part.topic, part.partition),
-            None,
+            from,
             offset,
             &part.poison,
             &mut merge,
@@ -177,8 +203,13 @@ impl Live {
         let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
-        let Some(scorer) = p.scorer.as_ref() else {
-            return false;
+        let (state, fingerprint) = match (&p.scorer, &p.merge) {
+            (Some(s), _) => (s.save_state(), self.state_fp.clone()),
+            (None, Some(m)) => (
+                m.save_state(),
+                format!("{}+merge", state_fingerprint(&self.model)),
+            ),
+            (None, None) => return false,
         };
         if p.ckpt_busy || p.next < 0 || p.ckpt_offset == Some(p.next) {
             return false;
@@ -204,11 +235,11 @@ impl Live {
             topic: p.topic.clone(),
             partition: p.partition,
             offset: p.next,
-            fingerprint: self.state_fp.clone(),
+            fingerprint,
             model: self.model.id.clone(),
             written_at_ms: chrono::Utc::now().timestamp_millis(),
         };
-        c.write(&header, &scorer.save_state(), floor);
+        c.write(&header, &state, floor);
         p.ckpt_busy = true;
         p.ckpt_events = 0;
         p.ckpt_at = now;
