@@ -1,6 +1,6 @@
 //! Row-level semantics shared by both engines: predicates, event time, derived features.
 
-use crate::spec::{CmpOp, DeriveFn, EventTime, Literal, Pipeline, Predicate};
+use crate::spec::{CmpOp, DeriveFn, EpochUnit, EventTime, Literal, Pipeline, Predicate};
 use crate::time::{self, TimePart};
 use crate::value::Value;
 
@@ -60,17 +60,34 @@ pub fn event_time(p: &Pipeline, row: &[Value]) -> Result<i64, String> {
             .ok_or_else(|| format!("`{}` is null, so the event has no time", name(c)))
     };
     match &p.time {
-        EventTime::Field { col } => {
-            let t = int(*col)?;
-            if time::in_range(t) {
-                Ok(t)
-            } else {
-                Err(format!(
-                    "`{}`: {t} ms since the epoch is outside the supported range of times",
-                    name(*col)
-                ))
+        EventTime::Field { col, unit } => {
+            let v = int(*col)?;
+            let t = match unit {
+                None | Some(EpochUnit::Ms) => Some(v),
+                Some(u) => u.to_ms(v),
+            };
+            match t {
+                Some(t) if time::in_range(t) => Ok(t),
+                _ => Err(format!(
+                    "`{}`: {v} {} since the epoch is outside the supported range of times",
+                    name(*col),
+                    unit.map_or("ms", EpochUnit::name)
+                )),
             }
         }
+        EventTime::Local { col, format, tz } => match &row[*col] {
+            Value::Str(text) => {
+                time::parse_local(tz.0, format, text).map_err(|m| format!("`{}`: {m}", name(*col)))
+            }
+            Value::Null => Err(format!(
+                "`{}` is null, so the event has no time",
+                name(*col)
+            )),
+            other => Err(format!(
+                "`{}`: {other:?} is not local date-time text",
+                name(*col)
+            )),
+        },
         EventTime::LocalHhmm {
             date,
             hhmm,

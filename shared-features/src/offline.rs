@@ -39,6 +39,87 @@ pub struct OfflineRun {
     pub table_digests: Vec<(String, String)>,
 }
 
+/// The event times of an offline run: the first, the last, and how many events fall before
+/// the validation cut.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TimeRange {
+    /// The first event time (RFC 3339), if any event has one.
+    pub first: Option<String>,
+    /// The last event time (RFC 3339).
+    pub last: Option<String>,
+    /// Events with a time.
+    pub events: usize,
+    /// Of those, events before the validation cut (all of them without one).
+    pub before_cut: usize,
+}
+
+impl OfflineRun {
+    /// The range of event times, and where the validation cut (`valid_from`) falls in it.
+    pub fn time_range(&self, p: &Pipeline, cut: Option<i64>) -> TimeRange {
+        let et = p.event_time_col();
+        let times = || self.rows.iter().filter_map(|r| r[et].as_i64());
+        let (first, last) = (times().min(), times().max());
+        TimeRange {
+            first: first.map(time::format_timestamp),
+            last: last.map(time::format_timestamp),
+            events: times().count(),
+            before_cut: times().filter(|&t| cut.is_none_or(|v| t < v)).count(),
+        }
+    }
+
+    /// Refuse a history whose event times cannot be right for the pipeline, naming the
+    /// event-time field and the range found: every time before 1971 (an epoch field in the
+    /// wrong unit, most likely), or, with a cut (`valid_from`), no event on one side of it.
+    pub fn check_time_range(&self, p: &Pipeline, cut: Option<i64>) -> Result<TimeRange, String> {
+        let r = self.time_range(p, cut);
+        let fields = p
+            .time
+            .columns()
+            .iter()
+            .map(|&c| format!("`{}`", p.layout[c].name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (Some(first), Some(last)) = (&r.first, &r.last) else {
+            return Ok(r); // no event passed: reported by what counts events
+        };
+        let range = format!("{} events from {first} to {last}", r.events);
+        let et = p.event_time_col();
+        let latest = self.rows.iter().filter_map(|x| x[et].as_i64()).max();
+        if latest.is_some_and(|t| t < 31_536_000_000) {
+            let hint = match &p.time {
+                crate::spec::EventTime::Field {
+                    unit: Some(u), col, ..
+                } if *u != crate::spec::EpochUnit::S => format!(
+                    "; `{}` is read as `unit = \"{}\"`: if it counts seconds, declare \
+                     `unit = \"s\"`",
+                    p.layout[*col].name,
+                    u.name()
+                ),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "every event time computed from {fields} is before 1971 ({range}){hint}"
+            ));
+        }
+        if let Some(v) = cut {
+            let cut = time::format_timestamp(v);
+            if r.before_cut == 0 {
+                return Err(format!(
+                    "no event before valid_from {cut}, so nothing to train on ({range}, times \
+                     from {fields})"
+                ));
+            }
+            if r.before_cut == r.events {
+                return Err(format!(
+                    "no event at or after valid_from {cut}, so nothing to validate on ({range}, \
+                     times from {fields})"
+                ));
+            }
+        }
+        Ok(r)
+    }
+}
+
 /// Where a table of the pipeline is: relative paths resolve against `base`.
 pub fn resolve(base: &Path, path: &str) -> PathBuf {
     let candidate = Path::new(path);

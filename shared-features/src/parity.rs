@@ -45,6 +45,10 @@ pub struct ParityReport {
     /// Online engine wall time, seconds (decode, filter, join, windows), excluding the feed's
     /// CSV-to-JSON conversion.
     pub online_seconds: f64,
+    /// The event times found offline (first, last, how many before `valid_from`).
+    pub event_times: crate::offline::TimeRange,
+    /// What parses but may not be what was meant (an empty side of the split), with numbers.
+    pub warnings: Vec<String>,
     /// The first difference, in event order.
     pub first_mismatch: Option<Mismatch>,
 }
@@ -86,6 +90,28 @@ pub fn check_with(
     let started = Instant::now();
     let off = offline::run(p, events, base)?;
     let offline_seconds = started.elapsed().as_secs_f64();
+    let file = events.display().to_string();
+    // Times before 1971 are refused; a split with one side empty is legal for parity (a slice
+    // of history), but said.
+    off.check_time_range(p, None)
+        .map_err(|m| DataError::file(&file, m))?;
+    let event_times = off.time_range(p, p.valid_from);
+    let mut warnings = Vec::new();
+    if let Some(v) = p.valid_from
+        && event_times.events > 0
+    {
+        let cut = crate::time::format_timestamp(v);
+        if event_times.before_cut == 0 {
+            warnings.push(format!(
+                "no event before valid_from {cut}: the scaler and vocabularies are fitted on \
+                 nothing"
+            ));
+        } else if event_times.before_cut == event_times.events {
+            warnings.push(format!(
+                "no event at or after valid_from {cut}: only training-side events are compared"
+            ));
+        }
+    }
     let et = p.event_time_col();
     let train = off.rows.iter().filter(|r| {
         p.valid_from
@@ -93,7 +119,6 @@ pub fn check_with(
     });
     let fitted = FittedState::fit(p, train.map(|r| &r[..]), off.table_digests.clone());
 
-    let file = events.display().to_string();
     let bytes = std::fs::read(events).map_err(|e| DataError::file(&file, e.to_string()))?;
     // The online side sees each event as JSON: a CSV row converted, or a JSON line as it is.
     // `lines[i]` is the file line of record i, for messages.
@@ -148,6 +173,8 @@ pub fn check_with(
         fingerprint: fingerprint(p, &fitted),
         offline_seconds,
         online_seconds: 0.0,
+        event_times,
+        warnings,
         first_mismatch: None,
     };
     let names = fitted.names();

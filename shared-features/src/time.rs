@@ -159,6 +159,13 @@ pub fn local_hhmm_to_utc(
         .and_time(NaiveTime::MIN)
         .checked_add_signed(chrono::Duration::minutes(minutes + day_shift * 24 * 60))
         .ok_or_else(out_of_range)?;
+    local_to_utc(tz, local).ok_or_else(out_of_range)
+}
+
+/// The instant of a local wall-clock date-time in `tz`, `None` if out of range. A wall time
+/// that occurs twice (the autumn DST change) is the earlier instant; one that does not exist
+/// (the spring change) is read with the offset in force a day before.
+pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> Option<i64> {
     let instant = match tz.from_local_datetime(&local) {
         chrono::LocalResult::Single(t) => t.timestamp_millis(),
         chrono::LocalResult::Ambiguous(earliest, _) => earliest.timestamp_millis(),
@@ -167,13 +174,88 @@ pub fn local_hhmm_to_utc(
             let before = local.checked_sub_days(Days::new(1)).unwrap_or(local);
             let offset = tz.offset_from_utc_datetime(&before).fix();
             local
-                .checked_sub_offset(offset)
-                .ok_or_else(out_of_range)?
+                .checked_sub_offset(offset)?
                 .and_utc()
                 .timestamp_millis()
         }
     };
-    Ok(instant)
+    in_range(instant).then_some(instant)
+}
+
+/// Check a local date-time format (chrono's strftime syntax) for `fn = "local"`: it must parse,
+/// carry no zone (the pipeline's `tz` gives it), and determine a date; a time of day is
+/// optional (midnight).
+pub fn check_local_format(format: &str) -> Result<(), String> {
+    use chrono::format::{Fixed, Item, StrftimeItems};
+    for item in StrftimeItems::new(format) {
+        match item {
+            Item::Error => {
+                return Err(format!(
+                    "`{format}` is not a strftime format (chrono's syntax, e.g. \
+                     \"%Y-%m-%d %H:%M:%S\")"
+                ));
+            }
+            Item::Fixed(
+                Fixed::TimezoneName
+                | Fixed::TimezoneOffset
+                | Fixed::TimezoneOffsetColon
+                | Fixed::TimezoneOffsetDoubleColon
+                | Fixed::TimezoneOffsetTripleColon
+                | Fixed::TimezoneOffsetColonZ
+                | Fixed::TimezoneOffsetZ
+                | Fixed::RFC2822
+                | Fixed::RFC3339,
+            ) => {
+                return Err(format!(
+                    "`{format}` carries a zone or offset: a local time takes its zone from `tz` \
+                     (for times with an offset, declare the field a timestamp)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    // A date written in the format must read back: otherwise it lacks year, month or day.
+    let probe = NaiveDate::from_ymd_opt(2001, 2, 3)
+        .and_then(|d| d.and_hms_opt(4, 5, 6))
+        .unwrap_or_default();
+    let text = probe.format(format).to_string();
+    match parse_local_naive(format, &text) {
+        Ok(t) if t.date() == probe.date() => Ok(()),
+        _ => Err(format!(
+            "`{format}` does not determine a date: it needs a year, month and day (such as \
+             %Y, %m and %d)"
+        )),
+    }
+}
+
+/// Read `text` as a local date-time in `format` (checked by [`check_local_format`]).
+fn parse_local_naive(format: &str, text: &str) -> Result<NaiveDateTime, String> {
+    use chrono::format::{Parsed, StrftimeItems, parse};
+    let mut parsed = Parsed::new();
+    parse(&mut parsed, text, StrftimeItems::new(format))
+        .map_err(|e| format!("`{text}` does not match the format `{format}` ({e})"))?;
+    let date = parsed
+        .to_naive_date()
+        .map_err(|e| format!("`{text}` in the format `{format}` is not a date ({e})"))?;
+    let time = if parsed.hour_mod_12().is_none() && parsed.hour_div_12().is_none() {
+        NaiveTime::MIN
+    } else {
+        parsed
+            .to_naive_time()
+            .map_err(|e| format!("`{text}` in the format `{format}` is not a time ({e})"))?
+    };
+    Ok(date.and_time(time))
+}
+
+/// The instant of local date-time text in `format` in `tz` (as [`local_to_utc`] resolves DST).
+pub fn parse_local(tz: Tz, format: &str, text: &str) -> Result<i64, String> {
+    let local = parse_local_naive(format, text)?;
+    local_to_utc(tz, local).ok_or_else(|| {
+        format!(
+            "`{text}` in {} is outside the supported range of times",
+            tz.name()
+        )
+    })
 }
 
 /// A calendar date, or which of its parts is wrong and why.

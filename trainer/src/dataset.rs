@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ndarray::{Array1, Array2};
-use shared_features::offline::{self, OfflineRun};
+use shared_features::offline::{self, OfflineRun, TimeRange};
 use shared_features::{FittedState, Pipeline, eval};
 
 /// A pipeline file, read and checked, with where its data is.
@@ -145,6 +145,8 @@ pub struct Dataset {
     pub valid: Vec<(usize, bool)>,
     /// Scaler and vocabularies fitted on `train`.
     pub fitted: FittedState,
+    /// The event times found, and how many fall before the cut.
+    pub times: TimeRange,
 }
 
 impl Dataset {
@@ -156,6 +158,9 @@ impl Dataset {
         };
         let run = offline::run(p, &input.events, &input.base)
             .with_context(|| format!("computing features from {}", input.events_source))?;
+        let times = run
+            .check_time_range(p, Some(valid_from))
+            .map_err(|m| anyhow::anyhow!("{}: {m}", input.events_source))?;
         let et = p.event_time_col();
         let (mut train, mut valid) = (Vec::new(), Vec::new());
         for (i, row) in run.rows.iter().enumerate() {
@@ -172,10 +177,14 @@ impl Dataset {
         }
         if train.is_empty() || valid.is_empty() {
             bail!(
-                "{}: empty split: {} training and {} validation events with a label around valid_from",
+                "{}: empty split: {} training and {} validation events with a label around \
+                 valid_from {} (event times from {} to {})",
                 input.file,
                 train.len(),
-                valid.len()
+                valid.len(),
+                shared_features::time::format_timestamp(valid_from),
+                times.first.as_deref().unwrap_or("-"),
+                times.last.as_deref().unwrap_or("-")
             );
         }
         let fitted = FittedState::fit(
@@ -188,6 +197,7 @@ impl Dataset {
             train,
             valid,
             fitted,
+            times,
         })
     }
 

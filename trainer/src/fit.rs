@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde::Serialize;
+use shared_features::offline::TimeRange;
 use shared_features::{fingerprint, tables::sha256_hex};
 use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 
@@ -60,6 +61,8 @@ struct FitReport {
     alias: Option<String>,
     train_rows: usize,
     valid_rows: usize,
+    /// The event times found in the history (first, last, how many before the cut).
+    event_times: TimeRange,
     feature_fingerprint: String,
     auc: f64,
     metrics: Metrics,
@@ -219,6 +222,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         alias: args.alias.clone(),
         train_rows: data.train.len(),
         valid_rows: data.valid.len(),
+        event_times: data.times.clone(),
         feature_fingerprint,
         auc: metrics.auc,
         metrics,
@@ -248,6 +252,13 @@ fn print_table(r: &FitReport) {
     }
     println!("  {:<20}{:>10}", "train events", r.train_rows);
     println!("  {:<20}{:>10}", "validation events", r.valid_rows);
+    let t = &r.event_times;
+    println!(
+        "  {:<20}{} to {}",
+        "event times",
+        t.first.as_deref().unwrap_or("-"),
+        t.last.as_deref().unwrap_or("-")
+    );
     let m = &r.metrics;
     for (k, v) in [
         ("ROC AUC", m.auc),

@@ -69,6 +69,15 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
         events.display()
     );
     println!("  {:<22}{:>12}", "records", r.records);
+    println!(
+        "  {:<22}{} to {}",
+        "event times",
+        r.event_times.first.as_deref().unwrap_or("-"),
+        r.event_times.last.as_deref().unwrap_or("-")
+    );
+    for w in &r.warnings {
+        println!("  {:<22}{w}", "warning");
+    }
     println!("  {:<22}{:>12}", "filtered", r.filtered);
     println!("  {:<22}{:>12}", "refused (both)", r.rejected);
     for (kind, n) in &r.rejected_by_kind {

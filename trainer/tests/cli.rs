@@ -447,9 +447,13 @@ fn fit_refuses_bad_configuration_before_reading_data() {
         "memory://",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    // The fixtures end before the cut: refused before fitting, with the range found.
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("empty split"),
-        "the fixtures end before 2013-11-01"
+        err.contains("no event at or after valid_from 2013-11-01T00:00:00.000Z")
+            && err
+                .contains("2677 events from 2013-01-01T10:17:00.000Z to 2013-01-04T07:35:00.000Z"),
+        "{err}"
     );
     std::fs::remove_dir_all(empty).ok();
 }

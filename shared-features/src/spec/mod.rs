@@ -90,14 +90,73 @@ pub struct Column {
     pub ty: FieldType,
 }
 
+/// The unit of an int event-time field: what one step of it is.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochUnit {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds (truncated to the millisecond, toward negative infinity).
+    Us,
+    /// Nanoseconds (truncated to the millisecond, toward negative infinity).
+    Ns,
+}
+
+impl EpochUnit {
+    /// Parse `s`, `ms`, `us` or `ns`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "s" => Self::S,
+            "ms" => Self::Ms,
+            "us" => Self::Us,
+            "ns" => Self::Ns,
+            _ => return None,
+        })
+    }
+
+    /// The name in a pipeline file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::S => "s",
+            Self::Ms => "ms",
+            Self::Us => "us",
+            Self::Ns => "ns",
+        }
+    }
+
+    /// `v` units since the epoch as epoch milliseconds, `None` on overflow.
+    pub fn to_ms(self, v: i64) -> Option<i64> {
+        match self {
+            Self::S => v.checked_mul(1000),
+            Self::Ms => Some(v),
+            Self::Us => Some(v.div_euclid(1000)),
+            Self::Ns => Some(v.div_euclid(1_000_000)),
+        }
+    }
+}
+
 /// How the event time is computed.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "fn", rename_all = "snake_case")]
 pub enum EventTime {
-    /// A timestamp field, used as is.
+    /// A timestamp field, used as is, or an int field counting `unit`s since the epoch.
     Field {
-        /// The timestamp (or int epoch milliseconds) column.
+        /// The timestamp or int column.
         col: usize,
+        /// The unit of an int column (required for one, absent for a timestamp).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unit: Option<EpochUnit>,
+    },
+    /// A local date-time text field (`format`, chrono's strftime syntax) in a time zone.
+    Local {
+        /// The str column.
+        col: usize,
+        /// The format, e.g. `%Y-%m-%d %H:%M:%S`; a format without a time of day means midnight.
+        format: String,
+        /// IANA time zone name.
+        tz: TzName,
     },
     /// A local date plus a local `hhmm` wall-clock time in a time zone.
     LocalHhmm {
@@ -116,7 +175,7 @@ impl EventTime {
     /// The columns the event time is computed from.
     pub fn columns(&self) -> Vec<usize> {
         match self {
-            Self::Field { col } => vec![*col],
+            Self::Field { col, .. } | Self::Local { col, .. } => vec![*col],
             Self::LocalHhmm {
                 date,
                 hhmm,

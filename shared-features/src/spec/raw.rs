@@ -65,6 +65,8 @@ pub(crate) struct RawEventTime {
     pub hhmm: Option<S<String>>,
     pub reference_hhmm: Option<S<String>>,
     pub tz: Option<S<String>>,
+    pub unit: Option<S<String>>,
+    pub format: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
