@@ -524,3 +524,76 @@ fn nonsense_settings_are_refused_before_any_work() {
         assert!(err.contains(why), "{flag} {value}: {err}");
     }
 }
+
+/// A retrain that changes only the pipeline's description and where its history is read from
+/// (a JSON-lines copy of the same events) has the same feature fingerprint and fits the same
+/// model (equal validation AUC): hot reload swaps it in keeping the window state (issue 13,
+/// item 2).
+#[test]
+fn a_retrain_from_a_copy_of_the_history_keeps_window_state_on_reload() {
+    let broker = Broker::start();
+    let store = tempdir("reload-same");
+    let v1 = fit(&store, "champion", &[]);
+    feed(&broker, "flights");
+    let jsonl = store.join("flights.jsonl");
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--pipeline", PIPELINE])
+            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+            .args(["--out", &jsonl.display().to_string()]),
+    );
+    let text = std::fs::read_to_string(repo().join(PIPELINE)).unwrap();
+    let copy = text
+        .replacen(
+            "description = \"nycflights13:",
+            "description = \"reworded, nycflights13:",
+            1,
+        )
+        .replacen(
+            "path = \"raw/flights.csv\"",
+            &format!("path = \"{}\"", jsonl.display()),
+            1,
+        );
+    assert_ne!(copy, text);
+    let copy_file = store.join("pipeline-copy.toml");
+    std::fs::write(&copy_file, copy).unwrap();
+
+    let log = store.join("scorer.log");
+    let mut child = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(run_args(&broker, &store, "flights", "reload-same"))
+            .args(["--reload-interval", "0.2"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = metrics_addr(&log);
+    let get = |m: &str| metric(&http_get(&addr, "/metrics").1, m);
+    wait_until("the fixtures scored", 60, || {
+        get("kml_predictions_total") > 2600.0
+    });
+    let v2 = fit_with(
+        &copy_file.display().to_string(),
+        &store_url(&store),
+        "champion",
+        &[],
+        &[],
+    );
+    assert_eq!(v2["feature_fingerprint"], v1["feature_fingerprint"]);
+    assert_eq!(v2["auc"], v1["auc"]);
+    let v2 = v2["version"].as_u64().unwrap();
+    wait_until("reload to v2", 30, || get("kml_model_version") == v2 as f64);
+    child.child().kill().unwrap();
+    child.child().wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let swapped: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "model swapped in")
+        .collect();
+    assert_eq!(swapped.len(), 1, "{text}");
+    assert_eq!(swapped[0]["window_state_kept"], true, "{text}");
+}

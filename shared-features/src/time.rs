@@ -66,9 +66,32 @@ pub fn parse_tz(name: &str) -> Result<Tz, String> {
 
 /// Parse an RFC 3339 instant (`2013-01-01T06:00:00Z`) into epoch milliseconds.
 pub fn parse_timestamp(text: &str) -> Result<i64, String> {
+    rfc3339(text).map_err(|why| format!("`{text}` is {why}"))
+}
+
+/// [`parse_timestamp`], the error saying only what is wrong (to follow the value in a
+/// message): the parser's reason, and, for a date and time without a zone, what to write or
+/// declare instead.
+pub fn rfc3339(text: &str) -> Result<i64, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp ({e})"))
+        .map_err(|e| {
+            let zoneless = [
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M",
+                "%Y-%m-%dT%H:%M",
+            ]
+            .iter()
+            .any(|f| NaiveDateTime::parse_from_str(text, f).is_ok());
+            let hint = if zoneless {
+                "; it has no zone or offset: write one (2016-05-07T15:13:19Z), or declare the \
+                 field str and read it as local time with `fn = \"local\"`, a `format` and a `tz`"
+            } else {
+                ""
+            };
+            format!("not an RFC 3339 timestamp such as 2016-05-07T15:13:19Z ({e}){hint}")
+        })
 }
 
 /// Parse a date or instant given in a pipeline file: `2013-11-01` (midnight UTC) or RFC 3339.
@@ -315,6 +338,22 @@ pub fn day_of_week(ms: i64, tz: Tz) -> Option<i64> {
 /// Month (1 to 12) of an instant in a time zone.
 pub fn month_of_year(ms: i64, tz: Tz) -> Option<i64> {
     local(ms, tz).map(|t| i64::from(t.month()))
+}
+
+/// Local calendar year.
+pub fn year(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.year()))
+}
+
+/// Local day of month, 1 to 31.
+pub fn day_of_month(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.day()))
+}
+
+/// Local ISO 8601 week of the year, 1 to 53 (weeks start on Monday; week 1 holds the year's
+/// first Thursday, so 1 to 3 January may be in week 52 or 53 of the year before).
+pub fn week_of_year(ms: i64, tz: Tz) -> Option<i64> {
+    local(ms, tz).map(|t| i64::from(t.iso_week().week()))
 }
 
 #[cfg(test)]

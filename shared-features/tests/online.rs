@@ -214,6 +214,13 @@ fn bad_events_are_errors_that_say_what_is_wrong() {
             "not an RFC 3339 timestamp",
         ),
         (
+            // A date and time without a zone: the message says what to write or declare.
+            r#"{"id": "k1", "ts": "2016-05-07 15:13:19", "x": 1.0, "cat": "a", "n": 1}"#,
+            "field `ts` should be timestamp, got the string \"2016-05-07 15:13:19\", not an RFC \
+             3339 timestamp such as 2016-05-07T15:13:19Z (premature end of input); it has no zone \
+             or offset",
+        ),
+        (
             r#"{"id": "k1", "ts": null, "x": 1.0, "cat": "a", "n": 1}"#,
             "no event time",
         ),

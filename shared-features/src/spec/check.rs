@@ -381,6 +381,9 @@ impl Checker<'_> {
                     let c = self.resolve(f, &format!("{afield}.field"))?;
                     let allowed: &[FieldType] = match func {
                         AggFn::Count | AggFn::DistinctCount => &[Int, Float, Str, Timestamp],
+                        // Over times: the previous event's (`last`, include_current = false),
+                        // the window's earliest and latest, as epoch milliseconds.
+                        AggFn::Last | AggFn::Min | AggFn::Max => &[Int, Float, Timestamp],
                         _ => &[Int, Float],
                     };
                     self.expect_ty(c, f, &format!("{afield}.field"), allowed)?;
@@ -425,26 +428,48 @@ impl Checker<'_> {
         use FieldType::*;
         let field = format!("derive[{i}]");
         let fname = d.func.get_ref().as_str();
+        let arith = matches!(fname, "ratio" | "sub" | "add" | "mul");
         let (arity, arg_types, out): (usize, &[FieldType], FieldType) = match fname {
-            "hour_of_day" | "day_of_week" | "month_of_year" => (1, &[Timestamp], Int),
+            "hour_of_day" | "day_of_week" | "month_of_year" | "year" | "day_of_month"
+            | "week_of_year" => (1, &[Timestamp], Int),
             "log1p" => (1, &[Int, Float], Float),
-            "ratio" | "sub" | "add" | "mul" => (2, &[Int, Float, Timestamp], Float),
+            // One argument and a constant `value`, or two arguments.
+            _ if arith => (
+                if d.value.is_some() { 1 } else { 2 },
+                &[Int, Float, Timestamp],
+                Float,
+            ),
             "bucket" => (1, &[Int, Float], Int),
+            "has" | "count_values" => (1, &[Str], Int),
             other => {
                 return Err(self.err(
                     d.func.span(),
                     format!("{field}.fn"),
-                    format!("unknown function `{other}`: use hour_of_day, day_of_week, month_of_year, log1p, ratio, sub, add, mul or bucket"),
+                    format!(
+                        "unknown function `{other}`: use hour_of_day, day_of_week, \
+                         month_of_year, year, day_of_month, week_of_year, log1p, ratio, sub, \
+                         add, mul, bucket, has or count_values"
+                    ),
                 ));
             }
         };
         let args = d.args.get_ref();
         if args.len() != arity {
-            return Err(self.err(
-                d.args.span(),
-                format!("{field}.args"),
-                format!("`{fname}` takes {arity} argument(s), got {}", args.len()),
-            ));
+            let how = if arith {
+                format!(
+                    "`{fname}` takes two arguments, or one and a constant `value`; got {} \
+                     argument(s){}",
+                    args.len(),
+                    if d.value.is_some() {
+                        " and a `value`"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!("`{fname}` takes {arity} argument(s), got {}", args.len())
+            };
+            return Err(self.err(d.args.span(), format!("{field}.args"), how));
         }
         let mut cols = Vec::new();
         for (j, a) in args.iter().enumerate() {
@@ -453,21 +478,71 @@ impl Checker<'_> {
             self.expect_ty(c, a, &afield, arg_types)?;
             cols.push(c);
         }
+        let number = |v: &S<toml::Value>| -> Result<f64, SpecError> {
+            let x = match v.get_ref() {
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Float(x) => *x,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        format!("{field}.value"),
+                        format!(
+                            "`{fname}` takes a number as `value`, got {}",
+                            describe(other)
+                        ),
+                    ));
+                }
+            };
+            if x.is_finite() {
+                Ok(x)
+            } else {
+                Err(self.err(v.span(), format!("{field}.value"), "`value` must be finite"))
+            }
+        };
+        let sep = || -> Result<String, SpecError> {
+            match &d.sep {
+                None => Ok("|".to_string()),
+                Some(s) if s.get_ref().is_empty() => {
+                    Err(self.err(s.span(), format!("{field}.sep"), "`sep` must not be empty"))
+                }
+                Some(s) => Ok(s.get_ref().clone()),
+            }
+        };
+        let tz = || self.tz(d.tz.as_ref(), d.func.span(), &field);
+        let constant = || d.value.as_ref().map(number).transpose();
         let func = match fname {
-            "hour_of_day" => DeriveFn::HourOfDay {
-                tz: self.tz(d.tz.as_ref(), d.func.span(), &field)?,
-            },
-            "day_of_week" => DeriveFn::DayOfWeek {
-                tz: self.tz(d.tz.as_ref(), d.func.span(), &field)?,
-            },
-            "month_of_year" => DeriveFn::MonthOfYear {
-                tz: self.tz(d.tz.as_ref(), d.func.span(), &field)?,
-            },
+            "hour_of_day" => DeriveFn::HourOfDay { tz: tz()? },
+            "day_of_week" => DeriveFn::DayOfWeek { tz: tz()? },
+            "month_of_year" => DeriveFn::MonthOfYear { tz: tz()? },
+            "year" => DeriveFn::Year { tz: tz()? },
+            "day_of_month" => DeriveFn::DayOfMonth { tz: tz()? },
+            "week_of_year" => DeriveFn::WeekOfYear { tz: tz()? },
             "log1p" => DeriveFn::Log1p,
-            "ratio" => DeriveFn::Ratio,
-            "sub" => DeriveFn::Sub,
-            "add" => DeriveFn::Add,
-            "mul" => DeriveFn::Mul,
+            "ratio" => DeriveFn::Ratio { value: constant()? },
+            "sub" => DeriveFn::Sub { value: constant()? },
+            "add" => DeriveFn::Add { value: constant()? },
+            "mul" => DeriveFn::Mul { value: constant()? },
+            "has" => {
+                let v = d.value.as_ref().ok_or_else(|| {
+                    self.err(
+                        d.func.span(),
+                        format!("{field}.value"),
+                        "`has` needs `value`, the text looked for among the field's values",
+                    )
+                })?;
+                let toml::Value::String(text) = v.get_ref() else {
+                    return Err(self.err(
+                        v.span(),
+                        format!("{field}.value"),
+                        format!("`has` takes text as `value`, got {}", describe(v.get_ref())),
+                    ));
+                };
+                DeriveFn::Has {
+                    value: text.clone(),
+                    sep: sep()?,
+                }
+            }
+            "count_values" => DeriveFn::CountValues { sep: sep()? },
             _ => {
                 let bounds = d.bounds.as_ref().ok_or_else(|| {
                     self.err(
@@ -490,28 +565,34 @@ impl Checker<'_> {
                 DeriveFn::Bucket { bounds: b.clone() }
             }
         };
-        if !matches!(func, DeriveFn::Bucket { .. })
-            && let Some(b) = &d.bounds
-        {
-            return Err(self.err(
-                b.span(),
-                format!("{field}.bounds"),
-                format!("`{fname}` takes no bounds"),
-            ));
-        }
-        if d.tz.is_some()
-            && !matches!(
-                func,
-                DeriveFn::HourOfDay { .. }
-                    | DeriveFn::DayOfWeek { .. }
-                    | DeriveFn::MonthOfYear { .. }
-            )
-        {
-            return Err(self.err(
-                d.func.span(),
-                format!("{field}.tz"),
-                format!("`{fname}` takes no tz"),
-            ));
+        // Keys another function takes are a mistake here.
+        let takes_tz = matches!(
+            func,
+            DeriveFn::HourOfDay { .. }
+                | DeriveFn::DayOfWeek { .. }
+                | DeriveFn::MonthOfYear { .. }
+                | DeriveFn::Year { .. }
+                | DeriveFn::DayOfMonth { .. }
+                | DeriveFn::WeekOfYear { .. }
+        );
+        let takes_value = arith || matches!(func, DeriveFn::Has { .. });
+        let takes_sep = matches!(func, DeriveFn::Has { .. } | DeriveFn::CountValues { .. });
+        let bucket = matches!(func, DeriveFn::Bucket { .. });
+        for (key, at, ok) in [
+            ("bounds", d.bounds.as_ref().map(S::span), bucket),
+            ("tz", d.tz.as_ref().map(S::span), takes_tz),
+            ("value", d.value.as_ref().map(S::span), takes_value),
+            ("sep", d.sep.as_ref().map(S::span), takes_sep),
+        ] {
+            if let Some(at) = at
+                && !ok
+            {
+                return Err(self.err(
+                    at,
+                    format!("{field}.{key}"),
+                    format!("`{fname}` takes no {key}"),
+                ));
+            }
         }
         self.define(&d.name, out, &format!("{field}.name"))?;
         Ok(Derive {

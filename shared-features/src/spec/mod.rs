@@ -15,13 +15,22 @@ use crate::value::FieldType;
 pub use check::SpecError;
 
 /// A checked pipeline. Build one with [`Pipeline::parse`].
+///
+/// Its serialized form is what the feature fingerprint ([`crate::fingerprint`]) and the
+/// scorer's "same window state" check hash: the semantics only. The name, the description and
+/// where the history and the tables are read from are left out (the tables' content is in the
+/// fingerprint through their digests), so renaming, rewording, or training from a copy of the
+/// same events in another file or format changes neither.
 #[derive(Clone, Debug, Serialize)]
 pub struct Pipeline {
     /// The pipeline's name (`[pipeline] name`), used as the default model name.
+    #[serde(skip)]
     pub name: String,
     /// Free text.
+    #[serde(skip)]
     pub description: String,
     /// Where history lives, relative to the pipeline file (`[events] path`).
+    #[serde(skip)]
     pub events_path: Option<String>,
     /// Number of declared event fields: layout columns `0..n_fields`.
     pub n_fields: usize,
@@ -270,7 +279,9 @@ pub enum Literal {
 pub struct Lookup {
     /// The table's name.
     pub name: String,
-    /// The table's file, relative to the pipeline file.
+    /// The table's file, relative to the pipeline file (its content, not its place, is in the
+    /// fingerprint).
+    #[serde(skip)]
     pub path: String,
     /// The event column matched against the table's key.
     pub on: usize,
@@ -289,7 +300,9 @@ pub struct Lookup {
 pub struct Asof {
     /// The table's name.
     pub name: String,
-    /// The table's file, relative to the pipeline file.
+    /// The table's file, relative to the pipeline file (its content, not its place, is in the
+    /// fingerprint).
+    #[serde(skip)]
     pub path: String,
     /// The event column matched against the table's key.
     pub on: usize,
@@ -405,16 +418,59 @@ pub enum DeriveFn {
         /// Time zone.
         tz: TzName,
     },
+    /// Local calendar year.
+    Year {
+        /// Time zone.
+        tz: TzName,
+    },
+    /// Local day of month, 1 to 31.
+    DayOfMonth {
+        /// Time zone.
+        tz: TzName,
+    },
+    /// Local ISO 8601 week of the year, 1 to 53.
+    WeekOfYear {
+        /// Time zone.
+        tz: TzName,
+    },
     /// `ln(1 + x)`; null for `x <= -1`.
     Log1p,
-    /// `a / b`; null when `b` is 0.
-    Ratio,
-    /// `a - b`.
-    Sub,
-    /// `a + b`.
-    Add,
-    /// `a * b`.
-    Mul,
+    /// `a / b` (or `a / value`); null when the divisor is 0.
+    Ratio {
+        /// The constant second operand, when there is one argument.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+    },
+    /// `a - b` (or `a - value`).
+    Sub {
+        /// The constant second operand.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+    },
+    /// `a + b` (or `a + value`).
+    Add {
+        /// The constant second operand.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+    },
+    /// `a * b` (or `a * value`).
+    Mul {
+        /// The constant second operand.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+    },
+    /// Whether a multi-valued text field (`a|b|c`, split on `sep`) holds `value`: 1 or 0.
+    Has {
+        /// The value looked for, compared with each part exactly.
+        value: String,
+        /// The separator.
+        sep: String,
+    },
+    /// How many non-empty values a multi-valued text field holds.
+    CountValues {
+        /// The separator.
+        sep: String,
+    },
     /// The number of bounds at or below `x` (0 to `bounds.len()`).
     Bucket {
         /// Strictly increasing bucket boundaries.

@@ -132,6 +132,8 @@ pub(crate) struct RawDerive {
     pub args: S<Vec<S<String>>>,
     pub tz: Option<S<String>>,
     pub bounds: Option<S<Vec<f64>>>,
+    pub value: Option<S<toml::Value>>,
+    pub sep: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

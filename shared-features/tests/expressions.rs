@@ -1,0 +1,226 @@
+//! What a second dataset needed (issue 13, item 4): membership in and size of multi-valued
+//! text fields, constants in arithmetic, year / day of month / ISO week, and times as inputs
+//! to `last`, `min` and `max` (time since the previous event). Each value below follows from
+//! the definition in the README's semantics section; both engines compute the same bits.
+
+// Test helpers unwrap: a failure there is a failing test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use shared_features::{OnlineEngine, Pipeline, Tables, Value, parity};
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "expressions"
+
+[events]
+key = "user"
+lateness = "1h"
+fields = { user = "str", ts = "timestamp", cats = "str", amount = "float" }
+time = { fn = "field", field = "ts" }
+
+[[window]]
+name = "before"
+key = "user"
+length = "7d"
+include_current = false
+aggs = [
+  { name = "prev_t", fn = "last", field = "event_time" },
+  { name = "first_t", fn = "min", field = "event_time" },
+]
+
+[[derive]]
+name = "since_prev"
+fn = "sub"
+args = ["event_time", "prev_t"]
+
+[[derive]]
+name = "since_first"
+fn = "sub"
+args = ["event_time", "first_t"]
+
+[[derive]]
+name = "has_b"
+fn = "has"
+args = ["cats"]
+value = "b"
+
+[[derive]]
+name = "n_cats"
+fn = "count_values"
+args = ["cats"]
+
+[[derive]]
+name = "n_cats_comma"
+fn = "count_values"
+args = ["cats"]
+sep = ","
+
+[[derive]]
+name = "cents"
+fn = "mul"
+args = ["amount"]
+value = 100
+
+[[derive]]
+name = "year"
+fn = "year"
+args = ["event_time"]
+tz = "America/New_York"
+
+[[derive]]
+name = "dom"
+fn = "day_of_month"
+args = ["event_time"]
+tz = "America/New_York"
+
+[[derive]]
+name = "week"
+fn = "week_of_year"
+args = ["event_time"]
+tz = "America/New_York"
+
+[features]
+numeric = ["since_prev", "since_first", "has_b", "n_cats", "cents", "year", "dom", "week"]
+"#;
+
+/// `ts, cats, amount` of one user's events, in order.
+const EVENTS: [(&str, Option<&str>, f64); 4] = [
+    // 07:00 on Sunday 3 January 2021 in New York: ISO week 53 of 2020.
+    ("2021-01-03T12:00:00Z", Some("a|b"), 1.25),
+    // 19:30 on 3 January in New York, though 4 January in UTC.
+    ("2021-01-04T00:30:00Z", Some("c"), 2.5),
+    // 01:00 on Monday 4 January in New York: week 1.
+    ("2021-01-04T06:00:00Z", Some("b||d"), 0.1),
+    ("2021-01-04T06:00:00.250Z", None, -3.0),
+];
+
+const H: f64 = 3_600_000.0;
+
+#[test]
+fn each_expression_gives_its_defined_value_online() {
+    let p = Arc::new(Pipeline::parse(PIPELINE, "expressions.toml").unwrap());
+    let t = Tables::load(&p, |_| Err("no tables".into())).unwrap();
+    let mut e = OnlineEngine::new(p.clone(), Arc::new(t));
+    let col = |name: &str| p.layout.iter().position(|c| c.name == name).unwrap();
+    let mut got = Vec::new();
+    for (ts, cats, amount) in EVENTS {
+        let ev = serde_json::json!({ "user": "u1", "ts": ts, "cats": cats, "amount": amount });
+        e.process(ev.to_string().as_bytes()).unwrap();
+        let row = e.row();
+        got.push(
+            [
+                "since_prev",
+                "since_first",
+                "has_b",
+                "n_cats",
+                "n_cats_comma",
+                "cents",
+                "year",
+                "dom",
+                "week",
+            ]
+            .map(|n| row[col(n)].clone()),
+        );
+    }
+    use Value::{Float as F, Int as I, Null as N};
+    let want = [
+        [N, N, I(1), I(2), I(1), F(125.0), I(2021), I(3), I(53)],
+        [
+            F(12.5 * H),
+            F(12.5 * H),
+            I(0),
+            I(1),
+            I(1),
+            F(250.0),
+            I(2021),
+            I(3),
+            I(53),
+        ],
+        [
+            F(5.5 * H),
+            F(18.0 * H),
+            I(1),
+            I(2),
+            I(1),
+            F(0.1 * 100.0),
+            I(2021),
+            I(4),
+            I(1),
+        ],
+        [
+            F(250.0),
+            F(18.0 * H + 250.0),
+            N,
+            N,
+            N,
+            F(-300.0),
+            I(2021),
+            I(4),
+            I(1),
+        ],
+    ];
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(format!("{g:?}"), format!("{w:?}"), "event {i}");
+    }
+}
+
+#[test]
+fn the_offline_engine_computes_the_same_bits() {
+    let p = Arc::new(Pipeline::parse(PIPELINE, "expressions.toml").unwrap());
+    let dir = std::env::temp_dir().join(format!("kml-expressions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("events.csv");
+    let mut body = String::from("user,ts,cats,amount\n");
+    // Two users interleaved, so the windows are per key.
+    for user in ["u1", "u2"] {
+        for (ts, cats, amount) in EVENTS {
+            body.push_str(&format!("{user},{ts},{},{amount}\n", cats.unwrap_or("")));
+        }
+    }
+    std::fs::write(&csv, body).unwrap();
+    let r = parity::check(&p, &csv, &dir).unwrap();
+    assert_eq!((r.events, r.identical), (8, 8), "{:?}", r.first_mismatch);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Each new key is checked when the pipeline is read, naming the derive and the problem.
+#[test]
+fn misuse_is_refused_before_work() {
+    let refused = |from: &str, to: &str| {
+        assert!(PIPELINE.contains(from), "test setup: {from}");
+        Pipeline::parse(&PIPELINE.replacen(from, to, 1), "x.toml")
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = refused("value = \"b\"", "value = 2");
+    assert!(
+        e.contains("derive[2].value") && e.contains("`has` takes text"),
+        "{e}"
+    );
+    let e = refused("value = 100", "value = \"hundred\"");
+    assert!(e.contains("`mul` takes a number as `value`"), "{e}");
+    let e = refused(
+        "args = [\"amount\"]\nvalue = 100",
+        "args = [\"amount\", \"amount\"]\nvalue = 100",
+    );
+    assert!(
+        e.contains("takes two arguments, or one and a constant `value`"),
+        "{e}"
+    );
+    let e = refused("sep = \",\"", "sep = \"\"");
+    assert!(e.contains("`sep` must not be empty"), "{e}");
+    let e = refused(
+        "fn = \"count_values\"\nargs = [\"cats\"]\nsep = \",\"",
+        "fn = \"count_values\"\nargs = [\"amount\"]\nsep = \",\"",
+    );
+    assert!(e.contains("derive[4].args[0]"), "{e}");
+    let e = refused("value = \"b\"", "value = \"b\"\ntz = \"UTC\"");
+    assert!(e.contains("`has` takes no tz"), "{e}");
+    let e = refused(
+        "{ name = \"first_t\", fn = \"min\", field = \"event_time\" }",
+        "{ name = \"first_t\", fn = \"mean\", field = \"event_time\" }",
+    );
+    assert!(e.contains("window[0].aggs[1].field"), "{e}");
+}
