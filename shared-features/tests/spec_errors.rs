@@ -33,7 +33,7 @@ fn assert_points_at(err: &SpecError, line: usize, field: &str, words: &str) {
 }
 
 #[test]
-fn the_test_pipeline_and_the_flights_pipeline_are_valid() {
+fn the_test_pipeline_and_the_example_pipelines_are_valid() {
     let p = common::pipeline();
     assert_eq!(p.windows.len(), 2);
     let flights = std::fs::read_to_string(concat!(
@@ -46,6 +46,15 @@ fn the_test_pipeline_and_the_flights_pipeline_are_valid() {
     // Per-aircraft windows are partition-local; the per-airport window is not, and says so.
     let spread: Vec<&str> = f.repartition_windows().map(|w| w.name.as_str()).collect();
     assert_eq!(spread, ["origin_1h"]);
+    // The second example (its data is fetched, its file is not).
+    let football = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/football/pipeline.toml"
+    ))
+    .expect("football pipeline readable");
+    let f = Pipeline::parse(&football, "pipeline.toml").expect("football pipeline is valid");
+    let spread: Vec<&str> = f.repartition_windows().map(|w| w.name.as_str()).collect();
+    assert_eq!(spread, ["away_form"]);
 }
 
 #[test]
