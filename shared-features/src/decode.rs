@@ -18,7 +18,8 @@ const INTERNED_PER_FIELD: usize = 4096;
 ///
 /// Types are strict, so that a producer's mistake is caught rather than guessed at: an `int`
 /// field takes JSON integers, a `float` field takes any JSON number, a `str` field takes strings,
-/// a `timestamp` field takes an RFC 3339 string or integer epoch milliseconds. `null` is a null
+/// a `timestamp` field takes an RFC 3339 string or integer epoch milliseconds; an int or float
+/// field listed in `[events] numbers_from_strings` also takes a string holding a number. `null` is a null
 /// value; an absent field is an error, and so is a declared field given twice. Fields the
 /// pipeline does not declare are ignored, but the whole event must be UTF-8 (RFC 8259 section
 /// 8.1): an invalid byte anywhere, in an undeclared field too, refuses the event, because a
@@ -35,13 +36,35 @@ pub struct Decoder {
     strings: Vec<Set<Arc<str>>>,
     names: Vec<String>,
     types: Vec<FieldType>,
+    /// Per field: whether a JSON string holding a number is read as one (`[events]
+    /// numbers_from_strings`).
+    from_strings: Vec<bool>,
 }
 
 impl Decoder {
     /// A decoder for the event fields of `p`.
     pub fn new(p: &Pipeline) -> Self {
         let fields = p.fields();
-        Self::for_fields(fields.iter().map(|c| (c.name.clone(), c.ty)))
+        let mut d = Self::for_fields(fields.iter().map(|c| (c.name.clone(), c.ty)));
+        for &i in &p.numbers_from_strings {
+            if let Some(f) = d.from_strings.get_mut(i) {
+                *f = true;
+            }
+        }
+        d
+    }
+
+    /// Read JSON strings holding numbers in these int and float fields as numbers.
+    pub fn with_numbers_from_strings<'a>(
+        mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        for n in names {
+            if let Some(&i) = self.index.get(n) {
+                self.from_strings[i] = true;
+            }
+        }
+        self
     }
 
     /// A decoder for these fields, in this order (the offline engine reads JSON-lines history
@@ -56,6 +79,7 @@ impl Decoder {
                 .collect(),
             memo: Vec::new(),
             strings: vec![Set::default(); names.len()],
+            from_strings: vec![false; names.len()],
             names,
             types,
         }
@@ -191,7 +215,14 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
                 });
                 return Err(de::Error::custom("duplicate field"));
             }
-            match typed(raw, self.dec.types[i], field, &mut self.strings[i]) {
+            let from_strings = self.dec.from_strings[i];
+            match typed(
+                raw,
+                self.dec.types[i],
+                field,
+                from_strings,
+                &mut self.strings[i],
+            ) {
                 Ok(v) => self.row[i] = v,
                 Err(e) => {
                     *self.problem = Some(e);
@@ -299,6 +330,7 @@ fn typed(
     raw: Raw<'_>,
     ty: FieldType,
     field: &str,
+    from_strings: bool,
     strings: &mut Set<Arc<str>>,
 ) -> Result<Value, EventError> {
     let wrong = |found: String| EventError::WrongType {
@@ -315,6 +347,30 @@ fn typed(
         (Raw::Str(s), FieldType::Timestamp) => rfc3339(&s)
             .map(Value::Int)
             .map_err(|why| wrong(format!("the string {:?}, {why}", truncate(&s)))),
+        (Raw::Str(s), FieldType::Int) if from_strings => {
+            s.parse::<i64>().map(Value::Int).map_err(|_| {
+                wrong(format!(
+                    "the string {:?}, which is not an integer (numbers_from_strings reads digits \
+                 with an optional sign)",
+                    truncate(&s)
+                ))
+            })
+        }
+        (Raw::Str(s), FieldType::Float) if from_strings => match s.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Value::Float(x)),
+            _ => Err(wrong(format!(
+                "the string {:?}, which is not a finite number",
+                truncate(&s)
+            ))),
+        },
+        // A number sent as a string: say how to accept it, only when it is one.
+        (Raw::Str(s), FieldType::Int | FieldType::Float) if s.parse::<f64>().is_ok() => {
+            Err(wrong(format!(
+                "the string {:?} (to read numbers sent as strings, declare `[events] \
+                 numbers_from_strings = [\"{field}\"]`)",
+                truncate(&s)
+            )))
+        }
         (Raw::Float(x), _) => Err(wrong(format!("the number {x}"))),
         (Raw::Int(i), _) => Err(wrong(format!("the number {i}"))),
         (Raw::Str(s), _) => Err(wrong(format!("the string {:?}", truncate(&s)))),

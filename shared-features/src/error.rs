@@ -85,7 +85,7 @@ pub enum EventError {
     Time(String),
     /// The event is further ahead of the stream's progress than `[events] max_future` allows.
     #[error(
-        "future event: event time {event_time} is more than {max_future_ms} ms ahead of the stream's progress {progress} ([events] max_future)"
+        "future event: event time {event_time} is more than {} ahead of the stream's progress {progress} ([events] max_future)", crate::time::format_duration(*max_future_ms)
     )]
     Future {
         /// The event's time (RFC 3339).
@@ -97,7 +97,7 @@ pub enum EventError {
     },
     /// The event is older than its key's newest event minus the allowed lateness.
     #[error(
-        "late event for key {key}: event time {event_time} is more than {lateness_ms} ms behind the key's newest event {watermark}"
+        "late event for key {key:?}: event time {event_time} is more than {} ([events] lateness) behind the key's newest event {watermark}", crate::time::format_duration(*lateness_ms)
     )]
     Late {
         /// The entity key.
@@ -112,7 +112,7 @@ pub enum EventError {
     /// Upstream of a repartition: the event is older than the newest event of its input
     /// partition minus the allowed lateness, behind the watermark the merge orders events by.
     #[error(
-        "late event: event time {event_time} is more than {lateness_ms} ms behind the newest event of its input partition {newest} (a pipeline that repartitions orders events behind a watermark per input partition)"
+        "late event: event time {event_time} is more than {} ([events] lateness) behind the newest event of its input partition {newest} (a pipeline that repartitions orders events behind a watermark per input partition)", crate::time::format_duration(*lateness_ms)
     )]
     LateInPartition {
         /// The event's time (RFC 3339).

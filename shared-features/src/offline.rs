@@ -134,7 +134,12 @@ pub fn resolve(base: &Path, path: &str) -> PathBuf {
 pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataError> {
     let fields: Vec<(String, FieldType)> =
         p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
-    let mut df = read_csv(events, &fields, true)?;
+    let from_strings: Vec<&str> = p
+        .numbers_from_strings
+        .iter()
+        .map(|&i| p.layout[i].name.as_str())
+        .collect();
+    let mut df = read_csv(events, &fields, true, &from_strings)?;
     let total = df.height();
 
     let mask = filter_mask(&df, p).map_err(|e| polars_err(events, e))?;
@@ -182,7 +187,7 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         let path = resolve(base, &l.path);
         let mut cols = vec![(l.key.clone(), l.key_ty)];
         cols.extend(l.columns.iter().cloned());
-        let mut table = read_csv(&path, &cols, false)?;
+        let mut table = read_csv(&path, &cols, false, &[])?;
         check_unique_keys(&table, &l.key, l.key_ty, &path)?;
         out.table_digests
             .push((l.name.clone(), file_digest(&path)?));
@@ -219,7 +224,7 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         let path = resolve(base, &a.path);
         let mut cols = vec![(a.key.clone(), a.key_ty)];
         cols.extend(a.columns.iter().cloned());
-        let mut table = read_csv(&path, &cols, false)?;
+        let mut table = read_csv(&path, &cols, false, &[])?;
         out.table_digests
             .push((a.name.clone(), file_digest(&path)?));
         let t = table
@@ -433,6 +438,7 @@ fn read_csv(
     path: &Path,
     columns: &[(String, FieldType)],
     row_index: bool,
+    from_strings: &[&str],
 ) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     if !path.exists() {
@@ -442,7 +448,7 @@ fn read_csv(
     let mut df = if ext == "parquet" {
         read_parquet(path, columns)?
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
-        read_json_lines(path, columns)?
+        read_json_lines(path, columns, from_strings)?
     } else {
         read_csv_file(path, columns)?
     };
@@ -494,14 +500,19 @@ fn read_csv(
 /// Read JSON lines (one event object per line, as on a topic) with the online decoder, so a
 /// history file and a topic of the same events give the same values. Blank lines are skipped; a
 /// bad line is an error naming its line and field.
-fn read_json_lines(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {
+fn read_json_lines(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    from_strings: &[&str],
+) -> Result<DataFrame, DataError> {
     use crate::decode::Decoder;
     use crate::value::Value;
     use std::io::BufRead;
 
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
-    let mut decoder = Decoder::for_fields(columns.iter().cloned());
+    let mut decoder = Decoder::for_fields(columns.iter().cloned())
+        .with_numbers_from_strings(from_strings.iter().copied());
     let mut row = vec![Value::Null; columns.len()];
     let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::new(); columns.len()];
     let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); columns.len()];

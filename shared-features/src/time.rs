@@ -58,6 +58,29 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// Milliseconds as a duration in the pipeline file's units, largest first: `7d`, `1h30m`,
+/// `250ms`, `0ms` (the inverse of [`parse_duration`] for positive durations).
+pub fn format_duration(ms: i64) -> String {
+    if ms <= 0 {
+        return format!("{ms}ms");
+    }
+    let mut rest = ms;
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
 /// Parse a time zone name from the IANA database (`America/New_York`).
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
@@ -359,6 +382,20 @@ pub fn week_of_year(ms: i64, tz: Tz) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        for (ms, text) in [
+            (604_800_000, "7d"),
+            (5_400_000, "1h30m"),
+            (3_600_000, "1h"),
+            (90_061_001, "1d1h1m1s1ms"),
+            (250, "250ms"),
+        ] {
+            assert_eq!(format_duration(ms), text);
+            assert_eq!(parse_duration(text), Ok(ms));
+        }
+    }
 
     #[test]
     fn durations() {

@@ -41,7 +41,7 @@ fn an_event_a_year_ahead_is_refused_and_its_key_goes_on() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "future event: event time 2024-12-31T00:00:00.000Z is more than 604800000 ms ahead of \
+        "future event: event time 2024-12-31T00:00:00.000Z is more than 7d ahead of \
          the stream's progress 2024-01-01T00:00:00.000Z ([events] max_future)"
     );
     assert_eq!(err.kind(), "future");
@@ -136,10 +136,7 @@ fn the_bound_is_configurable_and_the_default_keeps_fingerprints() {
     let err = e
         .process(&event(Some("k1"), 241, None, Some("a")))
         .unwrap_err();
-    assert!(
-        err.to_string().contains("more than 7200000 ms ahead"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("more than 2h ahead"), "{err}");
 
     // Fingerprints: unset and the default written out are the same semantics and the same
     // fingerprint (the one pipelines had before the bound existed); another bound differs.

@@ -121,6 +121,14 @@ fn windows_joins_and_derived_features_by_hand() {
     // 01:04 is 11 minutes behind the newest (01:15): late, refused, state untouched.
     let late = e.process(&event(Some("k1"), 64, Some(100.0), Some("a")));
     assert!(matches!(late, Err(EventError::Late { .. })), "{late:?}");
+    // The message says it once, with the bound in the pipeline's own units.
+    let said = late.unwrap_err().to_string();
+    assert!(
+        said.starts_with("late event for key \"k1\": event time ")
+            && said
+                .contains(" is more than 10m ([events] lateness) behind the key's newest event "),
+        "{said}"
+    );
 
     // 01:20, x = 0: window (00:20, 01:20] in time order: 00:30 null, 01:00 4, 01:10 10, 01:15 2.
     let r = e

@@ -645,6 +645,20 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         Some(d) => c.duration(d, "events.max_future")?,
         None => super::DEFAULT_MAX_FUTURE_MS,
     };
+    let mut numbers_from_strings = Vec::new();
+    for name in ev.numbers_from_strings.iter().flat_map(|l| l.get_ref()) {
+        let col = c.resolve(name, "events.numbers_from_strings")?;
+        c.expect_ty(
+            col,
+            name,
+            "events.numbers_from_strings",
+            &[FieldType::Int, FieldType::Float],
+        )?;
+        if !numbers_from_strings.contains(&col) {
+            numbers_from_strings.push(col);
+        }
+    }
+    numbers_from_strings.sort_unstable();
     let time = event_time(&c, ev.time.get_ref(), ev.time.span())?;
     c.define(
         &S::new(ev.time.span(), "event_time".to_string()),
@@ -769,6 +783,7 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         lateness_ms,
         idle_key_ttl_ms,
         max_future_ms,
+        numbers_from_strings,
         time,
         filters,
         lookups,

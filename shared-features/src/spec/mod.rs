@@ -49,6 +49,10 @@ pub struct Pipeline {
     /// fingerprints of pipelines that do not set it are those they had before the bound existed.
     #[serde(skip_serializing_if = "is_default_max_future")]
     pub max_future_ms: i64,
+    /// Int and float fields that also accept a JSON string holding a number
+    /// (`[events] numbers_from_strings`), as event-field indices.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub numbers_from_strings: Vec<usize>,
     /// How `event_time` is computed from the fields.
     pub time: EventTime,
     /// Filters, all of which an event must pass.

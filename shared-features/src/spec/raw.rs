@@ -51,6 +51,8 @@ pub(crate) struct RawEvents {
     pub idle_key_ttl: Option<S<String>>,
     #[serde(default)]
     pub max_future: Option<S<String>>,
+    #[serde(default)]
+    pub numbers_from_strings: Option<S<Vec<S<String>>>>,
     pub fields: S<BTreeMap<String, S<String>>>,
     pub time: S<RawEventTime>,
 }
