@@ -14,6 +14,7 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod offsets;
+pub(crate) mod oip;
 pub mod replay;
 pub mod run;
 pub mod score;

@@ -64,6 +64,8 @@ pub struct Scorer {
     x: Vec<f64>,
     out: Vec<u8>,
     key: Vec<u8>,
+    /// The score and decision of the last prediction.
+    last: (f64, bool),
     broken: bool,
     /// Upstream of a repartition: forward rows to the repartition topic rather than score.
     upstream: Option<crate::merge::Upstream>,
@@ -80,6 +82,7 @@ impl Scorer {
             x: Vec::new(),
             out: Vec::with_capacity(512),
             key: Vec::with_capacity(32),
+            last: (f64::NAN, false),
             broken: false,
             upstream: None,
         }
@@ -192,6 +195,7 @@ impl Scorer {
             key: &mut self.key,
             x: &mut self.x,
             out: &mut self.out,
+            last: &mut self.last,
         };
         predict(m, row, pos, bufs)
     }
@@ -203,6 +207,7 @@ impl Scorer {
             key: &mut self.key,
             x: &mut self.x,
             out: &mut self.out,
+            last: &mut self.last,
         };
         let model = &self.model;
         match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
@@ -234,6 +239,11 @@ impl Scorer {
         &self.out
     }
 
+    /// The score and decision of the last scored event.
+    pub fn last_score(&self) -> (f64, bool) {
+        self.last
+    }
+
     /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]).
     pub fn save_state(&self) -> Vec<u8> {
         self.engine.save_state()
@@ -251,6 +261,7 @@ struct Bufs<'a> {
     key: &'a mut Vec<u8>,
     x: &'a mut Vec<f64>,
     out: &'a mut Vec<u8>,
+    last: &'a mut (f64, bool),
 }
 
 /// Write `text` of a key value into `buf` (null: nothing).
@@ -275,6 +286,8 @@ fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outc
     let key = std::str::from_utf8(b.key).unwrap_or_default();
     m.fitted.transform(p, row, b.x);
     let score = m.model.predict_proba(b.x);
+    let decision = m.model.decide(score);
+    *b.last = (score, decision);
     let time = format_timestamp(event_time);
     b.out.clear();
     let pred = Prediction {
@@ -282,7 +295,7 @@ fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outc
         event_time: &time,
         event_time_ms: event_time,
         score,
-        decision: m.model.decide(score),
+        decision,
         model: &m.name,
         version: m.version,
         fingerprint: &m.fingerprint,

@@ -67,23 +67,40 @@ pub struct ServeArgs {
 }
 
 /// The scorer behind one lock.
-struct Inner {
+pub(crate) struct Inner {
     scorer: Scorer,
     next_offset: i64,
 }
 
+impl Inner {
+    /// The model being served.
+    pub(crate) fn model(&self) -> &Arc<Servable> {
+        self.scorer.model()
+    }
+}
+
 #[derive(Clone)]
-struct App {
+pub(crate) struct App {
     inner: Arc<Mutex<Inner>>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     max_event_bytes: usize,
     pass_through: bool,
+}
+
+/// What became of one event scored over HTTP.
+pub(crate) enum Scored {
+    /// Its score and decision; the prediction JSON is in the scorer.
+    Score(f64, bool),
+    /// A filter dropped it.
+    Filtered,
+    /// Refused (what live scoring dead-letters), and why.
+    Refused(String),
 }
 
 impl App {
     /// The lock. A poisoned lock (a panic that escaped while holding it) resets the window
     /// state, which that panic may have left half-updated.
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => {
@@ -149,6 +166,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let routes = Router::new()
             .route("/v1/score", post(score))
             .route("/v1/model", get(describe))
+            .merge(crate::oip::routes())
             .with_state(app)
             .layer(DefaultBodyLimit::max(args.max_body_bytes))
             .merge(http::health_routes(metrics))
@@ -162,7 +180,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
-        "not found: POST /v1/score, GET /v1/model, /metrics, /healthz, /readyz\n",
+        "not found: POST /v1/score, GET /v1/model, the Open Inference Protocol under /v2, \
+         /metrics, /healthz, /readyz\n",
     )
 }
 
@@ -238,6 +257,40 @@ fn event_lines(body: &[u8]) -> Vec<(usize, &[u8])> {
 
 /// Score one line into `out`; returns whether it was refused.
 fn score_line(app: &App, g: &mut Inner, line_no: usize, line: &[u8], out: &mut Vec<u8>) -> bool {
+    if app.pass_through {
+        app.metrics.events_in.inc();
+        g.next_offset += 1;
+        out.extend_from_slice(b"{}\n");
+        return false;
+    }
+    let refused = match score_one(app, g, line, |g| {
+        out.extend_from_slice(g.scorer.prediction())
+    }) {
+        Scored::Score(..) => false,
+        Scored::Filtered => {
+            let answer = json!({"line": line_no, "filtered": true});
+            out.extend_from_slice(answer.to_string().as_bytes());
+            false
+        }
+        Scored::Refused(reason) => {
+            let answer = json!({"line": line_no, "error": reason});
+            out.extend_from_slice(answer.to_string().as_bytes());
+            true
+        }
+    };
+    out.push(b'\n');
+    refused
+}
+
+/// Score one event with the server's window state, counting it in the metrics; `scored` sees
+/// the scorer right after a prediction (its JSON in [`Scorer::prediction`]). A panic (a bug)
+/// resets the window state.
+pub(crate) fn score_one(
+    app: &App,
+    g: &mut Inner,
+    event: &[u8],
+    scored: impl FnOnce(&Inner),
+) -> Scored {
     app.metrics.events_in.inc();
     let pos = SourcePos {
         topic: "http",
@@ -245,38 +298,30 @@ fn score_line(app: &App, g: &mut Inner, line_no: usize, line: &[u8], out: &mut V
         offset: g.next_offset,
     };
     g.next_offset += 1;
-    if app.pass_through {
-        out.extend_from_slice(b"{}\n");
-        return false;
-    }
-    let refused = match g.scorer.score(Some(line), pos) {
+    let outcome = match g.scorer.score(Some(event), pos) {
         Outcome::Scored { .. } => {
             app.metrics.predictions.inc();
-            out.extend_from_slice(g.scorer.prediction());
-            false
+            scored(g);
+            let (score, decision) = g.scorer.last_score();
+            Scored::Score(score, decision)
         }
         Outcome::Filtered => {
             app.metrics.filtered.inc();
-            let answer = json!({"line": line_no, "filtered": true});
-            out.extend_from_slice(answer.to_string().as_bytes());
-            false
+            Scored::Filtered
         }
         Outcome::Dead(reason) => {
             app.metrics.dead_lettered.inc();
-            let answer = json!({"line": line_no, "error": reason});
-            out.extend_from_slice(answer.to_string().as_bytes());
-            true
+            Scored::Refused(reason)
         }
     };
-    out.push(b'\n');
     if g.scorer.broken() {
         app.metrics.panics.inc();
         tracing::error!(
-            line = line_no,
+            offset = pos.offset,
             "scoring panicked (a bug); window state reset"
         );
         let model = g.scorer.model().clone();
         g.scorer = Scorer::new(model, app.max_event_bytes);
     }
-    refused
+    outcome
 }
