@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod evaluate;
 pub mod feed;
+pub(crate) mod grpc;
 pub mod http;
 pub mod kafka;
 pub mod live;

@@ -58,7 +58,7 @@ pub(crate) fn routes() -> Router<App> {
 }
 
 /// A request refused as a whole: status and message.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -78,14 +78,14 @@ fn bad(msg: impl Into<String>) -> Refusal {
 
 /// Which of the two entries a model name means.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Entry {
+pub(crate) enum Entry {
     Events,
     Features,
 }
 
 /// The entry `name` (and `version`, when given) names, with the served bundle's name, version
 /// and input width.
-fn entry(
+pub(crate) fn entry(
     app: &App,
     name: &str,
     version: Option<&str>,
@@ -217,14 +217,14 @@ struct InferRequest {
 }
 
 #[derive(Deserialize)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
+pub(crate) struct InputTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<i64>,
+    pub(crate) datatype: String,
     #[serde(default)]
-    parameters: Option<serde_json::Map<String, Json>>,
+    pub(crate) parameters: Option<serde_json::Map<String, Json>>,
     #[serde(default)]
-    data: Option<Json>,
+    pub(crate) data: Option<Json>,
 }
 
 #[derive(Deserialize)]
@@ -257,10 +257,10 @@ async fn infer_v(
 }
 
 /// The rows of one answer.
-struct Rows {
-    score: Vec<f64>,
-    decision: Vec<bool>,
-    error: Vec<String>,
+pub(crate) struct Rows {
+    pub(crate) score: Vec<f64>,
+    pub(crate) decision: Vec<bool>,
+    pub(crate) error: Vec<String>,
 }
 
 impl Rows {
@@ -415,7 +415,7 @@ fn requested_outputs(req: &InferRequest, name: &str) -> Result<Vec<(String, bool
 }
 
 /// The row count of an input whose shape must be one of `allowed` (-1: any length).
-fn rows_of(t: &InputTensor, allowed: &[&[i64]]) -> Result<usize, Refusal> {
+pub(crate) fn rows_of(t: &InputTensor, allowed: &[&[i64]]) -> Result<usize, Refusal> {
     let fits = |a: &&[i64]| {
         a.len() == t.shape.len()
             && a.iter()
@@ -451,7 +451,7 @@ fn flatten<'a>(data: &'a Json, out: &mut Vec<&'a Json>) {
     }
 }
 
-fn bytes_elements<'a>(
+pub(crate) fn bytes_elements<'a>(
     t: &'a InputTensor,
     raw: Option<&'a [u8]>,
     n: usize,
@@ -507,7 +507,11 @@ fn bytes_elements<'a>(
     Ok(out)
 }
 
-fn float_elements(t: &InputTensor, raw: Option<&[u8]>, n: usize) -> Result<Vec<f64>, Refusal> {
+pub(crate) fn float_elements(
+    t: &InputTensor,
+    raw: Option<&[u8]>,
+    n: usize,
+) -> Result<Vec<f64>, Refusal> {
     let out: Vec<f64> = match (t.datatype.as_str(), raw, &t.data) {
         ("FP64", Some(b), _) => {
             if b.len() != n * 8 {
@@ -577,7 +581,7 @@ fn float_elements(t: &InputTensor, raw: Option<&[u8]>, n: usize) -> Result<Vec<f
 }
 
 /// Score raw events in order with the server's window state, in slices under the lock.
-async fn score_events(app: &App, events: &[&[u8]]) -> Rows {
+pub(crate) async fn score_events(app: &App, events: &[&[u8]]) -> Rows {
     let mut rows = Rows::with_capacity(events.len());
     for (k, slice) in events.chunks(crate::serve::SLICE).enumerate() {
         if k > 0 {
@@ -592,7 +596,7 @@ async fn score_events(app: &App, events: &[&[u8]]) -> Rows {
 }
 
 /// Score encoded vectors with the model alone.
-fn score_vectors(app: &App, xs: &[f64], width: usize) -> Rows {
+pub(crate) fn score_vectors(app: &App, xs: &[f64], width: usize) -> Rows {
     let m = app.lock().model().clone();
     let mut rows = Rows::with_capacity(xs.len() / width.max(1));
     for (i, x) in xs.chunks_exact(width.max(1)).enumerate() {

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the log says which).
     #[arg(long, env = "KML_SERVE_ADDR", default_value = "127.0.0.1:8080")]
     addr: String,
+    /// Also serve the Open Inference Protocol over gRPC on this address (port 0: any free port;
+    /// the log says which).
+    #[arg(long, env = "KML_SERVE_GRPC_ADDR")]
+    grpc_addr: Option<String>,
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
@@ -161,6 +165,22 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             metrics.clone(),
         ));
         tokio::spawn(crate::signals(token.clone(), CancellationToken::new()));
+        let grpc = match &args.grpc_addr {
+            Some(a) => {
+                let (listener, grpc_addr) = http::bind(a, "--grpc-addr").await?;
+                tracing::info!(addr = %grpc_addr, model = %current.id,
+                               "serving the model over gRPC (Open Inference Protocol)");
+                Some(tokio::spawn(crate::grpc::serve(
+                    listener,
+                    app.clone(),
+                    args.max_body_bytes,
+                    args.http.max_connections as usize,
+                    Duration::from_secs_f64(args.http.request_timeout),
+                    token.clone(),
+                )))
+            }
+            None => None,
+        };
         metrics.set_ready(true);
         tracing::info!(addr = %addr, model = %current.id, "serving the model over HTTP");
         let routes = Router::new()
@@ -172,6 +192,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .merge(http::health_routes(metrics))
             .fallback(not_found);
         http::serve(listener, routes, args.http, token.clone()).await;
+        if let Some(g) = grpc {
+            match g.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         tracing::info!("stopping: signal received");
         anyhow::Ok(())
     })
