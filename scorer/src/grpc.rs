@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::oip::{Entry, InputTensor, Refusal, entry, float_elements, rows_of, score_events};
+use crate::oip::{
+    Entry, InputTensor, Refusal, entry, float_elements, length_prefixed, rows_of, score_events,
+};
 use crate::serve::App;
 
 /// The code generated from `proto/inference.proto`.
@@ -140,14 +142,7 @@ impl GrpcInferenceService for Service {
             (Some(raw), _) => raw,
             (None, Some(c)) => {
                 from_contents = match input.datatype.as_str() {
-                    "BYTES" => c
-                        .bytes_contents
-                        .iter()
-                        .flat_map(|b| {
-                            let len = u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes();
-                            len.into_iter().chain(b.iter().copied())
-                        })
-                        .collect::<Vec<u8>>(),
+                    "BYTES" => length_prefixed(c.bytes_contents.iter().map(Vec::as_slice)),
                     "FP64" => c
                         .fp64_contents
                         .iter()
@@ -211,23 +206,7 @@ impl GrpcInferenceService for Service {
             raw_output_contents: Vec::new(),
         };
         for name in outputs {
-            let (datatype, bytes): (&str, Vec<u8>) = match name {
-                "score" => (
-                    "FP64",
-                    rows.score.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
-                "decision" => ("BOOL", rows.decision.iter().map(|&d| u8::from(d)).collect()),
-                _ => (
-                    "BYTES",
-                    rows.error
-                        .iter()
-                        .flat_map(|e| {
-                            let len = u32::try_from(e.len()).unwrap_or(u32::MAX).to_le_bytes();
-                            len.into_iter().chain(e.bytes())
-                        })
-                        .collect(),
-                ),
-            };
+            let (datatype, bytes) = rows.raw(name);
             out.outputs.push(model_infer_response::InferOutputTensor {
                 name: name.to_string(),
                 datatype: datatype.into(),

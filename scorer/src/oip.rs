@@ -120,12 +120,7 @@ pub(crate) fn entry(
 }
 
 fn json_ok(v: &Json) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+    json_ok_text(v.to_string())
 }
 
 async fn server_metadata() -> Response {
@@ -272,6 +267,22 @@ impl Rows {
         }
     }
 
+    /// Output `name`'s datatype and its data in the binary layout (little-endian; BYTES
+    /// length-prefixed), shared by REST's binary outputs and gRPC's raw contents.
+    pub(crate) fn raw(&self, name: &str) -> (&'static str, Vec<u8>) {
+        match name {
+            "score" => (
+                "FP64",
+                self.score.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            "decision" => ("BOOL", self.decision.iter().map(|&d| u8::from(d)).collect()),
+            _ => (
+                "BYTES",
+                length_prefixed(self.error.iter().map(String::as_bytes)),
+            ),
+        }
+    }
+
     fn push(&mut self, s: Scored) {
         let (score, decision, error) = match s {
             Scored::Score(x, d) => (x, d, String::new()),
@@ -412,6 +423,16 @@ fn requested_outputs(req: &InferRequest, name: &str) -> Result<Vec<(String, bool
         )));
     }
     Ok(outputs)
+}
+
+/// BYTES elements in the binary layout: each a 4-byte little-endian length, then the bytes.
+pub(crate) fn length_prefixed<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in items {
+        out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    out
 }
 
 /// The row count of an input whose shape must be one of `allowed` (-1: any length).
@@ -631,7 +652,16 @@ fn answer(
     let mut outputs = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     for (out, binary) in names {
-        let (datatype, data, bytes): (&str, Json, Vec<u8>) = match out.as_str() {
+        if *binary {
+            let (datatype, bytes) = rows.raw(out);
+            outputs.push(json!({
+                "name": out, "datatype": datatype, "shape": [n],
+                "parameters": { "binary_data_size": bytes.len() },
+            }));
+            tail.extend_from_slice(&bytes);
+            continue;
+        }
+        let (datatype, data) = match out.as_str() {
             "score" => (
                 "FP64",
                 json!(
@@ -640,36 +670,11 @@ fn answer(
                         .map(|x| x.is_finite().then_some(*x))
                         .collect::<Vec<_>>()
                 ),
-                rows.score.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
-            "decision" => (
-                "BOOL",
-                json!(rows.decision),
-                rows.decision.iter().map(|&d| u8::from(d)).collect(),
-            ),
-            "error" => (
-                "BYTES",
-                json!(rows.error),
-                rows.error
-                    .iter()
-                    .flat_map(|e| {
-                        let len = u32::try_from(e.len()).unwrap_or(u32::MAX).to_le_bytes();
-                        len.into_iter().chain(e.bytes())
-                    })
-                    .collect(),
-            ),
-            // requested_outputs refused every other name.
-            _ => continue,
+            "decision" => ("BOOL", json!(rows.decision)),
+            _ => ("BYTES", json!(rows.error)),
         };
-        if *binary {
-            outputs.push(json!({
-                "name": out, "datatype": datatype, "shape": [n],
-                "parameters": { "binary_data_size": bytes.len() },
-            }));
-            tail.extend_from_slice(&bytes);
-        } else {
-            outputs.push(json!({ "name": out, "datatype": datatype, "shape": [n], "data": data }));
-        }
+        outputs.push(json!({ "name": out, "datatype": datatype, "shape": [n], "data": data }));
     }
     let mut head = json!({
         "model_name": name,

@@ -151,6 +151,8 @@ pub struct Live {
     ckpt: Option<Checkpoints>,
     /// [`state_fingerprint`] of the model serving.
     state_fp: String,
+    /// The fingerprint a merge's snapshots are written and restored under.
+    merge_fp: String,
     /// Repartitioning: the input partitions assigned (with when), the marks sent last.
     marks: std::collections::BTreeMap<i32, MarkSent>,
     marks_at: Instant,
@@ -168,6 +170,11 @@ struct MarkSent {
 
 /// The state fingerprint snapshots are written and restored under: an upstream scorer's
 /// state (without the windows keyed by another column) is not a whole one.
+/// The fingerprint of a merge's state (downstream of a repartition).
+fn merge_fp_of(m: &Servable) -> String {
+    format!("{}+merge", state_fingerprint(m))
+}
+
 fn state_fp_of(m: &Servable, repartition: bool) -> String {
     let fp = state_fingerprint(m);
     if repartition {
@@ -198,6 +205,7 @@ impl Live {
         ckpt: Option<Checkpoints>,
     ) -> Self {
         let state_fp = state_fp_of(&model, cfg.repartition.is_some());
+        let merge_fp = merge_fp_of(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
         Self {
             cfg,
@@ -221,6 +229,7 @@ impl Live {
             latency,
             ckpt,
             state_fp,
+            merge_fp,
             marks: Default::default(),
             marks_at: Instant::now(),
             released_at: Instant::now(),
@@ -754,6 +763,7 @@ impl Live {
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
         self.state_fp = state_fp_of(&m, self.cfg.repartition.is_some());
+        self.merge_fp = merge_fp_of(&m);
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
     }

@@ -10,9 +10,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{Live, Part};
+use crate::checkpoint::Checkpoints;
 use crate::checkpoint::{Header, PRUNE_LAG, Written};
 use crate::merge::Merge;
-use crate::score::{Scorer, state_fingerprint};
+use crate::metrics::Metrics;
+use crate::run::Summary;
+use crate::score::Scorer;
 use crate::source::{self, SourceCtx};
 
 impl Live {
@@ -59,30 +62,15 @@ impl Live {
         );
         let mut merge =
             Merge::new(self.model.clone(), &r.input, r.inputs).with_grace(self.cfg.idle_after);
-        let fp = format!("{}+merge", state_fingerprint(&self.model));
-        let from = self.ckpt.as_ref().and_then(|c| {
-            let mut refused = 0;
-            let got = c.restore(
-                &part.topic,
-                part.partition,
-                offset,
-                &fp,
-                &mut refused,
-                |b| merge.load_state(b),
-            );
-            self.summary.snapshots_refused += refused;
-            self.metrics.snapshots_refused.inc_by(refused);
-            got
-        });
-        if let Some(at) = from {
-            tracing::info!(
-                partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
-                resume = offset, "merge restored from a checkpoint"
-            );
-            self.summary.restored += 1;
-            self.metrics.restores.inc();
-            part.ckpt_offset = Some(at);
-        }
+        let from = restore_snapshot(
+            self.ckpt.as_ref(),
+            (&mut self.summary, &self.metrics),
+            part,
+            offset,
+            &self.merge_fp,
+            "merge restored from a checkpoint",
+            |b| merge.load_state(b),
+        );
         let consumer = self.consumer.clone();
         let mut held = Held::default();
         let w = source::warm(
@@ -126,29 +114,15 @@ impl Live {
             } else {
                 Scorer::new(self.model.clone(), self.cfg.max_event_bytes)
             };
-            let from = self.ckpt.as_ref().and_then(|c| {
-                let mut refused = 0;
-                let got = c.restore(
-                    &part.topic,
-                    part.partition,
-                    offset,
-                    &self.state_fp,
-                    &mut refused,
-                    |b| scorer.load_state(b),
-                );
-                self.summary.snapshots_refused += refused;
-                self.metrics.snapshots_refused.inc_by(refused);
-                got
-            });
-            if let Some(at) = from {
-                tracing::info!(
-                    partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
-                    resume = offset, "window state restored from a checkpoint"
-                );
-                self.summary.restored += 1;
-                self.metrics.restores.inc();
-                part.ckpt_offset = Some(at);
-            }
+            let from = restore_snapshot(
+                self.ckpt.as_ref(),
+                (&mut self.summary, &self.metrics),
+                part,
+                offset,
+                &self.state_fp,
+                "window state restored from a checkpoint",
+                |b| scorer.load_state(b),
+            );
             let w = source::warm(
                 &self.reader,
                 (&part.topic, part.partition),
@@ -205,10 +179,7 @@ impl Live {
         };
         let (state, fingerprint) = match (&p.scorer, &p.merge) {
             (Some(s), _) => (s.save_state(), self.state_fp.clone()),
-            (None, Some(m)) => (
-                m.save_state(),
-                format!("{}+merge", state_fingerprint(&self.model)),
-            ),
+            (None, Some(m)) => (m.save_state(), self.merge_fp.clone()),
             (None, None) => return false,
         };
         if p.ckpt_busy || p.next < 0 || p.ckpt_offset == Some(p.next) {
@@ -411,4 +382,38 @@ impl Held {
             let _ = consumer.resume(&resume);
         }
     }
+}
+
+/// Load into `load` the newest valid snapshot of `part` at or below `offset` saved under
+/// `fingerprint`, counting the snapshots refused and the restore (logged as `restored`); the
+/// snapshot's offset, if one loaded.
+fn restore_snapshot(
+    ckpt: Option<&Checkpoints>,
+    (summary, metrics): (&mut Summary, &Metrics),
+    part: &mut Part,
+    offset: i64,
+    fingerprint: &str,
+    restored: &'static str,
+    load: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Option<i64> {
+    let mut refused = 0;
+    let at = ckpt?.restore(
+        &part.topic,
+        part.partition,
+        offset,
+        fingerprint,
+        &mut refused,
+        load,
+    );
+    summary.snapshots_refused += refused;
+    metrics.snapshots_refused.inc_by(refused);
+    let at = at?;
+    tracing::info!(
+        partition = %format!("{}/{}", part.topic, part.partition), snapshot = at,
+        resume = offset, "{restored}"
+    );
+    summary.restored += 1;
+    metrics.restores.inc();
+    part.ckpt_offset = Some(at);
+    Some(at)
 }
