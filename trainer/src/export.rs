@@ -31,6 +31,11 @@ pub struct ExportArgs {
     /// Start of the validation split; overrides `[split] valid_from`.
     #[arg(long)]
     valid_from: Option<String>,
+    /// Also write each row's entity key (the pipeline's `key`, as text) in a first column,
+    /// `key`: with the event time it names the event, so a row can be matched with the
+    /// scorer's prediction of the same event.
+    #[arg(long)]
+    with_key: bool,
 }
 
 /// Compute the matrix exactly as `trainer fit` does and write it.
@@ -48,9 +53,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     input.fetch()?;
     let data = Dataset::build(&input, valid_from)?;
     if parquet {
-        write_parquet(&input, &data, &args.out)?;
+        write_parquet(&input, &data, &args.out, args.with_key)?;
     } else {
-        write_csv(&input, &data, &args.out)?;
+        write_csv(&input, &data, &args.out, args.with_key)?;
     }
     eprintln!(
         "wrote {} training and {} validation rows of {} features to {}",
@@ -62,13 +67,19 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parquet: `event_time` (RFC 3339 text in UTC, as in the CSV), `split`, `label` (bool), then
-/// one f64 column per input slot.
-fn write_parquet(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow::Result<()> {
+/// Parquet: (`key` with `--with-key`), `event_time` (RFC 3339 text in UTC, as in the CSV),
+/// `split`, `label` (bool), then one f64 column per input slot.
+fn write_parquet(
+    input: &Input,
+    data: &Dataset,
+    out: &std::path::Path,
+    with_key: bool,
+) -> anyhow::Result<()> {
     use polars::prelude::{Column, DataFrame, ParquetWriter};
     let p = &input.pipeline;
     let names = data.fitted.names();
     let n = data.train.len() + data.valid.len();
+    let mut keys = Vec::with_capacity(if with_key { n } else { 0 });
     let mut times = Vec::with_capacity(n);
     let mut splits = Vec::with_capacity(n);
     let mut labels = Vec::with_capacity(n);
@@ -78,6 +89,9 @@ fn write_parquet(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow
         for (i, y) in rows {
             let row = &data.run.rows[*i];
             data.fitted.transform(p, row, &mut buf);
+            if with_key {
+                keys.push(row[p.key].key_text());
+            }
             times.push(row[p.event_time_col()].as_i64().map(format_timestamp));
             splits.push(split);
             labels.push(*y);
@@ -86,11 +100,15 @@ fn write_parquet(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow
             }
         }
     }
-    let mut columns = vec![
+    let mut columns = Vec::new();
+    if with_key {
+        columns.push(Column::new("key".into(), keys));
+    }
+    columns.extend([
         Column::new("event_time".into(), times),
         Column::new("split".into(), splits),
         Column::new("label".into(), labels),
-    ];
+    ]);
     for (name, col) in names.iter().zip(slots) {
         columns.push(Column::new(name.as_str().into(), col));
     }
@@ -103,16 +121,26 @@ fn write_parquet(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow
     Ok(())
 }
 
-fn write_csv(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow::Result<()> {
+fn write_csv(
+    input: &Input,
+    data: &Dataset,
+    out: &std::path::Path,
+    with_key: bool,
+) -> anyhow::Result<()> {
     let p = &input.pipeline;
     let file =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
-    let mut header = vec![
+    let mut header = if with_key {
+        vec!["key".to_string()]
+    } else {
+        Vec::new()
+    };
+    header.extend([
         "event_time".to_string(),
         "split".to_string(),
         "label".to_string(),
-    ];
+    ]);
     header.extend(data.fitted.names());
     writeln!(w, "{}", header.join(","))?;
     let mut buf = Vec::new();
@@ -122,6 +150,17 @@ fn write_csv(input: &Input, data: &Dataset, out: &std::path::Path) -> anyhow::Re
             let row = &data.run.rows[*i];
             data.fitted.transform(p, row, &mut buf);
             line.clear();
+            if with_key {
+                let k = row[p.key].key_text().unwrap_or_default();
+                if k.contains([',', '"', '\n', '\r']) {
+                    line.push('"');
+                    line.push_str(&k.replace('"', "\"\""));
+                    line.push_str("\",");
+                } else {
+                    line.push_str(&k);
+                    line.push(',');
+                }
+            }
             let t = row[p.event_time_col()]
                 .as_i64()
                 .map(format_timestamp)

@@ -473,9 +473,9 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
     use polars::prelude::*;
     let dir = std::env::temp_dir().join(format!("trainer-cli-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let export = |file: &str| {
+    let export = |file: &str, extra: &[&str]| {
         let out = dir.join(file);
-        let run = trainer(&[
+        let mut args = vec![
             "export-features",
             "--pipeline",
             "data/flights/pipeline.toml",
@@ -485,7 +485,9 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
             "2013-01-03",
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra);
+        let run = trainer(&args);
         assert!(
             run.status.success(),
             "{}",
@@ -493,8 +495,8 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
         );
         out
     };
-    let csv = std::fs::read_to_string(export("m.csv")).unwrap();
-    let file = std::fs::File::open(export("m.parquet")).unwrap();
+    let csv = std::fs::read_to_string(export("m.csv", &[])).unwrap();
+    let file = std::fs::File::open(export("m.parquet", &[])).unwrap();
     let df = ParquetReader::new(file).finish().unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -527,6 +529,27 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
             );
         }
     }
+    // --with-key: the same rows with the entity key first, and (key, event time) names each.
+    let keyed = std::fs::read_to_string(export("k.csv", &["--with-key"])).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut keyed_lines = keyed.lines();
+    assert_eq!(
+        keyed_lines.next().unwrap(),
+        format!("key,{}", header.join(","))
+    );
+    let plain: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(keyed_lines.clone().count(), plain.len());
+    for (k, p) in keyed_lines.zip(&plain) {
+        let (key, rest) = k.split_once(',').unwrap();
+        assert!(!key.is_empty() && !key.contains('"'), "{k}");
+        assert_eq!(rest, *p);
+        let time = rest.split(',').next().unwrap();
+        assert!(seen.insert((key, time)), "{key} at {time} twice");
+    }
+    let file = std::fs::File::open(export("k.parquet", &["--with-key"])).unwrap();
+    let kdf = ParquetReader::new(file).finish().unwrap();
+    assert_eq!(kdf.get_column_names()[0].as_str(), "key");
+    assert_eq!(kdf.height(), plain.len());
     std::fs::remove_dir_all(dir).ok();
 }
 
