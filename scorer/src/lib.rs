@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod offsets;
 pub(crate) mod oip;
+pub mod remote;
 pub mod replay;
 pub mod run;
 pub mod score;
@@ -51,7 +52,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Consume input topics, score every event, produce predictions (and dead letters).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Score a historical range of a topic through the live code path.
     Replay(replay::ReplayArgs),
     /// Publish a history file's events to a topic in event order.
@@ -69,7 +70,7 @@ pub fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _scenario = fail::FailScenario::setup();
     let result = match cli.command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Replay(a) => replay::replay(a),
         Command::Feed(a) => feed::feed(a),
         Command::Evaluate(a) => evaluate::evaluate(a),

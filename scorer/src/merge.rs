@@ -246,6 +246,11 @@ impl Merge {
         self
     }
 
+    /// Encode only: released rows are left for a model server ([`Scorer::set_remote`]).
+    pub fn set_remote(&mut self, on: bool) {
+        self.scorer.set_remote(on);
+    }
+
     /// The scorer (model, buffers of the last prediction).
     pub fn scorer(&self) -> &Scorer {
         &self.scorer

@@ -72,6 +72,21 @@ pub struct Metrics {
     /// From an event's consumption to its output's acknowledgement, per output; for a filtered
     /// event, to the moment it became committable (`kml_event_latency_seconds`).
     pub latency: Histogram,
+    /// Requests answered by the model server, `--model-server` (`kml_model_server_requests_total`).
+    pub model_server_requests: Counter,
+    /// Requests the model server did not answer (down, timed out, 5xx), each retried
+    /// (`kml_model_server_failures_total`).
+    pub model_server_failures: Counter,
+    /// Requests the model server refused (the batch is split until the refused rows are
+    /// alone; those are dead-lettered) (`kml_model_server_refusals_total`).
+    pub model_server_refusals: Counter,
+    /// Requests out to the model server (`kml_model_server_in_flight`).
+    pub model_server_in_flight: Gauge,
+    /// 1 while every request slot has waited longer than the request timeout: consumption
+    /// stopped for the model server (`kml_model_server_stalled`).
+    pub model_server_stalled: Gauge,
+    /// Time of one answered request to the model server (`kml_model_server_latency_seconds`).
+    pub model_server_latency: Histogram,
     /// 1 when serving: a model, an assignment (run) (`kml_ready`); also `/readyz`.
     pub ready_gauge: Gauge<i64, AtomicI64>,
     ready: Arc<AtomicBool>,
@@ -204,6 +219,37 @@ impl Metrics {
             "From an event's consumption to its output's acknowledgement.",
             latency.clone(),
         );
+        let model_server_requests = counter(
+            &mut r,
+            "kml_model_server_requests",
+            "Requests answered by the model server (--model-server).",
+        );
+        let model_server_failures = counter(
+            &mut r,
+            "kml_model_server_failures",
+            "Requests the model server did not answer (down, timed out, 5xx); each is retried.",
+        );
+        let model_server_refusals = counter(
+            &mut r,
+            "kml_model_server_refusals",
+            "Requests the model server refused; refused rows are dead-lettered.",
+        );
+        let model_server_in_flight = gauge(
+            &mut r,
+            "kml_model_server_in_flight",
+            "Requests out to the model server.",
+        );
+        let model_server_stalled = gauge(
+            &mut r,
+            "kml_model_server_stalled",
+            "1 while consumption waits for the model server.",
+        );
+        let model_server_latency = Histogram::new(LATENCY_BUCKETS);
+        r.register(
+            "kml_model_server_latency_seconds",
+            "Time of one answered request to the model server.",
+            model_server_latency.clone(),
+        );
         Self {
             registry: Arc::new(r),
             events_in,
@@ -230,6 +276,12 @@ impl Metrics {
             window_keys,
             in_flight,
             latency,
+            model_server_requests,
+            model_server_failures,
+            model_server_refusals,
+            model_server_in_flight,
+            model_server_stalled,
+            model_server_latency,
             ready_gauge,
             ready: Arc::new(AtomicBool::new(false)),
         }

@@ -154,6 +154,12 @@ impl Tracker {
         }
     }
 
+    /// Whether event `seq` of `slot` is still tracked (not from before a reset of its slot, by
+    /// a rewind or a revocation, and not yet complete).
+    pub fn current(&mut self, slot: usize, seq: u64) -> bool {
+        self.event(slot, seq).is_some()
+    }
+
     /// The merge released event `seq` of `slot`.
     pub fn unhold(&mut self, slot: usize, seq: u64) {
         if let Some(e) = self.event(slot, seq) {

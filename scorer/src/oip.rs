@@ -465,7 +465,7 @@ pub(crate) fn rows_of(t: &InputTensor, allowed: &[&[i64]]) -> Result<usize, Refu
 }
 
 /// JSON `data` flattened in row-major order (nested arrays allowed, as the protocol says).
-fn flatten<'a>(data: &'a Json, out: &mut Vec<&'a Json>) {
+pub(crate) fn flatten<'a>(data: &'a Json, out: &mut Vec<&'a Json>) {
     match data {
         Json::Array(items) => items.iter().for_each(|i| flatten(i, out)),
         other => out.push(other),

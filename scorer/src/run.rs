@@ -26,6 +26,8 @@ pub struct RunArgs {
     model: ModelArgs,
     #[command(flatten)]
     http: HttpLimits,
+    #[command(flatten)]
+    remote: crate::remote::RemoteArgs,
     /// Input topics (comma-separated or repeated).
     #[arg(long, required = true, value_delimiter = ',')]
     input: Vec<String>,
@@ -324,6 +326,31 @@ pub fn run(args: RunArgs) -> Result<()> {
         ));
     }
     rt.spawn(crate::signals(token.clone(), hard.clone()));
+    let remote = match &args.remote.model_server {
+        Some(url) => {
+            if cfg.exactly_once() {
+                bail!(
+                    "--model-server runs at-least-once only: a transaction cannot wait for a \
+                     model server's answers (drop --exactly-once, or score embedded)"
+                );
+            }
+            let width = current.fitted.names().len();
+            // tonic's lazy channel takes the runtime it is made in.
+            let client = {
+                let _rt = rt.enter();
+                crate::remote::Client::new(&args.remote, url, &current.name, width)?
+            };
+            rt.block_on(check_model_server(&client, &token))?;
+            Some(crate::remote::Remote::new(
+                client,
+                &args.remote,
+                rt.handle().clone(),
+                hard.clone(),
+                metrics.clone(),
+            ))
+        }
+        None => None,
+    };
     let checkpoints = cfg
         .checkpoint
         .map(|_| Checkpoints::new(registry.store(), &cfg.group, rt.handle().clone()));
@@ -433,6 +460,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         hard,
         checkpoints,
     );
+    if let Some(r) = remote {
+        live = live.with_remote(r);
+    }
     live.started_at(started);
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());
@@ -442,6 +472,43 @@ pub fn run(args: RunArgs) -> Result<()> {
     token.cancel();
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Wait for the model server to answer its metadata (a server that is down at start is waited
+/// for, like the broker), then refuse a model that does not fit the bundle.
+async fn check_model_server(
+    client: &crate::remote::Client,
+    token: &CancellationToken,
+) -> Result<()> {
+    use crate::remote::Failure;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match client.check().await {
+            Ok(c) => {
+                tracing::info!(
+                    url = client.url(), model = client.model(), versions = ?c.versions,
+                    "scoring with a model server"
+                );
+                return Ok(());
+            }
+            Err(Failure::Refused(why)) => bail!("--model-server: {why}"),
+            Err(Failure::Down(why)) => {
+                if token.is_cancelled() {
+                    bail!("--model-server {}: {why}", client.url());
+                }
+                tracing::warn!(
+                    url = client.url(), model = client.model(), error = %why,
+                    backoff_ms = wait.as_millis() as u64,
+                    "the model server does not answer for the model yet; waiting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = token.cancelled() => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 fn print_summary(s: &Summary, json: bool) -> Result<()> {

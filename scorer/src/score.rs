@@ -53,6 +53,22 @@ struct Prediction<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
+    /// With `--model-server`: the model that gave the score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    served_by: Option<ServedBy<'a>>,
+}
+
+/// The lineage of a score from a model server: its URL, and the model's name and version as
+/// the server answered them (`model`, `version` and `fingerprint` stay the bundle's, whose
+/// pipeline and encoding computed the features).
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct ServedBy<'a> {
+    /// The server's URL.
+    pub url: &'a str,
+    /// The model's name on the server.
+    pub model: &'a str,
+    /// Its version (empty when the server gave none).
+    pub version: &'a str,
 }
 
 /// A model and the window state of the partitions it scores.
@@ -67,6 +83,8 @@ pub struct Scorer {
     /// The score and decision of the last prediction.
     last: (f64, bool),
     broken: bool,
+    /// Encode only: the score comes from a model server ([`crate::remote`]).
+    remote: bool,
     /// Upstream of a repartition: forward rows to the repartition topic rather than score.
     upstream: Option<crate::merge::Upstream>,
 }
@@ -84,6 +102,7 @@ impl Scorer {
             key: Vec::with_capacity(32),
             last: (f64::NAN, false),
             broken: false,
+            remote: false,
             upstream: None,
         }
     }
@@ -97,6 +116,22 @@ impl Scorer {
             .with_split(Split::Upstream);
         s.upstream = crate::merge::Upstream::of(&s.model.pipeline);
         s
+    }
+
+    /// Encode only (`on`): [`Outcome::Scored`] leaves the features in [`Scorer::features`] and
+    /// the key in [`Scorer::key`], for a model server to score ([`crate::remote`]).
+    pub fn set_remote(&mut self, on: bool) {
+        self.remote = on;
+    }
+
+    /// Whether this scorer encodes only ([`Scorer::set_remote`]).
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// The encoded features of the last scored event.
+    pub fn features(&self) -> &[f64] {
+        &self.x
     }
 
     /// The model being served.
@@ -196,6 +231,7 @@ impl Scorer {
             x: &mut self.x,
             out: &mut self.out,
             last: &mut self.last,
+            remote: self.remote,
         };
         predict(m, row, pos, bufs)
     }
@@ -208,6 +244,7 @@ impl Scorer {
             x: &mut self.x,
             out: &mut self.out,
             last: &mut self.last,
+            remote: self.remote,
         };
         let model = &self.model;
         match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
@@ -262,6 +299,7 @@ struct Bufs<'a> {
     x: &'a mut Vec<f64>,
     out: &'a mut Vec<u8>,
     last: &'a mut (f64, bool),
+    remote: bool,
 }
 
 /// Write `text` of a key value into `buf` (null: nothing).
@@ -277,19 +315,41 @@ pub(crate) fn key_text(v: &Value, buf: &mut Vec<u8>) {
     }
 }
 
-/// Encode, predict and write the prediction of a full feature row.
+/// Encode, predict and write the prediction of a full feature row (encode only, for a model
+/// server, when `b.remote`).
 fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
     let p = &*m.pipeline;
     let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
     key_text(&row[p.key], b.key);
-    // Keys are text from a JSON string or a number: valid UTF-8 either way.
-    let key = std::str::from_utf8(b.key).unwrap_or_default();
     m.fitted.transform(p, row, b.x);
+    if b.remote {
+        b.out.clear();
+        *b.last = (f64::NAN, false);
+        return Outcome::Scored { event_time };
+    }
     let score = m.model.predict_proba(b.x);
     let decision = m.model.decide(score);
     *b.last = (score, decision);
+    // Keys are text from a JSON string or a number: valid UTF-8 either way.
+    let key = std::str::from_utf8(b.key).unwrap_or_default();
+    write_prediction(b.out, m, key, event_time, (score, decision), pos, None);
+    Outcome::Scored { event_time }
+}
+
+/// Write the JSON value of a prediction into `out`: the event's key and time, the score and
+/// decision, the bundle (`m`) and the source position, and where a model server gave the
+/// score, its lineage.
+pub fn write_prediction(
+    out: &mut Vec<u8>,
+    m: &Servable,
+    key: &str,
+    event_time: i64,
+    (score, decision): (f64, bool),
+    pos: SourcePos<'_>,
+    served_by: Option<ServedBy<'_>>,
+) {
     let time = format_timestamp(event_time);
-    b.out.clear();
+    out.clear();
     let pred = Prediction {
         key,
         event_time: &time,
@@ -302,11 +362,11 @@ fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outc
         topic: pos.topic,
         partition: pos.partition,
         offset: pos.offset,
+        served_by,
     };
     // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score becomes
     // null (serde_json), which the reader rejects loudly.
-    let _ = serde_json::to_writer(&mut *b.out, &pred);
-    Outcome::Scored { event_time }
+    let _ = serde_json::to_writer(&mut *out, &pred);
 }
 
 /// What window state depends on: the pipeline spec and the lookup and as-of tables, not the

@@ -34,8 +34,9 @@ use crate::kafka::{self, LogCtx};
 use crate::merge::{self, Merge, Pushed};
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
+use crate::remote::{self, Remote, RowResult};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
-use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
+use crate::score::{Outcome, Scorer, ServedBy, SourcePos, state_fingerprint, write_prediction};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
@@ -158,6 +159,10 @@ pub struct Live {
     marks_at: Instant,
     /// When the merges' held events were last looked at (the grace, see [`Merge::release`]).
     released_at: Instant,
+    /// `--model-server`: the rows waiting for a model server's scores.
+    remote: Option<Remote>,
+    /// A prediction being written (model-server answers).
+    pred: Vec<u8>,
 }
 
 /// The last mark an input partition sent to the repartition topic.
@@ -233,7 +238,20 @@ impl Live {
             marks: Default::default(),
             marks_at: Instant::now(),
             released_at: Instant::now(),
+            remote: None,
+            pred: Vec::with_capacity(512),
         }
+    }
+
+    /// Score with a model server: features are computed here, scores come from `remote`.
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Whether every request slot of the model server is taken and a batch waits.
+    fn remote_full(&mut self) -> bool {
+        self.remote.as_mut().is_some_and(Remote::full)
     }
 
     /// Score until cancelled (or idle, with `--exit-when-idle`).
@@ -246,11 +264,17 @@ impl Live {
             self.on_rebalances()?;
             self.settle()?;
             self.rewind_due();
-            if self.sink.backlogged() > 0 {
+            self.poll_remote();
+            // (Paused: until the room is there, wait_for_room resumes the partitions.)
+            if self.paused_for_backlog || self.sink.backlogged() > 0 || self.remote_full() {
                 self.wait_for_room();
+                idle_since = Instant::now(); // waiting for room is not idleness
                 continue;
             }
             let n = self.consume_batch()?;
+            if let Some(r) = self.remote.as_mut() {
+                r.flush();
+            }
             self.send_marks();
             self.release_held();
             self.checkpoints_done();
@@ -267,7 +291,9 @@ impl Live {
             if !assigned {
                 idle_since = Instant::now(); // idle means nothing to read, not still joining
             }
-            let quiet = self.sink.in_flight() == 0 && self.txn.started.is_none();
+            let quiet = self.sink.in_flight() == 0
+                && self.txn.started.is_none()
+                && self.remote.as_ref().is_none_or(Remote::idle);
             // Events held in a merge wait for idle marks (--idle-after) before they count.
             let held = self
                 .parts
@@ -295,7 +321,8 @@ impl Live {
     /// Poll up to a batch of messages and score each.
     fn consume_batch(&mut self) -> Result<usize> {
         // Short waits while outputs are in flight, so that their reports are seen promptly.
-        let mut timeout = if self.sink.in_flight() > 0 {
+        let waiting = self.remote.as_ref().is_some_and(|r| !r.idle());
+        let mut timeout = if self.sink.in_flight() > 0 || waiting {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(100)
@@ -657,8 +684,8 @@ impl Live {
         }
     }
 
-    /// librdkafka's queue is full: stop fetching until the backlog drains, while still polling
-    /// the consumer so that the group sees it alive.
+    /// librdkafka's queue is full, or every request to the model server waits: stop fetching
+    /// until there is room, while still polling the consumer so that the group sees it alive.
     fn wait_for_room(&mut self) {
         if !self.paused_for_backlog
             && let Ok(a) = self.consumer.assignment()
@@ -669,7 +696,8 @@ impl Live {
         for (tag, e) in self.sink.drain_backlog() {
             self.failed(tag, &e);
         }
-        if self.sink.backlogged() > 0 {
+        self.poll_remote();
+        if self.sink.backlogged() > 0 || self.remote_full() {
             // Paused partitions deliver nothing; a message fetched before the pause is scored.
             let consumer = self.consumer.clone();
             if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(10))
@@ -880,6 +908,9 @@ impl Live {
         let t0 = Instant::now();
         self.metrics.set_ready(false);
         let deadline = self.cfg.shutdown_timeout;
+        if clean {
+            self.drain_remote(deadline);
+        }
         if clean && self.cfg.exactly_once() {
             if self.txn.started.is_some() {
                 self.commit_transaction(deadline);
@@ -1022,6 +1053,21 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         position: &position,
     };
     match outcome {
+        Outcome::Scored { event_time } if scorer.is_remote() => {
+            if let Some(r) = live.remote.as_mut() {
+                let pushed = remote::Pushed {
+                    slot,
+                    seq,
+                    partition: msg.partition(),
+                    offset,
+                    event_time,
+                    key: scorer.key(),
+                    source: (source.key, source.payload, source.timestamp),
+                };
+                r.push(pushed, scorer.features(), scorer.model());
+                live.tracker.hold(slot, seq);
+            }
+        }
         Outcome::Scored { event_time } => {
             let all = lineage_headers(&position, &scorer.model().id);
             let (headers, to): (&[(&'static str, &[u8])], To) = if live.cfg.repartition.is_some() {
@@ -1117,6 +1163,21 @@ fn release_merge(live: &mut Live, slot: usize, merge: &mut Merge) {
         let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
         let position = crate::sink::source_headers(r.pos, &mut pbuf, &mut obuf);
         match r.outcome {
+            Some(Outcome::Scored { event_time }) if scorer.is_remote() => {
+                if let Some(remote) = live.remote.as_mut() {
+                    let pushed = remote::Pushed {
+                        slot,
+                        seq,
+                        partition: r.pos.partition,
+                        offset: r.pos.offset,
+                        event_time,
+                        key: scorer.key(),
+                        source: (&[], &[], None),
+                    };
+                    remote.push(pushed, scorer.features(), scorer.model());
+                    return; // held until the model server answers
+                }
+            }
             Some(Outcome::Scored { event_time }) => {
                 let all = lineage_headers(&position, &scorer.model().id);
                 let headers: &[(&'static str, &[u8])] =
@@ -1150,6 +1211,107 @@ fn release_merge(live: &mut Live, slot: usize, merge: &mut Merge) {
 }
 
 impl Live {
+    /// Send the predictions (or dead letters) of every answered model-server request, oldest
+    /// first.
+    fn poll_remote(&mut self) {
+        while let Some(d) = self.remote.as_mut().and_then(Remote::next_done) {
+            self.on_remote_done(d);
+        }
+    }
+
+    /// At shutdown: wait up to `timeout` for the model server's answers to every row pushed,
+    /// and send them. What is not answered by then is not committed (scored again next time).
+    fn drain_remote(&mut self, timeout: Duration) {
+        let Some(mut r) = self.remote.take() else {
+            return;
+        };
+        let mut answered = Vec::new();
+        if !r.drain(timeout, |d| answered.push(d)) {
+            tracing::warn!(
+                rows = r.waiting(),
+                "rows still waiting for the model server at shutdown are not committed"
+            );
+        }
+        self.remote = Some(r);
+        for d in answered {
+            self.on_remote_done(d);
+        }
+    }
+
+    /// The outputs of one answered model-server request, in its rows' order. Rows of
+    /// partitions no longer ours, or rewound since, are dropped (their new scoring repeats
+    /// them).
+    fn on_remote_done(&mut self, d: remote::Done) {
+        let Some(model) = d.batch.model().cloned() else {
+            return;
+        };
+        let url = self
+            .remote
+            .as_ref()
+            .map(|r| r.client().url().to_string())
+            .unwrap_or_default();
+        let served_by = ServedBy {
+            url: &url,
+            model: &d.model,
+            version: &d.version,
+        };
+        let mut pred = std::mem::take(&mut self.pred);
+        let mut topic = String::new();
+        let mut topic_slot = usize::MAX;
+        for (row, result) in d.batch.rows().iter().zip(&d.results) {
+            let (slot, seq) = (row.slot, row.seq);
+            if !self.tracker.current(slot, seq) {
+                continue;
+            }
+            if topic_slot != slot {
+                let Some(p) = self.parts.get(slot).and_then(Option::as_ref) else {
+                    continue;
+                };
+                topic.clone_from(&p.topic);
+                topic_slot = slot;
+            }
+            let pos = SourcePos {
+                topic: &topic,
+                partition: row.partition,
+                offset: row.offset,
+            };
+            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let position = crate::sink::source_headers(pos, &mut pbuf, &mut obuf);
+            let (src_key, src_payload) = d.batch.source(row);
+            let key = d.batch.key(row);
+            match result {
+                RowResult::Score(score, decision) => {
+                    let decision = decision.unwrap_or_else(|| model.model.decide(*score));
+                    let text = std::str::from_utf8(key).unwrap_or_default();
+                    let ev = row.event_time;
+                    let sb = Some(served_by);
+                    write_prediction(&mut pred, &model, text, ev, (*score, decision), pos, sb);
+                    let all = lineage_headers(&position, &model.id);
+                    let headers: &[(&'static str, &[u8])] =
+                        if self.cfg.lineage_headers { &all } else { &[] };
+                    let source = SourceEvent {
+                        key: src_key,
+                        payload: src_payload,
+                        timestamp: row.timestamp,
+                        position: &position,
+                    };
+                    let (t, to) = (Some(row.event_time), To::Output);
+                    self.send(slot, seq, key, &pred, t, headers, &source, to);
+                }
+                RowResult::Refused(why) => {
+                    let tag = self.tracker.expect(slot, seq, true);
+                    let ts = row.timestamp;
+                    self.send_dead_letter(tag, src_key, src_payload, ts, &position, why);
+                }
+            }
+            self.tracker.unhold(slot, seq);
+        }
+        self.pred = pred;
+        if let Some(r) = self.remote.as_mut() {
+            r.recycle(d.batch);
+        }
+    }
+
     /// Repartitioning: release what waited out the grace in every merge holding events (at
     /// most every 100 ms; arrivals release the rest).
     fn release_held(&mut self) {

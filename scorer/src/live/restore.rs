@@ -62,6 +62,7 @@ impl Live {
         );
         let mut merge =
             Merge::new(self.model.clone(), &r.input, r.inputs).with_grace(self.cfg.idle_after);
+        merge.set_remote(self.remote.is_some());
         let from = restore_snapshot(
             self.ckpt.as_ref(),
             (&mut self.summary, &self.metrics),
@@ -112,7 +113,9 @@ impl Live {
             let mut scorer = if self.cfg.repartition.is_some() {
                 Scorer::upstream(self.model.clone(), self.cfg.max_event_bytes)
             } else {
-                Scorer::new(self.model.clone(), self.cfg.max_event_bytes)
+                let mut s = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
+                s.set_remote(self.remote.is_some());
+                s
             };
             let from = restore_snapshot(
                 self.ckpt.as_ref(),
