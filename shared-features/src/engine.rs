@@ -148,6 +148,9 @@ impl Stages {
                 lateness_ms: p.lateness_ms,
             });
         }
+        // Upstream and whole: the derived columns the windows key or aggregate by (downstream
+        // of a repartition they arrive computed).
+        Self::pre_derive(p, row);
         for (w, state) in p.windows.iter().zip(&self.windows) {
             if !split.runs(p, w) {
                 continue;
@@ -181,14 +184,23 @@ impl Stages {
     }
 
     fn derive(&self, p: &Pipeline, row: &mut [Value]) {
-        for (i, d) in p.derives.iter().enumerate() {
-            let col = p.layout.len() - p.derives.len() + i;
+        Self::derive_into(&p.derives, p.layout.len() - p.derives.len(), row);
+    }
+
+    fn pre_derive(p: &Pipeline, row: &mut [Value]) {
+        Self::derive_into(&p.pre_derives, p.pre_derive_first_col, row);
+    }
+
+    /// Compute `derives` in order into the columns from `first` on (each may use the ones
+    /// before it).
+    fn derive_into(derives: &[crate::spec::Derive], first: usize, row: &mut [Value]) {
+        for (i, d) in derives.iter().enumerate() {
             let v = match d.args.as_slice() {
                 [a] => eval::derive(&d.func, &[&row[*a]]),
                 [a, b] => eval::derive(&d.func, &[&row[*a], &row[*b]]),
                 _ => Value::Null,
             };
-            row[col] = v;
+            row[first + i] = v;
         }
     }
 

@@ -264,11 +264,15 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         df = drop_helpers(df);
     }
 
-    // Everything up to the window columns comes from polars; the rest from the shared stages.
-    let joined = p
-        .windows
-        .first()
-        .map_or(p.layout.len() - p.derives.len(), |w| w.first_col);
+    // Everything up to the derived columns before the windows (or the window columns) comes
+    // from polars; the rest from the shared stages.
+    let joined = if p.pre_derives.is_empty() {
+        p.windows
+            .first()
+            .map_or(p.layout.len() - p.derives.len(), |w| w.first_col)
+    } else {
+        p.pre_derive_first_col
+    };
     let columns: Vec<Vec<Value>> = p.layout[..joined]
         .iter()
         .map(|c| column_values(&df, &c.name, c.ty))

@@ -1,6 +1,7 @@
 //! What a second dataset needed (issue 13, item 4): membership in and size of multi-valued
 //! text fields, constants in arithmetic, year / day of month / ISO week, and times as inputs
-//! to `last`, `min` and `max` (time since the previous event). Each value below follows from
+//! to `last`, `min` and `max` (time since the previous event), and windows keyed by and
+//! aggregating derived columns (`before_windows = true`). Each value below follows from
 //! the definition in the README's semantics section; both engines compute the same bits.
 
 // Test helpers unwrap: a failure there is a failing test.
@@ -28,6 +29,17 @@ include_current = false
 aggs = [
   { name = "prev_t", fn = "last", field = "event_time" },
   { name = "first_t", fn = "min", field = "event_time" },
+]
+
+# Keyed by a derived column, aggregating another: both computed before the windows.
+[[window]]
+name = "by_parts"
+key = "n_parts"
+length = "1d"
+include_current = true
+aggs = [
+  { name = "parts_n", fn = "count" },
+  { name = "parts_cents", fn = "sum", field = "cents_pre" },
 ]
 
 [[derive]]
@@ -81,8 +93,21 @@ fn = "week_of_year"
 args = ["event_time"]
 tz = "America/New_York"
 
+[[derive]]
+name = "n_parts"
+fn = "count_values"
+args = ["cats"]
+before_windows = true
+
+[[derive]]
+name = "cents_pre"
+fn = "mul"
+args = ["amount"]
+value = 100
+before_windows = true
+
 [features]
-numeric = ["since_prev", "since_first", "has_b", "n_cats", "cents", "year", "dom", "week"]
+numeric = ["since_prev", "since_first", "has_b", "n_cats", "cents", "year", "dom", "week", "parts_n", "parts_cents"]
 "#;
 
 /// `ts, cats, amount` of one user's events, in order.
@@ -166,6 +191,38 @@ fn each_expression_gives_its_defined_value_online() {
     }
 }
 
+/// A window keyed by a derived column (`n_parts`: 2, 1, 2, null) summing another (`cents_pre`),
+/// both derived before the windows: the events with the same number of parts within a day.
+#[test]
+fn windows_key_and_aggregate_by_columns_derived_before_them() {
+    let p = Arc::new(Pipeline::parse(PIPELINE, "expressions.toml").unwrap());
+    let t = Tables::load(&p, |_| Err("no tables".into())).unwrap();
+    let mut e = OnlineEngine::new(p.clone(), Arc::new(t));
+    let col = |name: &str| p.layout.iter().position(|c| c.name == name).unwrap();
+    // The derived columns come before the window's in the row, after the event's own.
+    assert!(col("n_parts") < col("parts_n") && col("cents_pre") < col("parts_n"));
+    let mut got = Vec::new();
+    for (ts, cats, amount) in EVENTS {
+        let ev = serde_json::json!({ "user": "u1", "ts": ts, "cats": cats, "amount": amount });
+        e.process(ev.to_string().as_bytes()).unwrap();
+        let row = e.row();
+        got.push(["n_parts", "parts_n", "parts_cents"].map(|n| row[col(n)].clone()));
+    }
+    use Value::{Float as F, Int as I, Null as N};
+    let want = [
+        [I(2), I(1), F(125.0)],
+        [I(1), I(1), F(250.0)],
+        // 18 hours after the first event, which also has two parts.
+        [I(2), I(2), F(125.0 + 0.1 * 100.0)],
+        // No text, a null key: it matches no other event and keeps no state; the window holds
+        // the event itself (include_current).
+        [N, I(1), F(-300.0)],
+    ];
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(format!("{g:?}"), format!("{w:?}"), "event {i}");
+    }
+}
+
 #[test]
 fn the_offline_engine_computes_the_same_bits() {
     let p = Arc::new(Pipeline::parse(PIPELINE, "expressions.toml").unwrap());
@@ -194,6 +251,23 @@ fn misuse_is_refused_before_work() {
             .expect_err("refused")
             .to_string()
     };
+    // A window keyed by a derived column computed after the windows says how to fix it.
+    let e = refused("key = \"n_parts\"", "key = \"n_cats\"");
+    assert!(
+        e.contains("window `by_parts`")
+            && e.contains("`n_cats` is derive[")
+            && e.contains("set `before_windows = true`"),
+        "{e}"
+    );
+    // A column derived before the windows cannot use a window's.
+    let e = refused(
+        "args = [\"cats\"]\nbefore_windows = true",
+        "args = [\"prev_t\"]\nbefore_windows = true",
+    );
+    assert!(
+        e.contains("`prev_t` is not defined before this point"),
+        "{e}"
+    );
     let e = refused("value = \"b\"", "value = 2");
     assert!(
         e.contains("derive[2].value") && e.contains("`has` takes text"),

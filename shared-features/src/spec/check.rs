@@ -692,6 +692,43 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         .enumerate()
         .map(|(i, a)| c.asof(i, a))
         .collect::<Result<Vec<_>, _>>()?;
+    // Derives marked `before_windows` run on the joined event, before any window: windows can
+    // key and aggregate by them; the others come after the windows and can use their columns.
+    let pre_derive_first_col = c.layout.len();
+    let pre_derives = raw
+        .derive
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.before_windows)
+        .map(|(i, d)| c.derive(i, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (wi, w) in raw.window.iter().enumerate() {
+        let aggs = w.aggs.get_ref().iter().enumerate();
+        let named = std::iter::once((format!("window[{wi}].key"), &w.key)).chain(aggs.filter_map(
+            |(j, a)| {
+                let f = a.get_ref().field.as_ref()?;
+                Some((format!("window[{wi}].aggs[{j}].field"), f))
+            },
+        ));
+        for (field, n) in named {
+            if let Some(i) = raw
+                .derive
+                .iter()
+                .position(|d| !d.before_windows && d.name.get_ref() == n.get_ref())
+            {
+                return Err(c.err(
+                    n.span(),
+                    field,
+                    format!(
+                        "`{}` is derive[{i}], computed after the windows; to key or aggregate \
+                         window `{}` by it, set `before_windows = true` on derive[{i}]",
+                        n.get_ref(),
+                        w.name.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
     let windows = raw
         .window
         .iter()
@@ -702,6 +739,7 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         .derive
         .iter()
         .enumerate()
+        .filter(|(_, d)| !d.before_windows)
         .map(|(i, d)| c.derive(i, d))
         .collect::<Result<Vec<_>, _>>()?;
     // Forgetting a key is safe only once no event its window state could reach will be
@@ -789,6 +827,8 @@ pub(super) fn check(text: &str, file: &str) -> Result<Pipeline, SpecError> {
         lookups,
         asofs,
         windows,
+        pre_derives,
+        pre_derive_first_col,
         derives,
         features: Features {
             numeric,

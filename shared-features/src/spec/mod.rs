@@ -63,7 +63,15 @@ pub struct Pipeline {
     pub asofs: Vec<Asof>,
     /// Per-entity windowed aggregations.
     pub windows: Vec<Window>,
-    /// Derived features.
+    /// Derived columns computed after the joins and before the windows (`before_windows =
+    /// true`): windows may key or aggregate by them. Layout columns
+    /// `pre_derive_first_col..pre_derive_first_col + pre_derives.len()`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pre_derives: Vec<Derive>,
+    /// The first layout column of [`Pipeline::pre_derives`] (the column after the joins').
+    #[serde(skip)]
+    pub pre_derive_first_col: usize,
+    /// Derived features, computed after the windows: the last layout columns.
     pub derives: Vec<Derive>,
     /// What goes into the model's input vector, and how it is encoded.
     pub features: Features,

@@ -136,6 +136,10 @@ pub(crate) struct RawDerive {
     pub bounds: Option<S<Vec<f64>>>,
     pub value: Option<S<toml::Value>>,
     pub sep: Option<S<String>>,
+    /// Computed after the joins and before the windows, so that windows can key or aggregate
+    /// by it (it cannot use window columns).
+    #[serde(default)]
+    pub before_windows: bool,
 }
 
 #[derive(Deserialize)]
