@@ -315,20 +315,8 @@ impl Client {
     pub async fn check(&self) -> Result<Checked, Failure> {
         let (versions, inputs, outputs) = match &self.transport {
             Transport::Rest { http, base } => {
-                let url = match &self.version {
-                    Some(v) => format!("{base}/v2/models/{}/versions/{v}", self.model),
-                    None => format!("{base}/v2/models/{}", self.model),
-                };
-                let r = http
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|e| Failure::Down(transport_error(&e)))?;
-                let status = r.status();
-                let body = r
-                    .bytes()
-                    .await
-                    .map_err(|e| Failure::Down(transport_error(&e)))?;
+                let url = self.model_url(base);
+                let (status, body) = exchange(http.get(&url)).await?;
                 if !status.is_success() {
                     return Err(Failure::Down(format!(
                         "GET {url}: {status}: {}",
@@ -407,10 +395,7 @@ impl Client {
         let requested = self.requested();
         let (model, version, columns) = match &self.transport {
             Transport::Rest { http, base } => {
-                let url = match &self.version {
-                    Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", self.model),
-                    None => format!("{base}/v2/models/{}/infer", self.model),
-                };
+                let url = format!("{}/infer", self.model_url(base));
                 let data = match self.datatype {
                     Datatype::Fp64 => RestData::F64(x),
                     Datatype::Fp32 => RestData::F32(x.iter().map(|&v| v as f32).collect()),
@@ -428,18 +413,8 @@ impl Client {
                         .collect(),
                 };
                 let body = serde_json::to_vec(&req).map_err(|e| Failure::Down(e.to_string()))?;
-                let r = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| Failure::Down(transport_error(&e)))?;
-                let status = r.status();
-                let body = r
-                    .bytes()
-                    .await
-                    .map_err(|e| Failure::Down(transport_error(&e)))?;
+                let post = http.post(&url).header("content-type", "application/json");
+                let (status, body) = exchange(post.body(body)).await?;
                 if !status.is_success() {
                     let why = format!("{status}: {}", error_text(&body));
                     return Err(match status.as_u16() {
@@ -659,6 +634,32 @@ fn raw_column(datatype: &str, raw: &[u8]) -> Option<Column> {
         }
         _ => None,
     }
+}
+
+impl Client {
+    /// `{base}/v2/models/{model}`, with `/versions/{v}` when a version is asked for.
+    fn model_url(&self, base: &str) -> String {
+        match &self.version {
+            Some(v) => format!("{base}/v2/models/{}/versions/{v}", self.model),
+            None => format!("{base}/v2/models/{}", self.model),
+        }
+    }
+}
+
+/// Send a REST request and read the whole answer; a transport failure is the server's.
+async fn exchange(
+    req: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, bytes::Bytes), Failure> {
+    let r = req
+        .send()
+        .await
+        .map_err(|e| Failure::Down(transport_error(&e)))?;
+    let status = r.status();
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| Failure::Down(transport_error(&e)))?;
+    Ok((status, body))
 }
 
 fn transport_error(e: &reqwest::Error) -> String {
