@@ -122,22 +122,25 @@ impl ConsumerContext for SourceCtx {
 
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
-            tracing::info!(count = tpl.count(), "partitions revoked");
+            tracing::info!(partitions = ?names(tpl), "partitions revoked");
             self.push(Rebalanced::Revoked(partitions_of(tpl)));
         }
     }
 
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = r {
-            let parts: Vec<String> = tpl
-                .elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect();
-            tracing::info!(partitions = ?parts, "partitions assigned");
+            tracing::info!(partitions = ?names(tpl), "partitions assigned");
             self.push(Rebalanced::Assigned(partitions_of(tpl)));
         }
     }
+}
+
+/// `topic/partition` of each element, for the logs.
+fn names(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect()
 }
 
 /// A consumer in `group` that stores offsets only when told to. Offsets are committed by

@@ -173,6 +173,20 @@ struct MarkSent {
     checked: Option<Instant>,
 }
 
+/// Stop sending the marks of the revoked partitions of the input topic. A revoked partition of
+/// the repartition topic has the number of an input partition, not its marks: the input
+/// partition of that number may still be ours, and its marks (the idle one above all, which
+/// releases the tail of the stream) must go on.
+fn forget_marks(
+    marks: &mut std::collections::BTreeMap<i32, MarkSent>,
+    revoked: &[(String, i32)],
+    input: &str,
+) {
+    for (_, p) in revoked.iter().filter(|(t, _)| t == input) {
+        marks.remove(p);
+    }
+}
+
 /// The state fingerprint snapshots are written and restored under: an upstream scorer's
 /// state (without the windows keyed by another column) is not a whole one.
 /// The fingerprint of a merge's state (downstream of a repartition).
@@ -732,16 +746,19 @@ impl Live {
                         continue; // cooperative rebalancing: nothing of ours moved
                     }
                     self.settle()?;
-                    for (t, p) in ps {
+                    for (t, p) in &ps {
                         if let Some(slot) = self.parts.iter().position(|x| {
-                            x.as_ref().is_some_and(|x| x.topic == t && x.partition == p)
+                            x.as_ref()
+                                .is_some_and(|x| &x.topic == t && x.partition == *p)
                         }) {
                             // For its next owner (or for us, if it comes back).
                             self.checkpoint(slot);
                             self.parts[slot] = None;
                             self.tracker.reset(slot, None);
                         }
-                        self.marks.remove(&p);
+                    }
+                    if let Some(r) = &self.cfg.repartition {
+                        forget_marks(&mut self.marks, &ps, &r.input);
                     }
                     // The partitions kept go back to the last committed transaction.
                     if self.cfg.exactly_once() && self.txn.started.is_some() {
@@ -1448,4 +1465,25 @@ struct SourceEvent<'a> {
     timestamp: Option<i64>,
     /// Its lineage headers (`kml.source.*`).
     position: &'a [(&'static str, &'a [u8])],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoking_a_repartition_partition_keeps_the_input_partitions_marks() {
+        let mark = || MarkSent {
+            assigned: Instant::now(),
+            sent: Some(7),
+            checked: None,
+        };
+        let mut marks: std::collections::BTreeMap<i32, MarkSent> =
+            (0..4).map(|p| (p, mark())).collect();
+        let rep = "kml-g-flights-repartition".to_string();
+        forget_marks(&mut marks, &[(rep.clone(), 0), (rep, 1)], "flights");
+        assert_eq!(marks.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+        forget_marks(&mut marks, &[("flights".into(), 2)], "flights");
+        assert_eq!(marks.keys().copied().collect::<Vec<_>>(), [0, 1, 3]);
+    }
 }
