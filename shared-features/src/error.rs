@@ -1,14 +1,19 @@
 //! Errors: bad data files, bad events.
 
-/// A data file (history or a lookup table) that cannot be read, and where.
+/// A data file (history or a lookup table) that cannot be read, and where: shown as
+/// `file:line:col: column `name`: message`, each part only when known (a Parquet file has
+/// columns but no lines; a CSV cell has a line and a column name; a JSON line has a line and a
+/// character position).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), if column.is_empty() { String::new() } else { format!(": column `{column}`") })]
+#[error("{file}{}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), col.map(|c| format!(":{c}")).unwrap_or_default(), if column.is_empty() { String::new() } else { format!(": column `{column}`") })]
 pub struct DataError {
     /// The file.
     pub file: String,
     /// 1-based line (the header is line 1), when known.
     pub line: Option<usize>,
-    /// The column, or empty.
+    /// 1-based character position in the line, when known.
+    pub col: Option<usize>,
+    /// The column (or JSON field), or empty.
     pub column: String,
     /// What is wrong.
     pub message: String,
@@ -20,6 +25,7 @@ impl DataError {
         Self {
             file: file.to_string(),
             line: None,
+            col: None,
             column: String::new(),
             message: message.into(),
         }
@@ -30,8 +36,45 @@ impl DataError {
         Self {
             file: file.to_string(),
             line: Some(line),
+            col: None,
             column: column.to_string(),
             message: message.into(),
+        }
+    }
+
+    /// An error about a whole column of a file without lines (Parquet).
+    pub fn column(file: &str, column: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            line: None,
+            col: None,
+            column: column.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// An error in the CSV reader (a record with the wrong number of fields, bytes that are not
+    /// UTF-8, an I/O failure), said in one sentence with the line it is on.
+    pub fn csv(file: &str, e: &csv::Error) -> Self {
+        let line = e.position().map(|p| p.line() as usize);
+        let message = match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => format!("the row has {len} fields where the header has {expected_len}"),
+            csv::ErrorKind::Utf8 { err, .. } => format!(
+                "field {} is not UTF-8 (at byte {} of the field)",
+                err.field() + 1,
+                err.valid_up_to()
+            ),
+            csv::ErrorKind::Io(io) => io.to_string(),
+            _ => e.to_string(),
+        };
+        Self {
+            file: file.to_string(),
+            line,
+            col: None,
+            column: String::new(),
+            message,
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn csv_to_json(p: &Pipeline, bytes: &[u8], file: &str) -> Result<Vec<Vec<u8>
     let mut buf = Vec::new();
     for (i, rec) in reader.records().enumerate() {
         let line = i + 2;
-        let rec = rec.map_err(|e| DataError::at(file, line, "", e.to_string()))?;
+        let rec = rec.map_err(|e| DataError::csv(file, &e))?;
         let mut obj = serde_json::Map::with_capacity(rec.len());
         for ((h, cell), ty) in headers.iter().zip(rec.iter()).zip(&types) {
             let v = match ty {

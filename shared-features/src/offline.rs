@@ -321,19 +321,8 @@ fn check_unique_keys(
             continue; // null keys never match
         };
         // Line 1 is the header.
-        if let Some(was) = first.insert(k, i + 2) {
-            let shown = match v {
-                Value::Str(s) => format!("{s:?}"),
-                other => format!("{}", other.as_i64().unwrap_or_default()),
-            };
-            return Err(DataError::at(
-                &file,
-                i + 2,
-                key,
-                format!(
-                    "key {shown} appears twice (also on line {was}); lookup keys must be unique"
-                ),
-            ));
+        if let Some(was) = first.insert(k.clone(), i + 2) {
+            return Err(crate::tables::duplicate_key(&file, i + 2, key, &k, was));
         }
     }
     Ok(())
@@ -384,7 +373,7 @@ fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFram
     let mut out = Vec::with_capacity(columns.len() + 1);
     for (name, ty) in columns {
         let c = df.column(name).map_err(|_| {
-            DataError::at(&file, 1, name, "declared field is not a column of the file")
+            DataError::column(&file, name, "declared field is not a column of the file")
         })?;
         // A Parquet timestamp (any unit, with or without a zone) becomes epoch milliseconds
         // here; a text column of RFC 3339 instants is parsed with the CSV's rules below.
@@ -398,10 +387,10 @@ fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFram
             };
             let raw = c
                 .cast(&DataType::Int64)
-                .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?;
+                .map_err(|e| DataError::column(&file, name, e.to_string()))?;
             let ms: Int64Chunked = raw
                 .i64()
-                .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?
+                .map_err(|e| DataError::column(&file, name, e.to_string()))?
                 .iter()
                 .map(|v| v.map(|v| v.div_euclid(per_ms)))
                 .collect();
@@ -419,16 +408,19 @@ fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFram
             FieldType::Str | FieldType::Timestamp => c.dtype() == &DataType::String,
         };
         if !ok {
-            return Err(DataError::at(
+            return Err(DataError::column(
                 &file,
-                1,
                 name,
-                format!("column of type {} cannot be read as {ty:?}", c.dtype()),
+                format!(
+                    "column of type {} cannot be read as {}",
+                    c.dtype(),
+                    ty.name()
+                ),
             ));
         }
         let cast = c
             .strict_cast(&want)
-            .map_err(|e| DataError::at(&file, 1, name, e.to_string()))?;
+            .map_err(|e| DataError::column(&file, name, e.to_string()))?;
         out.push(cast);
     }
     let height = df.height();
@@ -537,14 +529,9 @@ fn read_json_lines(
             continue;
         }
         row.iter_mut().for_each(|v| *v = Value::Null);
-        decoder.decode(&line, &mut row).map_err(|e| {
-            DataError::at(
-                &file,
-                number,
-                Decoder::field_of(&e).unwrap_or("-"),
-                e.to_string(),
-            )
-        })?;
+        decoder
+            .decode(&line, &mut row)
+            .map_err(|e| json_line_error(&file, number, &e))?;
         height += 1;
         for (i, ((_, ty), v)) in columns.iter().zip(&row).enumerate() {
             match ty {
@@ -566,6 +553,26 @@ fn read_json_lines(
         });
     }
     DataFrame::new(height, out).map_err(|e| polars_err(path, e))
+}
+
+/// An event of a JSON-lines file that cannot be decoded, at the file's line: a syntax error
+/// at its character position there (the decoder sees one line, so its own "line 1" is dropped),
+/// anything else at the field it names.
+fn json_line_error(file: &str, line: usize, e: &crate::EventError) -> DataError {
+    match e {
+        crate::EventError::Malformed {
+            column, message, ..
+        } => DataError {
+            col: Some(*column),
+            ..DataError::at(file, line, "", format!("malformed JSON: {message}"))
+        },
+        e => DataError::at(
+            file,
+            line,
+            crate::decode::Decoder::field_of(e).unwrap_or(""),
+            e.to_string(),
+        ),
+    }
 }
 
 fn read_csv_file(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {

@@ -82,18 +82,15 @@ impl Tables {
         for l in &p.lookups {
             let bytes = read(&l.path).map_err(|m| DataError::file(&l.path, m))?;
             let mut rows = Map::default();
+            let mut lines: Map<Key, usize> = Map::default();
             for (line, key, vals) in
                 parse_csv(&bytes, &l.path, Some((&l.key, l.key_ty)), &l.columns)?
             {
                 let Some(key) = key else { continue };
-                if rows.insert(key.clone(), vals).is_some() {
-                    return Err(DataError::at(
-                        &l.path,
-                        line,
-                        &l.key,
-                        format!("key {key:?} appears twice; lookup keys must be unique"),
-                    ));
+                if let Some(was) = lines.insert(key.clone(), line) {
+                    return Err(duplicate_key(&l.path, line, &l.key, &key, was));
                 }
+                rows.insert(key, vals);
             }
             out.digests.push((l.name.clone(), sha256_hex(&bytes)));
             out.lookups.push(LookupTable { rows });
@@ -134,6 +131,25 @@ impl Tables {
     }
 }
 
+/// A lookup key found on a second line: both engines refuse the table with this error.
+pub(crate) fn duplicate_key(
+    file: &str,
+    line: usize,
+    column: &str,
+    key: &Key,
+    was: usize,
+) -> DataError {
+    DataError::at(
+        file,
+        line,
+        column,
+        format!(
+            "key {} appears twice (also on line {was}); lookup keys must be unique",
+            key.shown()
+        ),
+    )
+}
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
@@ -172,7 +188,7 @@ fn parse_csv(
     let mut out = Vec::new();
     for (i, rec) in reader.records().enumerate() {
         let line = i + 2;
-        let rec = rec.map_err(|e| DataError::at(file, line, "", e.to_string()))?;
+        let rec = rec.map_err(|e| DataError::csv(file, &e))?;
         let cell = |c: usize| rec.get(c).unwrap_or("");
         let k = match key_idx {
             Some((c, name, ty)) => {
@@ -232,7 +248,7 @@ pub(crate) fn open_csv<'a>(
         .from_reader(bytes);
     let headers = reader
         .headers()
-        .map_err(|e| DataError::at(file, 1, "", e.to_string()))?
+        .map_err(|e| DataError::csv(file, &e))?
         .clone();
     Ok((reader, headers))
 }

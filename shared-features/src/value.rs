@@ -156,6 +156,14 @@ pub enum Key {
 }
 
 impl Key {
+    /// The key as a user wrote it: text quoted, an integer as its digits.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Str(s) => format!("{s:?}"),
+        }
+    }
+
     /// The key of a value; null has none (null keys never match and keep no state).
     pub fn of(v: &Value) -> Option<Self> {
         match v {
