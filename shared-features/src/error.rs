@@ -20,37 +20,29 @@ pub struct DataError {
 }
 
 impl DataError {
-    /// An error about a whole file.
-    pub fn file(file: &str, message: impl Into<String>) -> Self {
+    fn new(file: &str, line: Option<usize>, column: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_string(),
-            line: None,
+            line,
             col: None,
-            column: String::new(),
+            column: column.to_string(),
             message: message.into(),
         }
+    }
+
+    /// An error about a whole file.
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        Self::new(file, None, "", message)
     }
 
     /// An error at a line and column of a file.
     pub fn at(file: &str, line: usize, column: &str, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_string(),
-            line: Some(line),
-            col: None,
-            column: column.to_string(),
-            message: message.into(),
-        }
+        Self::new(file, Some(line), column, message)
     }
 
     /// An error about a whole column of a file without lines (Parquet).
     pub fn column(file: &str, column: &str, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_string(),
-            line: None,
-            col: None,
-            column: column.to_string(),
-            message: message.into(),
-        }
+        Self::new(file, None, column, message)
     }
 
     /// An error in the CSV reader (a record with the wrong number of fields, bytes that are not
@@ -69,13 +61,7 @@ impl DataError {
             csv::ErrorKind::Io(io) => io.to_string(),
             _ => e.to_string(),
         };
-        Self {
-            file: file.to_string(),
-            line,
-            col: None,
-            column: String::new(),
-            message,
-        }
+        Self::new(file, line, "", message)
     }
 }
 

@@ -43,18 +43,21 @@ fn offline_refusal(name: &str, events: &[u8], cats: &str, rates: &str) -> (DataE
     (err, path)
 }
 
-/// The online engine's refusal of the tables (read from memory, named as in the pipeline).
-fn online_refusal(cats: &str, rates: &str) -> DataError {
-    let p = common::pipeline();
-    let loaded = Tables::load(&p, |path| match path {
-        "cats.csv" => Ok(cats.as_bytes().to_vec()),
-        "rates.csv" => Ok(rates.as_bytes().to_vec()),
-        other => Err(format!("no table {other}")),
-    });
-    match loaded {
+/// The online engine's refusal of the tables that `read` gives (named as in the pipeline).
+fn load_refusal(read: impl FnMut(&str) -> Result<Vec<u8>, String>) -> DataError {
+    match Tables::load(&common::pipeline(), read) {
         Ok(_) => panic!("the tables must be refused"),
         Err(e) => e,
     }
+}
+
+/// The online engine's refusal of the two tables' bytes.
+fn online_refusal(cats: impl AsRef<[u8]>, rates: impl AsRef<[u8]>) -> DataError {
+    load_refusal(|path| match path {
+        "cats.csv" => Ok(cats.as_ref().to_vec()),
+        "rates.csv" => Ok(rates.as_ref().to_vec()),
+        other => Err(format!("no table {other}")),
+    })
 }
 
 fn shown(path: &Path) -> String {
@@ -246,13 +249,7 @@ fn an_as_of_row_without_a_time_is_refused_at_its_line() {
 fn a_table_that_is_not_utf8_names_its_line_and_field() {
     let mut cats = b"cat,weight\na,1.5\n".to_vec();
     cats.extend_from_slice(b"b\xff,2\n");
-    let p = common::pipeline();
-    let e = Tables::load(&p, |path| match path {
-        "cats.csv" => Ok(cats.clone()),
-        _ => Ok(common::RATES.as_bytes().to_vec()),
-    })
-    .map(|_| ())
-    .expect_err("bytes that are not UTF-8 are refused");
+    let e = online_refusal(cats, common::RATES);
     assert_eq!(
         e.to_string(),
         "cats.csv:3: field 1 is not UTF-8 (at byte 1 of the field)"
@@ -272,13 +269,10 @@ fn a_missing_table_is_named_by_both_engines() {
         e.to_string(),
         format!("{}: no such file", shown(&d.join("rates.csv")))
     );
-    let p = common::pipeline();
-    let e = Tables::load(&p, |path| match path {
+    let e = load_refusal(|path| match path {
         "cats.csv" => Ok(common::CATS.as_bytes().to_vec()),
         other => Err(format!("no such file in the store: {other}")),
-    })
-    .map(|_| ())
-    .expect_err("a missing table is refused");
+    });
     assert_eq!(
         e.to_string(),
         "rates.csv: no such file in the store: rates.csv"
