@@ -600,6 +600,7 @@ fn read_csv_file(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFra
         .map_parse_options(|o| {
             o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
         });
+    check_field_counts(path, &file)?;
     let read = options
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish());
@@ -610,6 +611,25 @@ fn read_csv_file(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFra
             let bytes = std::fs::read(path).map_err(|io| DataError::file(&file, io.to_string()))?;
             check_csv(&bytes, &file, columns)?;
             Err(DataError::file(&file, e.to_string()))
+        }
+    }
+}
+
+/// Every record of a CSV file has as many fields as its header. polars fills a short row with
+/// nulls, where the online path (`scorer feed`, the parity check) and the table loader refuse
+/// it: refuse it here too, at its line, or the two engines would see different events. One
+/// streaming pass of the csv crate over raw bytes (no UTF-8 or type checks), before polars reads.
+fn check_field_counts(path: &Path, file: &str) -> Result<(), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| DataError::csv(file, &e))?;
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(DataError::csv(file, &e)),
         }
     }
 }

@@ -91,6 +91,19 @@ fn a_csv_row_with_too_few_fields_names_its_line_and_both_counts() {
 }
 
 #[test]
+fn a_ragged_history_row_is_refused_by_the_offline_engine_as_online() {
+    // polars alone reads the short row with nulls for its missing fields; the online path
+    // (csv_to_json, which `scorer feed` and the parity check use) refuses it. Both must refuse.
+    let text = history("k3,2024-01-01T00:30:00Z,3\n");
+    let (e, path) = offline_refusal("ragged.csv", text.as_bytes(), common::CATS, common::RATES);
+    let online = shared_features::events::csv_to_json(&common::pipeline(), text.as_bytes(), "x")
+        .expect_err("the online path refuses it");
+    let want = "the row has 3 fields where the header has 5";
+    assert_eq!(e.to_string(), format!("{}:4: {want}", shown(&path)));
+    assert_eq!(online.to_string(), format!("x:4: {want}"));
+}
+
+#[test]
 fn a_declared_field_missing_from_the_header_is_named_at_line_1() {
     let text = history("").replace(",cat,", ",category,");
     let (e, path) = offline_refusal("header.csv", text.as_bytes(), common::CATS, common::RATES);
