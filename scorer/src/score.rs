@@ -10,20 +10,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use serde::Serialize;
-use shared_features::{OnlineEngine, Split, Value, time::format_timestamp};
+use shared_features::{OnlineEngine, Split, Value};
 use shared_models::Servable;
 
-/// Where an event came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourcePos<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-}
+pub use shared_models::prediction::{ServedBy, SourcePos, key_text, write_prediction};
 
 /// What became of one event.
 #[derive(Debug)]
@@ -37,38 +27,6 @@ pub enum Outcome {
     Filtered,
     /// It cannot be scored; it belongs in the dead-letter topic with this reason.
     Dead(String),
-}
-
-/// One prediction as written to the output topic.
-#[derive(Serialize)]
-struct Prediction<'a> {
-    key: &'a str,
-    event_time: &'a str,
-    event_time_ms: i64,
-    score: f64,
-    decision: bool,
-    model: &'a str,
-    version: u64,
-    fingerprint: &'a str,
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    /// With `--model-server`: the model that gave the score.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    served_by: Option<ServedBy<'a>>,
-}
-
-/// The lineage of a score from a model server: its URL, and the model's name and version as
-/// the server answered them (`model`, `version` and `fingerprint` stay the bundle's, whose
-/// pipeline and encoding computed the features).
-#[derive(Serialize, Clone, Copy, Debug)]
-pub struct ServedBy<'a> {
-    /// The server's URL.
-    pub url: &'a str,
-    /// The model's name on the server.
-    pub model: &'a str,
-    /// Its version (empty when the server gave none).
-    pub version: &'a str,
 }
 
 /// A model and the window state of the partitions it scores.
@@ -203,16 +161,10 @@ impl Scorer {
     }
 
     fn score_event(&mut self, payload: Option<&[u8]>, pos: SourcePos<'_>) -> Outcome {
-        let Some(payload) = payload else {
-            return Outcome::Dead("empty message: no payload".into());
+        let payload = match shared_models::prediction::admit(payload, self.max_event_bytes) {
+            Ok(payload) => payload,
+            Err(why) => return Outcome::Dead(why),
         };
-        if payload.len() > self.max_event_bytes {
-            return Outcome::Dead(format!(
-                "oversized payload: {} bytes, the limit is {} (--max-event-bytes)",
-                payload.len(),
-                self.max_event_bytes
-            ));
-        }
         fail_point(payload);
         let m = &*self.model;
         let p = &*m.pipeline;
@@ -302,71 +254,19 @@ struct Bufs<'a> {
     remote: bool,
 }
 
-/// Write `text` of a key value into `buf` (null: nothing).
-pub(crate) fn key_text(v: &Value, buf: &mut Vec<u8>) {
-    buf.clear();
-    match v {
-        Value::Null => {}
-        Value::Str(s) => buf.extend_from_slice(s.as_bytes()),
-        v => {
-            use std::io::Write;
-            let _ = write!(buf, "{v}");
-        }
-    }
-}
-
 /// Encode, predict and write the prediction of a full feature row (encode only, for a model
 /// server, when `b.remote`).
 fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
-    let p = &*m.pipeline;
-    let event_time = row[p.event_time_col()].as_i64().unwrap_or_default();
-    key_text(&row[p.key], b.key);
-    m.fitted.transform(p, row, b.x);
     if b.remote {
+        let event_time = shared_models::prediction::encode(m, row, b.key, b.x);
         b.out.clear();
         *b.last = (f64::NAN, false);
         return Outcome::Scored { event_time };
     }
-    let score = m.model.predict_proba(b.x);
-    let decision = m.model.decide(score);
+    let (event_time, score, decision) =
+        shared_models::prediction::predict(m, row, pos, b.key, b.x, b.out);
     *b.last = (score, decision);
-    // Keys are text from a JSON string or a number: valid UTF-8 either way.
-    let key = std::str::from_utf8(b.key).unwrap_or_default();
-    write_prediction(b.out, m, key, event_time, (score, decision), pos, None);
     Outcome::Scored { event_time }
-}
-
-/// Write the JSON value of a prediction into `out`: the event's key and time, the score and
-/// decision, the bundle (`m`) and the source position, and where a model server gave the
-/// score, its lineage.
-pub fn write_prediction(
-    out: &mut Vec<u8>,
-    m: &Servable,
-    key: &str,
-    event_time: i64,
-    (score, decision): (f64, bool),
-    pos: SourcePos<'_>,
-    served_by: Option<ServedBy<'_>>,
-) {
-    let time = format_timestamp(event_time);
-    out.clear();
-    let pred = Prediction {
-        key,
-        event_time: &time,
-        event_time_ms: event_time,
-        score,
-        decision,
-        model: &m.name,
-        version: m.version,
-        fingerprint: &m.fingerprint,
-        topic: pos.topic,
-        partition: pos.partition,
-        offset: pos.offset,
-        served_by,
-    };
-    // Plain strings and numbers: serializing into a Vec cannot fail, and a NaN score becomes
-    // null (serde_json), which the reader rejects loudly.
-    let _ = serde_json::to_writer(&mut *out, &pred);
 }
 
 /// What window state depends on: the pipeline spec and the lookup and as-of tables, not the

@@ -132,7 +132,8 @@ pub fn derive(func: &DeriveFn, args: &[&Value]) -> Value {
         DeriveFn::Year { tz } => opt_int(int(0).and_then(|t| time::year(t, tz.0))),
         DeriveFn::DayOfMonth { tz } => opt_int(int(0).and_then(|t| time::day_of_month(t, tz.0))),
         DeriveFn::WeekOfYear { tz } => opt_int(int(0).and_then(|t| time::week_of_year(t, tz.0))),
-        DeriveFn::Log1p => Value::finite(num(0).filter(|x| *x > -1.0).map(f64::ln_1p)),
+        // The `libm` crate's log1p: the same bits on every target (see shared_models::sigmoid).
+        DeriveFn::Log1p => Value::finite(num(0).filter(|x| *x > -1.0).map(libm::log1p)),
         DeriveFn::Ratio { value } => Value::finite(
             num(0)
                 .zip(value.or_else(|| num(1)))

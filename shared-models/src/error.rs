@@ -54,6 +54,7 @@ pub enum RegistryError {
         message: String,
     },
     /// The object store failed.
+    #[cfg(feature = "registry")]
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
 }
@@ -70,6 +71,7 @@ impl RegistryError {
             Self::Manifest { .. } => "manifest",
             Self::Conflict { .. } => "conflict",
             Self::Invalid { .. } => "invalid",
+            #[cfg(feature = "registry")]
             Self::ObjectStore(_) => "object_store",
         }
     }

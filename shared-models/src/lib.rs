@@ -6,13 +6,19 @@
 //! files that no listing, resolution or alias will ever see. Aliases
 //! (`<store>/models/<name>/aliases/<alias>`) are single objects, so moving one is one atomic put;
 //! that is how a model is promoted or rolled back.
+//!
+//! Without the default feature `registry` (object storage) the crate is the serving half only:
+//! bundles checked from files read by someone else, the predictors and the prediction record.
+//! That is what the WebAssembly build (`wasm/`) takes.
 
 mod bundle;
 mod error;
 mod linear;
 pub mod metrics;
 mod mlp;
+pub mod prediction;
 mod predictor;
+#[cfg(feature = "registry")]
 mod registry;
 mod serving;
 mod tree;
@@ -22,6 +28,7 @@ pub use error::RegistryError;
 pub use linear::{LinearModel, sigmoid};
 pub use mlp::{DenseLayer, MAX_WIDTH, MlpModel};
 pub use predictor::{MAX_ABS_WEIGHT, Predictor};
+#[cfg(feature = "registry")]
 pub use registry::{ModelRef, Registry, get_url, is_bucket_url};
 pub use serving::{Servable, bundle_table_file};
 pub use tree::{TreeModel, TreeNode};

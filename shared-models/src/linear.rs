@@ -42,12 +42,14 @@ impl LinearModel {
     }
 }
 
-/// A logistic function that does not overflow for large `|z|`.
+/// A logistic function that does not overflow for large `|z|`. Its `exp` is the `libm` crate's,
+/// not the platform's, so that a score is the same bits on every target (glibc's `exp` and the
+/// WebAssembly build's differ in the last bit for some inputs).
 pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
+        1.0 / (1.0 + libm::exp(-z))
     } else {
-        let e = z.exp();
+        let e = libm::exp(z);
         e / (1.0 + e)
     }
 }

@@ -5,18 +5,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+#[cfg(feature = "cloud")]
 use object_store::aws::AmazonS3Builder;
+#[cfg(feature = "cloud")]
 use object_store::azure::MicrosoftAzureBuilder;
+#[cfg(feature = "cloud")]
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+#[cfg(feature = "cloud")]
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use shared_features::tables::sha256_hex;
 
-use crate::bundle::{Bundle, MANIFEST, Manifest};
+use crate::bundle::{Bundle, MANIFEST, Manifest, check_file, valid_file_name};
 use crate::error::RegistryError;
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -69,13 +73,9 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
-/// A file of a bundle sits in its version directory: no separator, not the manifest itself.
-fn valid_file_name(file: &str) -> bool {
-    !file.is_empty() && file != MANIFEST && file != "." && file != ".." && !file.contains('/')
-}
-
 /// A bucket store for `s3://`, `gs://` and `az://` URLs (`None` for other schemes); a path after
 /// the bucket becomes a prefix of every key.
+#[cfg(feature = "cloud")]
 fn cloud(
     url: &str,
     options: impl IntoIterator<Item = (String, String)>,
@@ -120,6 +120,22 @@ fn cloud(
     } else {
         Arc::new(PrefixStore::new(store, prefix))
     }))
+}
+
+/// Without the `cloud` feature (the edge build) bucket URLs are refused, saying why.
+#[cfg(not(feature = "cloud"))]
+fn cloud(
+    url: &str,
+    _options: impl IntoIterator<Item = (String, String)>,
+) -> std::result::Result<Option<Arc<dyn ObjectStore>>, String> {
+    if is_bucket_url(url) {
+        return Err(
+            "this build has no cloud store clients (built without the `cloud` \
+                    feature, as the edge profile is): use a file:// store"
+                .into(),
+        );
+    }
+    Ok(None)
 }
 
 /// Whether `text` names an object in a bucket store: `s3://`, `gs://` or `az://` (and their
@@ -471,10 +487,8 @@ impl Registry {
         let mut files = BTreeMap::new();
         for (file, expected) in &manifest.files {
             if !valid_file_name(file) {
-                return Err(RegistryError::Manifest {
-                    path: format!("{dir}/{MANIFEST}"),
-                    message: format!("lists `{file}`, which is not a usable bundle file name"),
-                });
+                // Checked before the read, so a bad name never reaches the store.
+                check_file(manifest, &dir, file, expected, &[])?;
             }
             let bytes = self
                 .store
@@ -482,15 +496,7 @@ impl Registry {
                 .await?
                 .bytes()
                 .await?;
-            let actual = sha256_hex(&bytes);
-            if &actual != expected {
-                return Err(RegistryError::Checksum {
-                    model: manifest.id(),
-                    file: file.clone(),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
+            check_file(manifest, &dir, file, expected, &bytes)?;
             files.insert(file.clone(), bytes);
         }
         Ok(Bundle {
