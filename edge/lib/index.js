@@ -21,7 +21,7 @@ function core() {
     try {
       wasm = require('../pkg/scoring_wasm.js');
     } catch (e) {
-      throw new Error(`the WebAssembly module is not built (run ci/edge-check, or see edge/README.md): ${e.message}`);
+      throw new Error(`the WebAssembly module is not built (run ci/edge-check; the README, "The edge", has the steps): ${e.message}`);
     }
   }
   return wasm;
@@ -45,66 +45,12 @@ async function readOrNull(file) {
   }
 }
 
-const encoder = new TextEncoder();
-
-/** A checked bundle and the window state of the stream it scores. */
-class EdgeScorer {
-  constructor(inner) {
-    this.inner = inner;
-    this.model = inner.model;
-    this.fingerprint = inner.fingerprint;
-  }
-
-  /**
-   * Score one event: its value (bytes or a string) and where it came from (lineage).
-   * Returns { kind: 'scored', prediction, key, score, decision } | { kind: 'filtered' } |
-   * { kind: 'dead', reason }.
-   */
-  score(value, { topic = '', partition = 0, offset = 0n } = {}) {
-    const bytes = typeof value === 'string' ? encoder.encode(value) : value;
-    const { Outcome } = core();
-    const outcome = this.inner.score(bytes, topic, partition, BigInt(offset));
-    switch (outcome) {
-      case Outcome.Scored:
-        return {
-          kind: 'scored',
-          prediction: this.inner.prediction(),
-          key: this.inner.key(),
-          score: this.inner.lastScore,
-          decision: this.inner.lastDecision,
-        };
-      case Outcome.Filtered:
-        return { kind: 'filtered' };
-      default:
-        return { kind: 'dead', reason: this.inner.reason() };
-    }
-  }
-
-  /** Update the window state with an event without scoring it. */
-  warm(value) {
-    this.inner.warm(typeof value === 'string' ? encoder.encode(value) : value);
-  }
-
-  /** The window state as bytes, and back. */
-  saveState() {
-    return this.inner.saveState();
-  }
-
-  loadState(bytes) {
-    this.inner.loadState(bytes);
-  }
-
-  free() {
-    this.inner.free();
-  }
-}
+// The scorer object is an ES module too, shared with web.mjs.
+const scorer = import('./scorer.mjs');
 
 /** Scorer from files already read: a Map of file name -> bytes, manifest.json included. */
-function scorerFromFiles(dir, files) {
-  const { BundleFiles, Scorer } = core();
-  const b = new BundleFiles();
-  for (const [name, bytes] of files) b.add(name, bytes);
-  return new EdgeScorer(new Scorer(dir, b));
+async function scorerFromFiles(dir, files) {
+  return (await scorer).fromFiles(core(), dir, files);
 }
 
 /** Load `model` (name, name@version or name@alias) from a store directory and check it. */
@@ -129,4 +75,4 @@ async function readBundle(read, ref, list) {
   return (await bundle).readBundle(read, ref, list);
 }
 
-module.exports = { loadScorer, scorerFromFiles, readBundle, EdgeScorer };
+module.exports = { loadScorer, scorerFromFiles, readBundle };

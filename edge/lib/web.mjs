@@ -9,53 +9,13 @@
 // The store is the registry's directory layout under a base URL (a bucket behind a CDN, or any
 // static server). A 404 is "no such file"; any other failure is an error naming the URL.
 
-import init, { BundleFiles, Scorer, Outcome } from '../pkg-web/scoring_wasm.js';
+import init, * as wasm from '../pkg-web/scoring_wasm.js';
 import { readBundle } from './bundle.mjs';
+import { fromFiles } from './scorer.mjs';
+
+export { EdgeScorer } from './scorer.mjs';
 
 let ready;
-
-const encoder = new TextEncoder();
-
-/** A checked bundle and the window state of the stream it scores (as lib/index.js's EdgeScorer). */
-export class EdgeScorer {
-  constructor(inner) {
-    this.inner = inner;
-    this.model = inner.model;
-    this.fingerprint = inner.fingerprint;
-  }
-
-  score(value, { topic = '', partition = 0, offset = 0n } = {}) {
-    const bytes = typeof value === 'string' ? encoder.encode(value) : value;
-    const outcome = this.inner.score(bytes, topic, partition, BigInt(offset));
-    if (outcome === Outcome.Scored) {
-      return {
-        kind: 'scored',
-        prediction: this.inner.prediction(),
-        key: this.inner.key(),
-        score: this.inner.lastScore,
-        decision: this.inner.lastDecision,
-      };
-    }
-    if (outcome === Outcome.Filtered) return { kind: 'filtered' };
-    return { kind: 'dead', reason: this.inner.reason() };
-  }
-
-  warm(value) {
-    this.inner.warm(typeof value === 'string' ? encoder.encode(value) : value);
-  }
-
-  saveState() {
-    return this.inner.saveState();
-  }
-
-  loadState(bytes) {
-    this.inner.loadState(bytes);
-  }
-
-  free() {
-    this.inner.free();
-  }
-}
 
 /** Load and check `model` (name@version or name@alias) from a store under the base URL `store`. */
 export async function loadScorer({ store, model, fetchImpl = fetch, wasmUrl } = {}) {
@@ -70,7 +30,5 @@ export async function loadScorer({ store, model, fetchImpl = fetch, wasmUrl } = 
     return new Uint8Array(await res.arrayBuffer());
   };
   const { dir, files } = await readBundle(read, model);
-  const b = new BundleFiles();
-  for (const [name, bytes] of files) b.add(name, bytes);
-  return new EdgeScorer(new Scorer(new URL(dir, base).href, b));
+  return fromFiles(wasm, new URL(dir, base).href, files);
 }

@@ -66,22 +66,22 @@ const bytesOf = (value) => new TextEncoder().encode(JSON.stringify(value));
 
 test('a bundle the scorer would refuse is refused, naming what is wrong', { skip }, async () => {
   const { dir, files: good } = await files();
-  assert.ok(scorerFromFiles(dir, good).model.startsWith('flights_delay@'));
+  assert.ok((await scorerFromFiles(dir, good)).model.startsWith('flights_delay@'));
 
   const flipped = new Map(good);
   const model = new Uint8Array(good.get('model.json'));
   model[10] ^= 1;
   flipped.set('model.json', model);
-  assert.throws(() => scorerFromFiles(dir, flipped), /file `model\.json` is corrupt: sha256 [0-9a-f]{64}, manifest says [0-9a-f]{64}/);
+  await assert.rejects(scorerFromFiles(dir, flipped), /file `model\.json` is corrupt: sha256 [0-9a-f]{64}, manifest says [0-9a-f]{64}/);
 
   const missing = new Map(good);
   missing.delete('fitted.json');
-  assert.throws(() => scorerFromFiles(dir, missing), /fitted\.json`, which the manifest lists, is missing/);
+  await assert.rejects(scorerFromFiles(dir, missing), /fitted\.json`, which the manifest lists, is missing/);
 
   const manifest = json(good.get('manifest.json'));
   const fingerprint = new Map(good);
   fingerprint.set('manifest.json', bytesOf({ ...manifest, feature_fingerprint: '0'.repeat(64) }));
-  assert.throws(() => scorerFromFiles(dir, fingerprint), /feature fingerprint [0-9a-f]+ of the bundle's pipeline and state differs from the manifest's 0{64}/);
+  await assert.rejects(scorerFromFiles(dir, fingerprint), /feature fingerprint [0-9a-f]+ of the bundle's pipeline and state differs from the manifest's 0{64}/);
 
   // Checksums made to match, but a model that takes one input too few.
   const m = json(good.get('model.json'));
@@ -89,12 +89,12 @@ test('a bundle the scorer would refuse is refused, naming what is wrong', { skip
   const shape = new Map(good);
   shape.set('model.json', bytesOf(shrunk));
   shape.set('manifest.json', bytesOf({ ...manifest, files: { ...manifest.files, 'model.json': sha256(bytesOf(shrunk)) } }));
-  assert.throws(() => scorerFromFiles(dir, shape), /input signature: model\.json does not take the \d+ inputs that fitted\.json encodes/);
+  await assert.rejects(scorerFromFiles(dir, shape), /input signature: model\.json does not take the \d+ inputs that fitted\.json encodes/);
 
   const escape = new Map(good);
   escape.set('manifest.json', bytesOf({ ...manifest, files: { ...manifest.files, '../x': 'ab' } }));
   escape.set('../x', new Uint8Array());
-  assert.throws(() => scorerFromFiles(dir, escape), /lists `\.\.\/x`, which is not a usable bundle file name/);
+  await assert.rejects(scorerFromFiles(dir, escape), /lists `\.\.\/x`, which is not a usable bundle file name/);
 });
 
 function runApp(args) {
