@@ -13,7 +13,7 @@
 // and prints a JSON summary: {"consumed", "predicted", "filtered", "dead_lettered"}.
 
 const { Kafka, logLevel } = require('kafkajs');
-const { loadScorer } = require('./lib');
+const { readStore, scorerFromFiles } = require('./lib');
 
 const USAGE =
   'usage: app.js --brokers B --store S --model M --input T --output T --dlq T --group G [--exit-when-idle SECONDS]';
@@ -62,12 +62,15 @@ function cutError(text) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  // Check the bundle before touching the broker: a bad bundle is refused with its reason.
-  const first = await loadScorer(args);
+  // Read the bundle once and check it before touching the broker: a bad bundle is refused with
+  // its reason. Each partition gets its own scorer (window state) from the same files.
+  const { dir, files } = await readStore(args);
+  let spare = await scorerFromFiles(dir, files);
   const scorers = new Map();
   const scorerOf = async (partition) => {
     if (!scorers.has(partition)) {
-      scorers.set(partition, scorers.size === 0 ? first : await loadScorer(args));
+      scorers.set(partition, spare || (await scorerFromFiles(dir, files)));
+      spare = null;
     }
     return scorers.get(partition);
   };

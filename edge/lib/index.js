@@ -53,8 +53,11 @@ async function scorerFromFiles(dir, files) {
   return (await scorer).fromFiles(core(), dir, files);
 }
 
-/** Load `model` (name, name@version or name@alias) from a store directory and check it. */
-async function loadScorer({ store, model }) {
+/**
+ * Read `model`'s files (name, name@version or name@alias) from a store directory, unchecked:
+ * { dir, files }, for scorerFromFiles (once per stream or partition, without reading again).
+ */
+async function readStore({ store, model }) {
   const root = storeDir(store);
   const read = (rel) => readOrNull(path.join(root, rel));
   const list = async (rel) => {
@@ -67,7 +70,13 @@ async function loadScorer({ store, model }) {
   };
   const { readBundle } = await bundle;
   const { dir, files } = await readBundle(read, model, list);
-  return scorerFromFiles(path.join(root, dir), files);
+  return { dir: path.join(root, dir), files };
+}
+
+/** Load `model` (name, name@version or name@alias) from a store directory and check it. */
+async function loadScorer(args) {
+  const { dir, files } = await readStore(args);
+  return scorerFromFiles(dir, files);
 }
 
 /** The bundle reader (see bundle.mjs), for callers with their own file access. */
@@ -75,4 +84,4 @@ async function readBundle(read, ref, list) {
   return (await bundle).readBundle(read, ref, list);
 }
 
-module.exports = { loadScorer, scorerFromFiles, readBundle };
+module.exports = { loadScorer, readStore, scorerFromFiles, readBundle };

@@ -69,21 +69,25 @@ pub(crate) fn valid_file_name(file: &str) -> bool {
     !file.is_empty() && file != MANIFEST && file != "." && file != ".." && !file.contains('/')
 }
 
-/// Check one file of a bundle against its manifest: the name is a usable bundle file name and
-/// its sha256 is the one the manifest lists. `dir` is where the manifest was read (for messages).
-pub(crate) fn check_file(
+/// A file the manifest lists has a usable bundle file name (checked before it is read, so a bad
+/// name never reaches a store). `dir` is where the manifest was read (for messages).
+pub(crate) fn check_name(dir: &str, file: &str) -> Result<(), RegistryError> {
+    if valid_file_name(file) {
+        return Ok(());
+    }
+    Err(RegistryError::Manifest {
+        path: format!("{dir}/{MANIFEST}"),
+        message: format!("lists `{file}`, which is not a usable bundle file name"),
+    })
+}
+
+/// A file's bytes have the sha256 its manifest lists.
+pub(crate) fn check_sum(
     manifest: &Manifest,
-    dir: &str,
     file: &str,
     expected: &str,
     bytes: &[u8],
 ) -> Result<(), RegistryError> {
-    if !valid_file_name(file) {
-        return Err(RegistryError::Manifest {
-            path: format!("{dir}/{MANIFEST}"),
-            message: format!("lists `{file}`, which is not a usable bundle file name"),
-        });
-    }
     let actual = sha256_hex(bytes);
     if actual != expected {
         return Err(RegistryError::Checksum {
@@ -114,13 +118,14 @@ impl Bundle {
             })?;
         let mut checked = BTreeMap::new();
         for (file, expected) in &manifest.files {
+            check_name(dir, file)?;
             let Some(bytes) = files.remove(file) else {
                 return Err(RegistryError::Invalid {
                     model: manifest.id(),
                     message: format!("`{dir}/{file}`, which the manifest lists, is missing"),
                 });
             };
-            check_file(&manifest, dir, file, expected, &bytes)?;
+            check_sum(&manifest, file, expected, &bytes)?;
             checked.insert(file.clone(), bytes);
         }
         Ok(Self {

@@ -20,7 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use shared_features::tables::sha256_hex;
 
-use crate::bundle::{Bundle, MANIFEST, Manifest, check_file, valid_file_name};
+use crate::bundle::{Bundle, MANIFEST, Manifest, check_name, check_sum, valid_file_name};
 use crate::error::RegistryError;
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -486,17 +486,14 @@ impl Registry {
         let dir = Self::version_dir(&manifest.name, manifest.version);
         let mut files = BTreeMap::new();
         for (file, expected) in &manifest.files {
-            if !valid_file_name(file) {
-                // Checked before the read, so a bad name never reaches the store.
-                check_file(manifest, &dir, file, expected, &[])?;
-            }
+            check_name(&dir, file)?;
             let bytes = self
                 .store
                 .get(&Path::from(format!("{dir}/{file}")))
                 .await?
                 .bytes()
                 .await?;
-            check_file(manifest, &dir, file, expected, &bytes)?;
+            check_sum(manifest, file, expected, &bytes)?;
             files.insert(file.clone(), bytes);
         }
         Ok(Bundle {
