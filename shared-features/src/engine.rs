@@ -120,33 +120,20 @@ impl Stages {
             .as_i64()
             .ok_or_else(|| EventError::Time("event_time is null".into()))?;
         if split == Split::Downstream {
-            self.progress = Some(self.progress.map_or(t, |x| x.max(t)));
-            for (w, state) in p.windows.iter().zip(&mut self.windows) {
-                if split.runs(p, w) {
-                    state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
-                }
-            }
-            self.derive(p, row);
+            self.apply(p, row, t, split);
             return Ok(());
         }
-        let progress = self.progress.unwrap_or(t);
-        let limit = progress.saturating_add(p.max_future_ms);
-        self.progress = Some(progress.max(t.min(limit)));
-        if t > limit {
-            return Err(EventError::Future {
-                event_time: format_timestamp(t),
-                progress: format_timestamp(progress),
-                max_future_ms: p.max_future_ms,
-            });
-        }
         // Upstream of a repartition, the merge downstream needs every event of a partition at
-        // or after the partition's newest event less the lateness (its watermark).
-        if split == Split::Upstream && t < progress.saturating_sub(p.lateness_ms) {
-            return Err(EventError::LateInPartition {
-                event_time: format_timestamp(t),
-                newest: format_timestamp(progress),
-                lateness_ms: p.lateness_ms,
-            });
+        // or after the partition's newest event less the lateness (its watermark): admission.
+        if split == Split::Upstream {
+            let mut admission = Admission {
+                progress: self.progress,
+            };
+            let admitted = admission.admit(p, t);
+            self.progress = admission.progress;
+            admitted?;
+        } else {
+            advance(&mut self.progress, p, t)?;
         }
         // Upstream and whole: the derived columns the windows key or aggregate by (downstream
         // of a repartition they arrive computed).
@@ -172,15 +159,35 @@ impl Stages {
                 });
             }
         }
+        self.apply(p, row, t, split);
+        Ok(())
+    }
+
+    /// The stages for an event an [`Admission`] admitted in arrival order and that is now
+    /// processed in event-time order behind the watermark ([`crate::OrderedEngine`], the
+    /// offline engine over a log): the derived columns before the windows, every window, the
+    /// derived features. Nothing is refused here: admission happened on arrival, and in
+    /// event-time order no event is behind its key's newest one.
+    pub fn process_ordered(&mut self, p: &Pipeline, row: &mut [Value]) {
+        let Some(t) = row[p.event_time_col()].as_i64() else {
+            return; // admission refused it: never released
+        };
+        Self::pre_derive(p, row);
+        self.apply(p, row, t, Split::All);
+    }
+
+    /// Move the progress to `t` (admission happened), update the windows `split` runs, and
+    /// derive the features where it derives them.
+    fn apply(&mut self, p: &Pipeline, row: &mut [Value], t: i64, split: Split) {
+        self.progress = Some(self.progress.map_or(t, |x| x.max(t)));
         for (w, state) in p.windows.iter().zip(&mut self.windows) {
             if split.runs(p, w) {
                 state.update(w, t, row, p.lateness_ms, p.idle_key_ttl_ms);
             }
         }
-        if split == Split::All {
+        if split != Split::Upstream {
             self.derive(p, row);
         }
-        Ok(())
     }
 
     fn derive(&self, p: &Pipeline, row: &mut [Value]) {
@@ -262,6 +269,57 @@ impl Stages {
     }
 }
 
+/// The future rule (see [`Stages`]): move the stream's `progress` for an event at `t` and
+/// return the progress before it, or refuse the event as [`EventError::Future`] (which still
+/// moves the progress, by at most `max_future`).
+fn advance(progress: &mut Option<i64>, p: &Pipeline, t: i64) -> Result<i64, EventError> {
+    let before = progress.unwrap_or(t);
+    let limit = before.saturating_add(p.max_future_ms);
+    *progress = Some(before.max(t.min(limit)));
+    if t > limit {
+        return Err(EventError::Future {
+            event_time: format_timestamp(t),
+            progress: format_timestamp(before),
+            max_future_ms: p.max_future_ms,
+        });
+    }
+    Ok(before)
+}
+
+/// Admission of events in arrival order, for an engine that then processes them in event-time
+/// order behind a watermark ([`crate::OrderedEngine`] online, the offline engine over a log).
+///
+/// An event is refused when it is from the future ([`Stages`]' rule) or when its time is more
+/// than `[events] lateness` behind the newest event admitted before it (the stream's progress):
+/// [`EventError::LateInPartition`]. So every event admitted from now on is at or after the
+/// *watermark*, progress less lateness, and an event dated before the watermark can be processed
+/// knowing that nothing older will come: the events pass the windows in event-time order,
+/// exactly as the offline engine sorts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Admission {
+    progress: Option<i64>,
+}
+
+impl Admission {
+    /// Admit an event at `t`, or say why not.
+    pub fn admit(&mut self, p: &Pipeline, t: i64) -> Result<(), EventError> {
+        let before = advance(&mut self.progress, p, t)?;
+        if t < before.saturating_sub(p.lateness_ms) {
+            return Err(EventError::LateInPartition {
+                event_time: format_timestamp(t),
+                newest: format_timestamp(before),
+                lateness_ms: p.lateness_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every event admitted from now on is at or after this time; `None` before the first.
+    pub fn watermark(&self, p: &Pipeline) -> Option<i64> {
+        self.progress.map(|x| x.saturating_sub(p.lateness_ms))
+    }
+}
+
 /// Runs a pipeline event by event: decode, filter, event time, join, aggregate, derive.
 #[derive(Debug)]
 pub struct OnlineEngine {
@@ -319,6 +377,23 @@ impl OnlineEngine {
     }
 
     fn after_decode(&mut self) -> Result<Option<&[Value]>, EventError> {
+        if self.prepare()?.is_none() {
+            return Ok(None);
+        }
+        self.stages
+            .process_split(&self.pipeline, &mut self.row, self.split)?;
+        Ok(Some(&self.row))
+    }
+
+    /// Decode an event and run the stages before the windows ([`OnlineEngine::prepare`]).
+    pub(crate) fn decode_prepare(&mut self, event: &[u8]) -> Result<Option<i64>, EventError> {
+        self.decoder.decode(event, &mut self.row)?;
+        self.prepare()
+    }
+
+    /// Filters, event time and joins on the decoded row: its event time, or `None` when a
+    /// filter dropped it.
+    fn prepare(&mut self) -> Result<Option<i64>, EventError> {
         let p = &*self.pipeline;
         let row = &mut self.row;
         if !p.filters.iter().all(|f| eval::matches(f, &row[f.col])) {
@@ -327,8 +402,12 @@ impl OnlineEngine {
         let t = eval::event_time(p, row).map_err(EventError::Time)?;
         row[p.event_time_col()] = Value::Int(t);
         enrich(p, &self.tables, t, row);
-        self.stages.process_split(p, row, self.split)?;
-        Ok(Some(&self.row))
+        Ok(Some(t))
+    }
+
+    /// The row being built, and the stages (for [`crate::OrderedEngine`]).
+    pub(crate) fn parts(&mut self) -> (&Pipeline, &mut Row, &mut Stages) {
+        (&self.pipeline, &mut self.row, &mut self.stages)
     }
 
     /// The row of the last event [`OnlineEngine::process`] turned into features.

@@ -41,6 +41,7 @@ pub mod events;
 pub mod fitted;
 #[cfg(feature = "offline")]
 pub mod offline;
+pub mod ordered;
 #[cfg(feature = "offline")]
 pub mod parity;
 pub mod spec;
@@ -49,9 +50,10 @@ pub mod time;
 pub mod value;
 pub mod window;
 
-pub use engine::{OnlineEngine, Split, Stages};
+pub use engine::{Admission, OnlineEngine, Split, Stages};
 pub use error::{DataError, EventError};
 pub use fitted::{FittedState, fingerprint};
+pub use ordered::{Order, OrderedEngine};
 pub use spec::{Pipeline, SpecError};
 pub use tables::Tables;
 pub use value::{FieldType, Key, Row, Value};

@@ -132,6 +132,34 @@ pub fn resolve(base: &Path, path: &str) -> PathBuf {
 
 /// Run `p` over the history at `events` (CSV); tables are resolved against `base`.
 pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataError> {
+    run_with(p, events, base, None)
+}
+
+/// History read as a log rather than a table: the order its records arrived in, and the
+/// partition of each (see [`run_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    /// Record numbers (0-based, in the file) in the order they arrived; empty: file order.
+    pub order: Vec<u32>,
+    /// Each record's partition, by record number; empty: all in one partition.
+    pub partitions: Vec<u32>,
+}
+
+/// [`run`], over a table (`log: None`) or a log. A table has no arrival order: it is sorted by
+/// event time and fed through the stages, which refuse what the online engine would refuse on
+/// a topic carrying it in that order. A log (a topic's records, or an arrival order) is
+/// admitted in its order, per partition, as the online engine in watermark order admits it
+/// ([`crate::Admission`]: too far behind the newest event of its partition admitted before it,
+/// or from the future), then sorted and fed through the stages: exactly what an
+/// [`crate::OrderedEngine`] per partition computes over the same log, when the windows are
+/// keyed by the partition key (ties in time and key go by log position: partition, then
+/// offset when the records are listed partition by partition).
+pub fn run_with(
+    p: &Pipeline,
+    events: &Path,
+    base: &Path,
+    log: Option<&Log>,
+) -> Result<OfflineRun, DataError> {
     let fields: Vec<(String, FieldType)> =
         p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
     let from_strings: Vec<&str> = p
@@ -141,6 +169,10 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         .collect();
     let mut df = read_csv(events, &fields, true, &from_strings)?;
     let total = df.height();
+    if let Some(log) = log.filter(|l| !l.order.is_empty()) {
+        df = in_log_order(df, &log.order)
+            .map_err(|m| DataError::file(&events.display().to_string(), m))?;
+    }
 
     let mask = filter_mask(&df, p).map_err(|e| polars_err(events, e))?;
     df = df.filter(&mask).map_err(|e| polars_err(events, e))?;
@@ -161,14 +193,28 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         .map_err(|e| polars_err(events, e))?;
     let mut times: Vec<Option<i64>> = Vec::with_capacity(df.height());
     let mut scratch: Row = vec![Value::Null; p.n_fields];
+    let mut admissions: Vec<crate::Admission> = Vec::new();
     for i in 0..df.height() {
         for (c, vals) in &field_vals {
             scratch[*c] = vals[i].clone();
         }
-        match eval::event_time(p, &scratch) {
+        let admitted = eval::event_time(p, &scratch)
+            .map_err(EventError::Time)
+            .and_then(|t| match log {
+                Some(log) => {
+                    let rec = rows_idx[i] as usize;
+                    let part = log.partitions.get(rec).map_or(0, |&q| q as usize);
+                    if admissions.len() <= part {
+                        admissions.resize(part + 1, crate::Admission::default());
+                    }
+                    admissions[part].admit(p, t).map(|()| t)
+                }
+                None => Ok(t),
+            });
+        match admitted {
             Ok(t) => times.push(Some(t)),
-            Err(m) => {
-                out.rejected.push((rows_idx[i], EventError::Time(m)));
+            Err(e) => {
+                out.rejected.push((rows_idx[i], e));
                 times.push(None);
             }
         }
@@ -294,7 +340,15 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
     out.rows.reserve(source.len());
     for (mut row, src) in rows.into_iter().zip(source) {
         row.resize(p.layout.len(), Value::Null);
-        match stages.process(p, &mut row) {
+        let processed = match log {
+            // Admitted in log order above, and in event-time order now.
+            Some(_) => {
+                stages.process_ordered(p, &mut row);
+                Ok(())
+            }
+            None => stages.process(p, &mut row),
+        };
+        match processed {
             Ok(()) => {
                 out.rows.push(row);
                 out.source.push(src);
@@ -303,6 +357,34 @@ pub fn run(p: &Pipeline, events: &Path, base: &Path) -> Result<OfflineRun, DataE
         }
     }
     Ok(out)
+}
+
+/// The rows of `df` (a whole file, with its row index) in the order of a log: `order` holds
+/// every record number once.
+fn in_log_order(df: DataFrame, order: &[u32]) -> Result<DataFrame, String> {
+    let n = df.height();
+    let mut seen = vec![false; n];
+    for &i in order {
+        match seen.get_mut(i as usize) {
+            Some(s) if !*s => *s = true,
+            _ => {
+                return Err(format!(
+                    "log order names record {i} twice or beyond the {n} records"
+                ));
+            }
+        }
+    }
+    if order.len() != n {
+        return Err(format!(
+            "log order has {} records, the file {n}",
+            order.len()
+        ));
+    }
+    let idx = IdxCa::from_vec(
+        "order".into(),
+        order.iter().map(|&i| i as IdxSize).collect(),
+    );
+    df.take(&idx).map_err(|e| e.to_string())
 }
 
 /// Refuse a lookup table whose key column holds a value twice, naming the value and both lines
@@ -330,7 +412,7 @@ fn check_unique_keys(
 
 /// "no such file", with the way to get it only where that is true: the nycflights13 tables
 /// that `ci/fetch-data` downloads to `data/flights/raw`.
-fn missing_file(path: &Path) -> String {
+pub(crate) fn missing_file(path: &Path) -> String {
     const FETCHED: [&str; 5] = [
         "flights.csv",
         "planes.csv",

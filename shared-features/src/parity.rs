@@ -12,6 +12,7 @@ use crate::error::{DataError, EventError};
 use crate::events::{csv_to_json, event_meta, event_order};
 use crate::fitted::{FittedState, fingerprint};
 use crate::offline;
+use crate::ordered::{Order, OrderedEngine};
 use crate::spec::Pipeline;
 use crate::tables::Tables;
 use crate::time::format_timestamp;
@@ -40,6 +41,11 @@ pub struct ParityReport {
     pub width: usize,
     /// The fingerprint of spec plus fitted state.
     pub fingerprint: String,
+    /// How the online side was fed: `sorted` (event-time order), `repartitioned`, or under
+    /// disorder `arrival` (each event as it arrives) or `watermark` (behind the watermark).
+    pub mode: &'static str,
+    /// The arrival order, under disorder.
+    pub disorder: Option<DisorderReport>,
     /// Offline engine wall time, seconds (read, filter, join, sort, windows).
     pub offline_seconds: f64,
     /// Online engine wall time, seconds (decode, filter, join, windows), excluding the feed's
@@ -69,10 +75,48 @@ pub struct Mismatch {
     pub online: String,
 }
 
+/// How the online side is fed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Feed {
+    /// Run the online side as the scorer runs a pipeline that repartitions on a topic of this
+    /// many partitions (see [`check_with`]).
+    pub partitions: Option<u32>,
+    /// Deliver the events in a realistic arrival order instead of sorted (see [`Disorder`]).
+    pub disorder: Option<Disorder>,
+}
+
+/// A realistic arrival order, and how the online engine orders what arrives.
+///
+/// Each event is delayed after its event time, as a topic fed by many producers delivers it:
+/// by a uniform draw within the pipeline's lateness, and one event in 200 by more than the
+/// lateness (up to three times it, at least an hour more). Events arrive by event time plus
+/// delay, so keys interleave and an event often arrives after others dated later. The offline
+/// engine reads the same events as a log in that arrival order (`offline::run_with`): it
+/// refuses, in arrival order, the events more than the lateness behind the newest one before
+/// them, then sorts the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct Disorder {
+    /// Seed of the delays (ChaCha8: the same order on every machine).
+    pub seed: u64,
+    /// How the online engine processes what arrives.
+    pub order: Order,
+}
+
+/// What the disorder was, for the report.
+#[derive(Debug, Serialize, Clone)]
+pub struct DisorderReport {
+    /// The seed.
+    pub seed: u64,
+    /// Events that arrived after an event dated later than them.
+    pub out_of_order: usize,
+    /// Events delayed by more than the lateness.
+    pub delayed_past_lateness: usize,
+}
+
 /// Run `p` over `events` offline and online, fit the encoding on the training split of the
 /// offline rows, and compare every event's row and encoded vector.
 pub fn check(p: &Arc<Pipeline>, events: &Path, base: &Path) -> Result<ParityReport, DataError> {
-    check_with(p, events, base, None)
+    check_feed(p, events, base, Feed::default())
 }
 
 /// [`check`], the online side run as the scorer runs a pipeline that repartitions on a topic
@@ -87,10 +131,73 @@ pub fn check_with(
     base: &Path,
     partitions: Option<u32>,
 ) -> Result<ParityReport, DataError> {
-    let started = Instant::now();
-    let off = offline::run(p, events, base)?;
-    let offline_seconds = started.elapsed().as_secs_f64();
+    check_feed(
+        p,
+        events,
+        base,
+        Feed {
+            partitions,
+            disorder: None,
+        },
+    )
+}
+
+/// [`check`], the online side fed as `feed` says.
+pub fn check_feed(
+    p: &Arc<Pipeline>,
+    events: &Path,
+    base: &Path,
+    feed: Feed,
+) -> Result<ParityReport, DataError> {
     let file = events.display().to_string();
+    if feed.disorder.is_some() && feed.partitions.is_some() {
+        return Err(DataError::file(
+            &file,
+            "a parity check under disorder runs one partition: --disorder with --partitions is \
+             not supported",
+        ));
+    }
+    let bytes = std::fs::read(events).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DataError::file(&file, offline::missing_file(events)),
+        _ => DataError::file(&file, e.to_string()),
+    })?;
+    // The online side sees each event as JSON: a CSV row converted, or a JSON line as it is.
+    // `lines[i]` is the file line of record i, for messages.
+    let ext = events.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if matches!(ext, "jsonl" | "ndjson" | "json") {
+        bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, l)| (l.to_vec(), i + 1))
+            .unzip()
+    } else if ext == "parquet" {
+        return Err(DataError::file(
+            &file,
+            "the parity check reads CSV or JSON-lines history, not Parquet",
+        ));
+    } else {
+        let jsons = csv_to_json(p, &bytes, &file)?;
+        let lines = (2..jsons.len() + 2).collect();
+        (jsons, lines)
+    };
+    drop(bytes);
+    let sorted = event_order(p, &jsons);
+    let (order, disorder) = match feed.disorder {
+        None => (sorted, None),
+        Some(d) => {
+            let (arrival, report) = arrival_order(p, &jsons, &sorted, d.seed);
+            (arrival, Some(report))
+        }
+    };
+    let log = disorder.is_some().then(|| offline::Log {
+        order: order.iter().map(|&i| i as u32).collect(),
+        partitions: Vec::new(),
+    });
+
+    let started = Instant::now();
+    let off = offline::run_with(p, events, base, log.as_ref())?;
+    let offline_seconds = started.elapsed().as_secs_f64();
     // Times before 1971 are refused; a split with one side empty is legal for parity (a slice
     // of history), but said.
     off.check_time_range(p, None)
@@ -118,164 +225,277 @@ pub fn check_with(
             .is_none_or(|v| r[et].as_i64().is_some_and(|t| t < v))
     });
     let fitted = FittedState::fit(p, train.map(|r| &r[..]), off.table_digests.clone());
-
-    let bytes = std::fs::read(events).map_err(|e| DataError::file(&file, e.to_string()))?;
-    // The online side sees each event as JSON: a CSV row converted, or a JSON line as it is.
-    // `lines[i]` is the file line of record i, for messages.
-    let ext = events.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if matches!(ext, "jsonl" | "ndjson" | "json") {
-        bytes
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, l)| (l.to_vec(), i + 1))
-            .unzip()
-    } else if ext == "parquet" {
-        return Err(DataError::file(
-            &file,
-            "the parity check reads CSV or JSON-lines history, not Parquet",
-        ));
-    } else {
-        let jsons = csv_to_json(p, &bytes, &file)?;
-        let lines = (2..jsons.len() + 2).collect();
-        (jsons, lines)
-    };
-    drop(bytes);
     let tables = Tables::load(p, |path| {
         std::fs::read(offline::resolve(base, path)).map_err(|e| e.to_string())
     })?;
-    let order = event_order(p, &jsons);
 
-    // The kind of refusal offline, by record: online must refuse the same events alike.
-    let mut refused_as: Vec<Option<&'static str>> = vec![None; jsons.len()];
-    for (src, e) in &off.rejected {
-        if let Some(r) = refused_as.get_mut(*src as usize) {
-            *r = Some(e.kind());
-        }
-    }
-    let refused: Vec<bool> = refused_as.iter().map(Option::is_some).collect();
-    let mut by_record: Vec<Option<u32>> = vec![None; jsons.len()];
-    for (pos, &src) in off.source.iter().enumerate() {
-        if let Some(slot) = by_record.get_mut(src as usize) {
-            *slot = Some(pos as u32);
-        }
-    }
-    let mut report = ParityReport {
-        records: jsons.len(),
-        events: 0,
-        identical: 0,
-        filtered: off.filtered,
-        rejected: 0,
-        rejected_by_kind: BTreeMap::new(),
-        joined: joined_counts(p, &off.rows),
-        columns: p.layout.len(),
-        width: fitted.width(),
-        fingerprint: fingerprint(p, &fitted),
-        offline_seconds,
-        online_seconds: 0.0,
-        event_times,
-        warnings,
-        first_mismatch: None,
+    let mode = match (feed.disorder, feed.partitions) {
+        (Some(d), _) => d.order.name(),
+        (None, Some(_)) => "repartitioned",
+        (None, None) => "sorted",
     };
-    let names = fitted.names();
+    let mut cmp = Comparer::new(p, &off, &fitted, &lines, jsons.len());
+    cmp.report.offline_seconds = offline_seconds;
+    cmp.report.event_times = event_times;
+    cmp.report.warnings = warnings;
+    cmp.report.mode = mode;
+    cmp.report.disorder = disorder;
     let tables = Arc::new(tables);
-    let mut engine = OnlineEngine::new(p.clone(), tables.clone());
-    let (mut v_off, mut v_on) = (Vec::new(), Vec::new());
     let online_started = Instant::now();
-    let split = partitions.map(|n| repartitioned(p, &tables, &jsons, &order, n.max(1)));
-    let mut compare_time = std::time::Duration::ZERO;
-    for &rec in &order {
-        let online = match &split {
-            Some(out) => match &out[rec] {
-                Ok(row) => Ok(row.as_deref()),
-                Err(e) => Err(e.clone()),
-            },
-            None => engine.process(&jsons[rec]),
-        };
-        let cmp_started = Instant::now();
-        let offline_row = by_record[rec].map(|pos| &off.rows[pos as usize]);
-        let line = lines[rec];
-        let mismatch = match (offline_row, online) {
-            (None, Ok(None)) if !refused[rec] => {
-                compare_time += cmp_started.elapsed();
-                continue;
+    match (feed.disorder.map(|d| d.order), feed.partitions) {
+        (Some(Order::Watermark), _) => {
+            let mut engine = OrderedEngine::new(p.clone(), tables.clone());
+            for &rec in &order {
+                match engine.push(&jsons[rec], rec as u64) {
+                    Ok(true) => {}
+                    Ok(false) => cmp.compare(rec, Ok(None)),
+                    Err(e) => cmp.compare(rec, Err(e)),
+                }
+                while let Some((tag, row)) = engine.next_ready() {
+                    cmp.compare(tag as usize, Ok(Some(row)));
+                }
             }
-            (None, Err(e)) if refused_as[rec] == Some(e.kind()) => {
+            engine.finish();
+            while let Some((tag, row)) = engine.next_ready() {
+                cmp.compare(tag as usize, Ok(Some(row)));
+            }
+        }
+        (_, Some(n)) => {
+            let out = repartitioned(p, &tables, &jsons, &order, n.max(1));
+            for &rec in &order {
+                let online = match &out[rec] {
+                    Ok(row) => Ok(row.as_deref()),
+                    Err(e) => Err(e.clone()),
+                };
+                cmp.compare(rec, online);
+            }
+        }
+        _ => {
+            let mut engine = OnlineEngine::new(p.clone(), tables.clone());
+            for &rec in &order {
+                let online = engine.process(&jsons[rec]);
+                cmp.compare(rec, online);
+            }
+        }
+    }
+    let mut report = cmp.report;
+    report.online_seconds = (online_started.elapsed() - cmp.time).as_secs_f64();
+    Ok(report)
+}
+
+/// The records in a realistic arrival order (see [`Disorder`]), from their sorted order
+/// ([`crate::events::event_order`]).
+pub fn arrival_order(
+    p: &Arc<Pipeline>,
+    jsons: &[Vec<u8>],
+    sorted: &[usize],
+    seed: u64,
+) -> (Vec<usize>, DisorderReport) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let meta = event_meta(p, jsons);
+    let lateness = p.lateness_ms.max(0);
+    let past = lateness.max(3_600_000);
+    let mut delayed_past_lateness = 0;
+    // An event without a time (refused anyway) arrives with the one before it in time order.
+    let mut last = i64::MIN;
+    let mut arrivals: Vec<(i64, usize, usize)> = sorted
+        .iter()
+        .enumerate()
+        .map(|(pos, &rec)| {
+            if let Some(t) = meta[rec].1 {
+                let delay = if rng.random_bool(1.0 / 200.0) {
+                    delayed_past_lateness += 1;
+                    lateness + rng.random_range(1..=2 * past)
+                } else {
+                    rng.random_range(0..=lateness)
+                };
+                last = t.saturating_add(delay);
+            }
+            (last, pos, rec)
+        })
+        .collect();
+    arrivals.sort_unstable();
+    let order: Vec<usize> = arrivals.iter().map(|&(.., rec)| rec).collect();
+    let mut newest = i64::MIN;
+    let mut out_of_order = 0;
+    for &rec in &order {
+        if let Some(t) = meta[rec].1 {
+            out_of_order += usize::from(t < newest);
+            newest = newest.max(t);
+        }
+    }
+    (
+        order,
+        DisorderReport {
+            seed,
+            out_of_order,
+            delayed_past_lateness,
+        },
+    )
+}
+
+/// Compares each record's online outcome with the offline engine's, into a report.
+struct Comparer<'a> {
+    p: &'a Pipeline,
+    off: &'a offline::OfflineRun,
+    fitted: &'a FittedState,
+    names: Vec<String>,
+    lines: &'a [usize],
+    /// The kind of refusal offline, by record: online must refuse the same events alike.
+    refused_as: Vec<Option<&'static str>>,
+    /// Each record's row in the offline run.
+    by_record: Vec<Option<u32>>,
+    v_off: Vec<f64>,
+    v_on: Vec<f64>,
+    report: ParityReport,
+    /// Time spent comparing, left out of the online engine's time.
+    time: std::time::Duration,
+}
+
+impl<'a> Comparer<'a> {
+    fn new(
+        p: &'a Pipeline,
+        off: &'a offline::OfflineRun,
+        fitted: &'a FittedState,
+        lines: &'a [usize],
+        records: usize,
+    ) -> Self {
+        let mut refused_as: Vec<Option<&'static str>> = vec![None; records];
+        for (src, e) in &off.rejected {
+            if let Some(r) = refused_as.get_mut(*src as usize) {
+                *r = Some(e.kind());
+            }
+        }
+        let mut by_record: Vec<Option<u32>> = vec![None; records];
+        for (pos, &src) in off.source.iter().enumerate() {
+            if let Some(slot) = by_record.get_mut(src as usize) {
+                *slot = Some(pos as u32);
+            }
+        }
+        let report = ParityReport {
+            records,
+            events: 0,
+            identical: 0,
+            filtered: off.filtered,
+            rejected: 0,
+            rejected_by_kind: BTreeMap::new(),
+            joined: joined_counts(p, &off.rows),
+            columns: p.layout.len(),
+            width: fitted.width(),
+            fingerprint: fingerprint(p, fitted),
+            mode: "sorted",
+            disorder: None,
+            offline_seconds: 0.0,
+            online_seconds: 0.0,
+            event_times: Default::default(),
+            warnings: Vec::new(),
+            first_mismatch: None,
+        };
+        Self {
+            p,
+            off,
+            fitted,
+            names: fitted.names(),
+            lines,
+            refused_as,
+            by_record,
+            v_off: Vec::new(),
+            v_on: Vec::new(),
+            report,
+            time: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Record `rec`'s online outcome: `Ok(None)` filtered, `Err` refused, else its row.
+    fn compare(&mut self, rec: usize, online: Result<Option<&[Value]>, EventError>) {
+        let started = Instant::now();
+        let mismatch = self.mismatch(rec, online);
+        match mismatch {
+            Some(None) => self.report.identical += 1,
+            // The earliest line, whatever order the outcomes came in.
+            Some(Some(m))
+                if self
+                    .report
+                    .first_mismatch
+                    .as_ref()
+                    .is_none_or(|f| m.line < f.line) =>
+            {
+                self.report.first_mismatch = Some(m);
+            }
+            _ => {}
+        }
+        self.time += started.elapsed();
+    }
+
+    /// `None`: nothing to compare (filtered, or refused alike by both); `Some(None)`: an
+    /// identical vector; `Some(Some(m))`: a difference.
+    fn mismatch(
+        &mut self,
+        rec: usize,
+        online: Result<Option<&[Value]>, EventError>,
+    ) -> Option<Option<Mismatch>> {
+        let (p, et) = (self.p, self.p.event_time_col());
+        let refused_as = self.refused_as[rec];
+        let refused = refused_as.is_some();
+        let offline_row = self.by_record[rec].map(|pos| &self.off.rows[pos as usize]);
+        let line = self.lines[rec];
+        let report = &mut self.report;
+        let m = match (offline_row, online) {
+            (None, Ok(None)) if !refused => return None,
+            (None, Err(e)) if refused_as == Some(e.kind()) => {
                 report.rejected += 1;
                 *report.rejected_by_kind.entry(e.kind()).or_default() += 1;
-                compare_time += cmp_started.elapsed();
-                continue;
+                return None;
             }
-            (None, Err(e)) if refused[rec] => {
-                report.events += 1;
-                Some(Mismatch {
-                    line,
-                    event_time: None,
-                    feature: "<refusal>".into(),
-                    offline: refused_as[rec].unwrap_or_default().into(),
-                    online: format!("{}: {e}", e.kind()),
-                })
-            }
-            (None, Ok(None) | Err(_)) => Some(Mismatch {
+            (None, Err(e)) if refused => Mismatch {
+                line,
+                event_time: None,
+                feature: "<refusal>".into(),
+                offline: refused_as.unwrap_or_default().into(),
+                online: format!("{}: {e}", e.kind()),
+            },
+            (None, Ok(None) | Err(_)) => Mismatch {
                 line,
                 event_time: None,
                 feature: "<presence>".into(),
-                offline: if refused[rec] { "refused" } else { "filtered" }.into(),
-                online: if refused[rec] { "filtered" } else { "refused" }.into(),
-            }),
+                offline: if refused { "refused" } else { "filtered" }.into(),
+                online: if refused { "filtered" } else { "refused" }.into(),
+            },
             (Some(row), Ok(Some(on))) => {
                 report.events += 1;
-                fitted.transform(p, row, &mut v_off);
-                fitted.transform(p, on, &mut v_on);
-                first_difference(p, &names, row, on, &v_off, &v_on).map(|(feature, a, b)| {
-                    Mismatch {
-                        line,
-                        event_time: row[et].as_i64().map(format_timestamp),
-                        feature,
-                        offline: a,
-                        online: b,
-                    }
-                })
-            }
-            (Some(row), online) => {
-                let online_refused = online.is_err();
-                report.events += 1;
-                Some(Mismatch {
+                self.fitted.transform(p, row, &mut self.v_off);
+                self.fitted.transform(p, on, &mut self.v_on);
+                let diff = first_difference(p, &self.names, row, on, &self.v_off, &self.v_on);
+                return Some(diff.map(|(feature, a, b)| Mismatch {
                     line,
                     event_time: row[et].as_i64().map(format_timestamp),
-                    feature: "<presence>".into(),
-                    offline: "a vector".into(),
-                    online: if online_refused {
-                        "refused"
-                    } else {
-                        "filtered"
-                    }
-                    .into(),
-                })
+                    feature,
+                    offline: a,
+                    online: b,
+                }));
             }
-            (None, Ok(Some(on))) => {
-                report.events += 1;
-                Some(Mismatch {
-                    line,
-                    event_time: on[et].as_i64().map(format_timestamp),
-                    feature: "<presence>".into(),
-                    offline: if refused[rec] { "refused" } else { "filtered" }.into(),
-                    online: "a vector".into(),
-                })
-            }
+            (Some(row), online) => Mismatch {
+                line,
+                event_time: row[et].as_i64().map(format_timestamp),
+                feature: "<presence>".into(),
+                offline: "a vector".into(),
+                online: match online {
+                    Err(e) => format!("refused ({}: {e})", e.kind()),
+                    Ok(_) => "filtered".into(),
+                },
+            },
+            (None, Ok(Some(on))) => Mismatch {
+                line,
+                event_time: on[et].as_i64().map(format_timestamp),
+                feature: "<presence>".into(),
+                offline: if refused { "refused" } else { "filtered" }.into(),
+                online: "a vector".into(),
+            },
         };
-        match mismatch {
-            None => report.identical += 1,
-            Some(m) => {
-                if report.first_mismatch.is_none() {
-                    report.first_mismatch = Some(m);
-                }
-            }
-        }
-        compare_time += cmp_started.elapsed();
+        report.events += 1;
+        Some(Some(m))
     }
-    report.online_seconds = (online_started.elapsed() - compare_time).as_secs_f64();
-    Ok(report)
 }
 
 /// The online outcome of every record when the scorer repartitions (see [`check_with`]).

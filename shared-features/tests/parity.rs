@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use shared_features::time::{format_timestamp, parse_timestamp};
-use shared_features::{Pipeline, offline, parity};
+use shared_features::{Order, Pipeline, offline, parity};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -104,6 +104,111 @@ fn fixture_flights_are_bit_identical_offline_and_online() {
             .iter()
             .any(|(n, h)| n == "planes" && *h < report.events)
     );
+}
+
+fn under_disorder(
+    p: &Arc<Pipeline>,
+    events: &Path,
+    base: &Path,
+    seed: u64,
+    order: Order,
+) -> parity::ParityReport {
+    let feed = parity::Feed {
+        partitions: None,
+        disorder: Some(parity::Disorder { seed, order }),
+    };
+    parity::check_feed(p, events, base, feed).expect("parity runs")
+}
+
+/// The fixture flights delivered out of order (delays within the lateness, some past it): in
+/// watermark order every vector is the offline engine's over the same log, and every event is
+/// accounted for; in arrival order the windows miss events that arrive after their own, which
+/// the check sees.
+#[test]
+fn fixture_flights_under_disorder_are_bit_identical_in_watermark_order() {
+    let p = flights_pipeline();
+    let events = fixtures().join("raw/flights.csv");
+    for seed in [1, 2, 3] {
+        let exact = under_disorder(&p, &events, &fixtures(), seed, Order::Watermark);
+        let d = exact.disorder.clone().unwrap();
+        assert_eq!(exact.mode, "watermark");
+        assert!(d.out_of_order > 500, "seed {seed}: {d:?}");
+        assert!(d.delayed_past_lateness > 0, "seed {seed}: {d:?}");
+        assert_eq!(
+            exact.first_mismatch.as_ref().map(|m| &m.feature),
+            None,
+            "{:?}",
+            exact.first_mismatch
+        );
+        assert_eq!(exact.identical, exact.events, "seed {seed}");
+        assert_eq!(
+            exact.events + exact.rejected + exact.filtered,
+            exact.records
+        );
+        assert!(exact.events > 2500);
+
+        let arrival = under_disorder(&p, &events, &fixtures(), seed, Order::Arrival);
+        assert_eq!(arrival.mode, "arrival");
+        assert!(
+            arrival.identical < arrival.events,
+            "seed {seed}: events arriving after later ones must change some window in arrival order"
+        );
+    }
+}
+
+/// The too-late refusals under disorder are exactly the events more than the lateness behind
+/// the newest one that arrived before them, counted here from the arrival order alone.
+#[test]
+fn too_late_events_are_the_ones_behind_the_newest_arrival_by_more_than_the_lateness() {
+    let p = flights_pipeline();
+    let events = fixtures().join("raw/flights.csv");
+    let jsons =
+        shared_features::events::csv_to_json(&p, &std::fs::read(&events).unwrap(), "f").unwrap();
+    let meta = shared_features::events::event_meta(&p, &jsons);
+    for seed in [4, 5] {
+        let sorted = shared_features::events::event_order(&p, &jsons);
+        let (order, _) = parity::arrival_order(&p, &jsons, &sorted, seed);
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..jsons.len()).collect::<Vec<_>>(), "a permutation");
+        // Cancelled flights (no dep_time) are filtered before admission.
+        let text = std::fs::read_to_string(&events).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let dt = header.iter().position(|h| *h == "dep_time").unwrap();
+        let dd = header.iter().position(|h| *h == "dep_delay").unwrap();
+        let kept: Vec<bool> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let c: Vec<&str> = l.split(',').collect();
+                c[dt] != "NA" && c[dd] != "NA"
+            })
+            .collect();
+        let mut newest = i64::MIN;
+        let mut late = 0;
+        for &rec in &order {
+            let Some(t) = meta[rec].1 else { continue };
+            if !kept[rec] {
+                continue;
+            }
+            if t < newest.saturating_sub(p.lateness_ms) {
+                late += 1;
+            } else {
+                newest = newest.max(t);
+            }
+        }
+        let report = under_disorder(&p, &events, &fixtures(), seed, Order::Watermark);
+        assert!(
+            late > 0,
+            "seed {seed} delays some event past the lateness behind a newer one"
+        );
+        assert_eq!(
+            report.rejected_by_kind.get("late").copied().unwrap_or(0),
+            late,
+            "seed {seed}"
+        );
+        assert_eq!(report.identical, report.events);
+    }
 }
 
 #[test]
@@ -227,6 +332,35 @@ proptest! {
         prop_assert_eq!(report.identical, report.events);
         let kept = events.iter().filter(|e| e.4 >= 0).count();
         prop_assert_eq!(report.events, kept);
+    }
+
+    /// The same random streams delivered in a random arrival order: in watermark order every
+    /// vector is the offline engine's over that log, and every kept event is compared or
+    /// refused alike.
+    #[test]
+    fn random_streams_under_disorder_are_bit_identical_in_watermark_order(events in prop::collection::vec(
+        (prop::option::weighted(0.9, 0u8..5), 0u16..600, prop::option::weighted(0.8, -1000i32..1000), prop::option::weighted(0.9, 0u8..4), -1i8..3),
+        1..150,
+    ), seed in any::<u64>()) {
+        let p = common::pipeline();
+        let dir = tempdir("prop-disorder");
+        let mut csv = String::from("id,ts,x,cat,n\n");
+        for (k, m, x, c, n) in &events {
+            let id = k.map_or("NA".to_string(), |k| format!("k{k}"));
+            let ts = format_timestamp(common::at(i64::from(*m)));
+            let x = x.map_or("NA".to_string(), |x| format!("{}", f64::from(x) / 7.0));
+            let cat = c.map_or("NA".to_string(), |c| ["a", "b", "c", "zz"][c as usize].to_string());
+            csv.push_str(&format!("{id},{ts},{x},{cat},{n}\n"));
+        }
+        std::fs::write(dir.join("events.csv"), csv).unwrap();
+        std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
+        std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
+        let report = under_disorder(&p, &dir.join("events.csv"), &dir, seed, Order::Watermark);
+        std::fs::remove_dir_all(&dir).ok();
+        prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
+        prop_assert_eq!(report.identical, report.events);
+        let kept = events.iter().filter(|e| e.4 >= 0).count();
+        prop_assert_eq!(report.events + report.rejected, kept);
     }
 }
 

@@ -26,6 +26,16 @@ pub struct ParityArgs {
     /// the merge behind the watermark (README, repartitioning).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     partitions: Option<u32>,
+    /// Feed the online side in a realistic arrival order drawn from this seed (events delayed
+    /// within the lateness, one in 200 past it) instead of sorted; the offline side reads the
+    /// history as a log in that order (README, "Order and lateness").
+    #[arg(long, value_name = "SEED")]
+    disorder: Option<u64>,
+    /// Under --disorder, how the online engine orders what arrives: `watermark` (behind the
+    /// watermark, in event-time order: the offline features exactly) or `arrival` (each event
+    /// at once: its windows miss what arrives after it).
+    #[arg(long, default_value = "watermark", requires = "disorder")]
+    order: shared_features::Order,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -33,11 +43,23 @@ pub struct ParityArgs {
 
 /// Load the pipeline, run the check, print the report; exit 1 when any vector differs.
 pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
-    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(
+        &args.pipeline,
+        args.base.as_deref(),
+        args.events.as_deref(),
+        None,
+    )?;
     input.fetch()?;
     let (pipeline, events, base) = (input.pipeline, input.events, input.base);
-    let report = parity::check_with(&pipeline, &events, &base, args.partitions)
-        .context("parity check failed")?;
+    let feed = parity::Feed {
+        partitions: args.partitions,
+        disorder: args.disorder.map(|seed| parity::Disorder {
+            seed,
+            order: args.order,
+        }),
+    };
+    let report =
+        parity::check_feed(&pipeline, &events, &base, feed).context("parity check failed")?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -69,6 +91,20 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
         events.display()
     );
     println!("  {:<22}{:>12}", "records", r.records);
+    match &r.disorder {
+        None => println!("  {:<22}{:>12}", "online order", r.mode),
+        Some(d) => {
+            println!(
+                "  {:<22}{:>12}  (disorder seed {})",
+                "online order", r.mode, d.seed
+            );
+            println!("  {:<22}{:>12}", "  arrived out of order", d.out_of_order);
+            println!(
+                "  {:<22}{:>12}",
+                "  delayed past lateness", d.delayed_past_lateness
+            );
+        }
+    }
     println!(
         "  {:<22}{} to {}",
         "event times",
