@@ -9,6 +9,8 @@ use ndarray::{Array1, Array2};
 use shared_features::offline::{self, OfflineRun, TimeRange};
 use shared_features::{FittedState, Pipeline, eval};
 
+use crate::topic::{TopicArgs, TopicHistory};
+
 /// A pipeline file, read and checked, with where its data is.
 pub struct Input {
     /// The file as given, for messages.
@@ -25,6 +27,10 @@ pub struct Input {
     pub events_source: String,
     /// Removes the downloaded copy when the input is dropped.
     downloaded: Option<Download>,
+    /// History from a topic range instead of a file (`--topic`).
+    topic: Option<TopicArgs>,
+    /// Once the topic is read: each record's position, and the range to train on.
+    pub history: Option<TopicHistory>,
 }
 
 /// A temporary directory holding history fetched from a store; removed on drop.
@@ -34,6 +40,19 @@ impl Drop for Download {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A fresh temporary directory, removed when the guard drops.
+fn temp_dir() -> anyhow::Result<(PathBuf, Download)> {
+    let dir = std::env::temp_dir().join(format!(
+        "kml-trainer-history-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok((dir.clone(), Download(dir)))
 }
 
 /// Copy the object at a store URL into a fresh temporary directory, under its own file name
@@ -50,26 +69,20 @@ fn download(url: &str) -> anyhow::Result<(PathBuf, Download)> {
     let bytes = rt
         .block_on(shared_models::get_url(url))
         .with_context(|| format!("cannot read history from {url}"))?;
-    let dir = std::env::temp_dir().join(format!(
-        "kml-trainer-history-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let guard = Download(dir.clone());
+    let (dir, guard) = temp_dir()?;
     let path = dir.join(name);
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok((path, guard))
 }
 
 impl Input {
-    /// Read and check `pipeline`; `base` and `events` override the defaults.
+    /// Read and check `pipeline`; `base` and `events` override the defaults; `topic`, when it
+    /// names one, replaces the history file by a topic range.
     pub fn load(
         pipeline: &Path,
         base: Option<&Path>,
         events: Option<&Path>,
+        topic: Option<&TopicArgs>,
     ) -> anyhow::Result<Self> {
         let file = pipeline.display().to_string();
         let text = std::fs::read_to_string(pipeline)
@@ -83,7 +96,18 @@ impl Input {
         };
         // History is a local file (CSV, Parquet or JSON lines, by extension) or an object in a
         // store (s3://, gs://, az://), fetched once before anything is computed.
+        let topic = topic.filter(|t| t.topic.is_some()).cloned();
+        if let Some(t) = &topic {
+            t.range()?;
+        }
         let (events_source, local) = match (events, &p.events_path) {
+            _ if topic.is_some() => {
+                let t = topic
+                    .as_ref()
+                    .and_then(|t| t.topic.as_deref())
+                    .unwrap_or("");
+                (format!("topic {t}"), PathBuf::new())
+            }
             (Some(e), _) => {
                 let text = e.to_string_lossy().into_owned();
                 let local = text.strip_prefix("file://").map(PathBuf::from);
@@ -106,12 +130,32 @@ impl Input {
             events: local,
             events_source,
             downloaded: None,
+            topic,
+            history: None,
         })
     }
 
     /// Fetch history that lives in a store (s3://, gs://, az://) into a temporary file, once;
     /// a local file is left as it is. Call it after the configuration is checked.
     pub fn fetch(&mut self) -> anyhow::Result<()> {
+        if let Some(t) = &self.topic
+            && self.history.is_none()
+        {
+            let (dir, guard) = temp_dir()?;
+            let path = dir.join("topic.jsonl");
+            let history = t.read(&self.pipeline, &path)?;
+            if history.refused > 0 {
+                eprintln!(
+                    "{}: {} events the scorer would dead-letter left out (first: {})",
+                    self.events_source,
+                    history.refused,
+                    history.first_refusal.as_deref().unwrap_or("-")
+                );
+            }
+            self.events = path;
+            self.downloaded = Some(guard);
+            self.history = Some(history);
+        }
         if shared_models::is_bucket_url(&self.events_source) && self.downloaded.is_none() {
             let (path, guard) = download(&self.events_source)?;
             self.events = path;
@@ -156,18 +200,55 @@ impl Dataset {
         let Some(label) = p.label.clone() else {
             bail!("{}: training needs a [label]", input.file)
         };
-        let run = offline::run(p, &input.events, &input.base)
+        let log = input.history.as_ref().map(|h| offline::Log {
+            order: Vec::new(),
+            partitions: h.positions.iter().map(|&(q, _)| q as u32).collect(),
+        });
+        let run = offline::run_with(p, &input.events, &input.base, log.as_ref())
             .with_context(|| format!("computing features from {}", input.events_source))?;
+        // From a topic: the events before the range warmed the windows; train on the range.
+        let in_range = |i: usize, row: &[shared_features::Value]| match &input.history {
+            Some(h) => {
+                let offset = h.positions[run.source[i] as usize].1;
+                h.range
+                    .contains(offset, row[p.event_time_col()].as_i64().unwrap_or(i64::MIN))
+            }
+            None => true,
+        };
+        let in_range_count = run
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| in_range(*i, r))
+            .count();
+        if let Some(h) = &input.history
+            && in_range_count == 0
+        {
+            bail!(
+                "{}: no event in the range {} among the {} events read (offsets read: {})",
+                input.events_source,
+                h.range,
+                run.rows.len(),
+                h.partitions
+                    .iter()
+                    .map(|(q, l, e)| format!("partition {q} {l}..{e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let times = run
             .check_time_range(p, Some(valid_from))
             .map_err(|m| anyhow::anyhow!("{}: {m}", input.events_source))?;
         let et = p.event_time_col();
         let (mut train, mut valid) = (Vec::new(), Vec::new());
         for (i, row) in run.rows.iter().enumerate() {
+            let t = row[et].as_i64().unwrap_or(i64::MIN);
+            if !in_range(i, row) {
+                continue;
+            }
             let Some(y) = eval::label(&label, row) else {
                 continue;
             };
-            let t = row[et].as_i64().unwrap_or(i64::MIN);
             let split = if t < valid_from {
                 &mut train
             } else {

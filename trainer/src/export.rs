@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use shared_features::Value;
 use shared_features::time::format_timestamp;
 
 use crate::dataset::{Dataset, Input};
@@ -25,6 +26,8 @@ pub struct ExportArgs {
     /// `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
+    #[command(flatten)]
+    topic: crate::topic::TopicArgs,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
     #[arg(long)]
     base: Option<PathBuf>,
@@ -36,6 +39,11 @@ pub struct ExportArgs {
     /// scorer's prediction of the same event.
     #[arg(long)]
     with_key: bool,
+    /// Write the `[features]` columns as the pipeline computes them, before scaling and one-hot
+    /// encoding (one column each; nulls empty) instead of the model's input slots: values that
+    /// do not depend on the training split's statistics. CSV only.
+    #[arg(long)]
+    raw: bool,
 }
 
 /// Compute the matrix exactly as `trainer fit` does and write it.
@@ -48,14 +56,22 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         ),
     };
-    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(
+        &args.pipeline,
+        args.base.as_deref(),
+        args.events.as_deref(),
+        Some(&args.topic),
+    )?;
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
     input.fetch()?;
+    if parquet && args.raw {
+        bail!("--raw writes CSV: give --out a .csv file");
+    }
     let data = Dataset::build(&input, valid_from)?;
     if parquet {
         write_parquet(&input, &data, &args.out, args.with_key)?;
     } else {
-        write_csv(&input, &data, &args.out, args.with_key)?;
+        write_csv(&input, &data, &args.out, args.with_key, args.raw)?;
     }
     eprintln!(
         "wrote {} training and {} validation rows of {} features to {}",
@@ -126,8 +142,16 @@ fn write_csv(
     data: &Dataset,
     out: &std::path::Path,
     with_key: bool,
+    raw: bool,
 ) -> anyhow::Result<()> {
     let p = &input.pipeline;
+    let raw_cols: Vec<usize> = p
+        .features
+        .numeric
+        .iter()
+        .chain(&p.features.categorical)
+        .copied()
+        .collect();
     let file =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
@@ -141,7 +165,11 @@ fn write_csv(
         "split".to_string(),
         "label".to_string(),
     ]);
-    header.extend(data.fitted.names());
+    if raw {
+        header.extend(raw_cols.iter().map(|&c| p.layout[c].name.clone()));
+    } else {
+        header.extend(data.fitted.names());
+    }
     writeln!(w, "{}", header.join(","))?;
     let mut buf = Vec::new();
     let mut line = String::new();
@@ -151,22 +179,26 @@ fn write_csv(
             data.fitted.transform(p, row, &mut buf);
             line.clear();
             if with_key {
-                let k = row[p.key].key_text().unwrap_or_default();
-                if k.contains([',', '"', '\n', '\r']) {
-                    line.push('"');
-                    line.push_str(&k.replace('"', "\"\""));
-                    line.push_str("\",");
-                } else {
-                    line.push_str(&k);
-                    line.push(',');
-                }
+                push_cell(&mut line, &row[p.key].key_text().unwrap_or_default());
+                line.push(',');
             }
             let t = row[p.event_time_col()]
                 .as_i64()
                 .map(format_timestamp)
                 .unwrap_or_default();
             line.push_str(&format!("{t},{split},{}", u8::from(*y)));
-            for v in &buf {
+            if raw {
+                for &c in &raw_cols {
+                    line.push(',');
+                    match &row[c] {
+                        Value::Null => {}
+                        Value::Str(s) => push_cell(&mut line, s),
+                        // Ints as written; floats in the shortest text that reads back the same.
+                        v => line.push_str(&v.to_string()),
+                    }
+                }
+            }
+            for v in buf.iter().filter(|_| !raw) {
                 // `{:?}` prints the shortest text that reads back as the same f64.
                 line.push_str(&format!(",{v:?}"));
             }
@@ -175,4 +207,15 @@ fn write_csv(
     }
     w.flush()?;
     Ok(())
+}
+
+/// Text as one CSV cell, quoted when it holds a separator, a quote or a line break.
+fn push_cell(line: &mut String, text: &str) {
+    if text.contains([',', '"', '\n', '\r']) {
+        line.push('"');
+        line.push_str(&text.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(text);
+    }
 }

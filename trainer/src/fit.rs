@@ -31,6 +31,8 @@ pub struct FitArgs {
     /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
+    #[command(flatten)]
+    topic: crate::topic::TopicArgs,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
     #[arg(long)]
     base: Option<PathBuf>,
@@ -87,7 +89,12 @@ struct Seconds {
 /// Check everything, then fit, evaluate and publish.
 pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     // Refuse bad configuration before any work.
-    let mut input = Input::load(&args.pipeline, args.base.as_deref(), args.events.as_deref())?;
+    let mut input = Input::load(
+        &args.pipeline,
+        args.base.as_deref(),
+        args.events.as_deref(),
+        Some(&args.topic),
+    )?;
     let (p, file) = (input.pipeline.clone(), input.file.clone());
     let spec = ModelSpec::from_table(p.model.as_ref(), &args.overrides, &file)?;
     if p.label.is_none() {

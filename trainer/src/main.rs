@@ -10,6 +10,7 @@ mod newton;
 mod parity;
 mod plots;
 mod registry;
+mod topic;
 
 use std::process::ExitCode;
 

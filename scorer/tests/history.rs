@@ -1,0 +1,176 @@
+//! Training from the log: `trainer fit` and `export-features` read history from a topic range
+//! (tansu), through the scorer's decoder, in log order.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+/// Every file of a bundle but its manifest (which names when and from what it was trained).
+fn bundle_files(store: &Path) -> Vec<(String, Vec<u8>)> {
+    let dir = store.join("models/flights_delay/versions/1");
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.file_name().unwrap() != "manifest.json")
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The fixture flights fed to a topic, then a payload the scorer would dead-letter: a model
+/// trained from the topic is byte for byte the model trained from a JSON-lines file of the
+/// same events in the same order.
+#[test]
+fn a_model_trained_from_a_topic_is_the_model_trained_from_the_file_of_its_events() {
+    let broker = Broker::start();
+    let dir = tempdir("history-fit");
+    let fed = feed(&broker, "hist");
+    produce_raw(&broker, "hist", &[("bad", b"{\"carrier\": ".to_vec())]);
+    let recs = read_all(&broker, "hist");
+    assert_eq!(recs.len() as u64, fed["fed"].as_u64().unwrap() + 1);
+
+    let mut jsonl = Vec::new();
+    for r in &recs[..recs.len() - 1] {
+        jsonl.extend_from_slice(&r.payload);
+        jsonl.push(b'\n');
+    }
+    let file = dir.join("flights.jsonl");
+    std::fs::write(&file, jsonl).unwrap();
+
+    let (from_file, from_topic) = (dir.join("file-store"), dir.join("topic-store"));
+    let a = fit_with(
+        PIPELINE,
+        &store_url(&from_file),
+        "champion",
+        &["--events", file.to_str().unwrap()],
+        &[],
+    );
+    let out = run_ok(
+        trainer()
+            .current_dir(repo())
+            .args(["fit", "--pipeline", PIPELINE, "--base", FIXTURES])
+            .args([
+                "--store",
+                &store_url(&from_topic),
+                "--valid-from",
+                "2013-01-03",
+            ])
+            .args(["--topic", "hist", "--brokers", &broker.addr, "--json"]),
+    );
+    let b = json_out(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 events the scorer would dead-letter left out")
+            && stderr.contains(&format!("hist/0@{}", recs.len() - 1)),
+        "{stderr}"
+    );
+    assert_eq!(a["train_rows"], b["train_rows"]);
+    assert_eq!(a["valid_rows"], b["valid_rows"]);
+    assert_eq!(a["auc"], b["auc"]);
+    let (fa, fb) = (bundle_files(&from_file), bundle_files(&from_topic));
+    assert!(
+        fa.iter().any(|(n, _)| n == "model.json"),
+        "{:?}",
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        fb.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{name} differs between the file and the topic");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A range starting at a time: the events before it warm the windows, so each row in the range
+/// holds the features of the same event in the whole topic's rows (raw: the scaler is fitted on
+/// each range's own training split); an empty range is refused saying what was read.
+#[test]
+fn a_topic_range_is_the_whole_topics_rows_in_that_range_and_an_empty_one_is_refused() {
+    let broker = Broker::start();
+    let dir = tempdir("history-range");
+    feed(&broker, "hist");
+    let export = |out: &Path, extra: &[&str]| {
+        run_ok(
+            trainer()
+                .current_dir(repo())
+                .args([
+                    "export-features",
+                    "--pipeline",
+                    PIPELINE,
+                    "--base",
+                    FIXTURES,
+                ])
+                .args(["--valid-from", "2013-01-03", "--with-key", "--raw"])
+                .args(["--topic", "hist", "--brokers", &broker.addr])
+                .args(["--out", out.to_str().unwrap()])
+                .args(extra),
+        )
+    };
+    let (all, ranged) = (dir.join("all.csv"), dir.join("ranged.csv"));
+    export(&all, &[]);
+    export(&ranged, &["--from", "2013-01-02T12:00:00Z"]);
+    let lines = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let (all, ranged) = (lines(&all), lines(&ranged));
+    // key, event_time, split, label, inputs...
+    let in_range: Vec<&String> = all
+        .iter()
+        .filter(|l| l.split(',').nth(1).unwrap() >= "2013-01-02T12:00:00")
+        .collect();
+    assert!(
+        in_range.len() > 1000 && in_range.len() < all.len(),
+        "{}",
+        in_range.len()
+    );
+    assert_eq!(ranged.iter().collect::<Vec<_>>(), in_range);
+    let warm: BTreeSet<&str> = ranged
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert!(warm.len() > 50, "many keys in the range");
+
+    let out = trainer()
+        .current_dir(repo())
+        .args([
+            "export-features",
+            "--pipeline",
+            PIPELINE,
+            "--base",
+            FIXTURES,
+        ])
+        .args([
+            "--topic",
+            "hist",
+            "--brokers",
+            &broker.addr,
+            "--from",
+            "999999",
+        ])
+        .args(["--out", dir.join("none.csv").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no event in the range from offset 999999 to the end")
+            && stderr.contains("partition 0 0.."),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
