@@ -20,6 +20,8 @@ use crate::tables::{check_csv, sha256_hex};
 use crate::time;
 use crate::value::{FieldType, Row, Value};
 
+pub mod stream;
+
 const ROW: &str = "__row";
 const KEY: &str = "__key";
 const TIME: &str = "__time";
@@ -160,6 +162,59 @@ pub fn run_with(
     base: &Path,
     log: Option<&Log>,
 ) -> Result<OfflineRun, DataError> {
+    let mut df = read_history(p, events, None)?;
+    let total = df.height();
+    if let Some(log) = log.filter(|l| !l.order.is_empty()) {
+        df = in_log_order(df, &log.order)
+            .map_err(|m| DataError::file(&events.display().to_string(), m))?;
+    }
+    let joins = Joins::load(p, base)?;
+    let mut admissions: Vec<crate::Admission> = Vec::new();
+    let batch = prepare(p, df, &joins, events, &mut |rec, t| match log {
+        Some(log) => {
+            let part = log.partitions.get(rec as usize).map_or(0, |&q| q as usize);
+            if admissions.len() <= part {
+                admissions.resize(part + 1, crate::Admission::default());
+            }
+            admissions[part].admit(p, t)
+        }
+        None => Ok(()),
+    })?;
+    let mut out = OfflineRun {
+        filtered: total - batch.kept,
+        rejected: batch.rejected,
+        table_digests: joins.digests,
+        ..Default::default()
+    };
+    let mut stages = Stages::new(p);
+    out.rows.reserve(batch.source.len());
+    for (mut row, src) in batch.rows.into_iter().zip(batch.source) {
+        let processed = match log {
+            // Admitted in log order above, and in event-time order now.
+            Some(_) => {
+                stages.process_ordered(p, &mut row);
+                Ok(())
+            }
+            None => stages.process(p, &mut row),
+        };
+        match processed {
+            Ok(()) => {
+                out.rows.push(row);
+                out.source.push(src);
+            }
+            Err(e) => out.rejected.push((src, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The history's declared fields (typed, with the record number in `__row`), whole or the
+/// `slice` (first record, count) of a Parquet file.
+fn read_history(
+    p: &Pipeline,
+    events: &Path,
+    slice: Option<(usize, usize)>,
+) -> Result<DataFrame, DataError> {
     let fields: Vec<(String, FieldType)> =
         p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
     let from_strings: Vec<&str> = p
@@ -167,22 +222,90 @@ pub fn run_with(
         .iter()
         .map(|&i| p.layout[i].name.as_str())
         .collect();
-    let mut df = read_csv(events, &fields, true, &from_strings)?;
-    let total = df.height();
-    if let Some(log) = log.filter(|l| !l.order.is_empty()) {
-        df = in_log_order(df, &log.order)
-            .map_err(|m| DataError::file(&events.display().to_string(), m))?;
-    }
+    read_table(events, &fields, true, &from_strings, slice)
+}
 
+/// The lookup and as-of tables of a pipeline, read once and ready to join (columns renamed to
+/// their layout names, the key to `__key`; as-of tables sorted by time, in `__time`).
+struct Joins {
+    lookups: Vec<(PathBuf, DataFrame)>,
+    asofs: Vec<(PathBuf, DataFrame)>,
+    /// `(table, sha256)` of every table, for the fitted state.
+    digests: Vec<(String, String)>,
+}
+
+impl Joins {
+    fn load(p: &Pipeline, base: &Path) -> Result<Self, DataError> {
+        let mut out = Joins {
+            lookups: Vec::new(),
+            asofs: Vec::new(),
+            digests: Vec::new(),
+        };
+        for l in &p.lookups {
+            let path = resolve(base, &l.path);
+            let mut cols = vec![(l.key.clone(), l.key_ty)];
+            cols.extend(l.columns.iter().cloned());
+            let mut table = read_table(&path, &cols, false, &[], None)?;
+            check_unique_keys(&table, &l.key, l.key_ty, &path)?;
+            out.digests.push((l.name.clone(), file_digest(&path)?));
+            prefix_columns(&mut table, &l.key, &l.columns, &p.layout[l.first_col..])
+                .map_err(|e| polars_err(&path, e))?;
+            out.lookups.push((path, table));
+        }
+        for a in &p.asofs {
+            let path = resolve(base, &a.path);
+            let mut cols = vec![(a.key.clone(), a.key_ty)];
+            cols.extend(a.columns.iter().cloned());
+            let mut table = read_table(&path, &cols, false, &[], None)?;
+            out.digests.push((a.name.clone(), file_digest(&path)?));
+            let t = table
+                .column(&a.time)
+                .map_err(|e| polars_err(&path, e))?
+                .clone()
+                .with_name(TIME.into());
+            table.with_column(t).map_err(|e| polars_err(&path, e))?;
+            prefix_columns(&mut table, &a.key, &a.columns, &p.layout[a.first_col..])
+                .map_err(|e| polars_err(&path, e))?;
+            table = table
+                .sort(
+                    [TIME],
+                    SortMultipleOptions::default().with_maintain_order(true),
+                )
+                .map_err(|e| polars_err(&path, e))?;
+            out.asofs.push((path, table));
+        }
+        Ok(out)
+    }
+}
+
+/// Records of history prepared for the stages.
+struct Batch {
+    /// Layout-length rows, fields and joins filled, in `(event time, partition key, record)`
+    /// order.
+    rows: Vec<Row>,
+    /// Each row's record number.
+    source: Vec<u32>,
+    /// Records that passed the filters but have no event time or were not admitted.
+    rejected: Vec<(u32, EventError)>,
+    /// Records that passed the filters.
+    kept: usize,
+}
+
+/// Filter `df`, compute event times (and `admit` each record with one, in `df`'s order), join
+/// the tables, sort, and turn the result into rows: everything before the shared stages.
+fn prepare(
+    p: &Pipeline,
+    mut df: DataFrame,
+    joins: &Joins,
+    events: &Path,
+    admit: &mut dyn FnMut(u32, i64) -> Result<(), EventError>,
+) -> Result<Batch, DataError> {
     let mask = filter_mask(&df, p).map_err(|e| polars_err(events, e))?;
     df = df.filter(&mask).map_err(|e| polars_err(events, e))?;
-    let filtered = total - df.height();
+    let kept = df.height();
 
     // Event time: the same Rust function as online, over the filtered columns.
-    let mut out = OfflineRun {
-        filtered,
-        ..Default::default()
-    };
+    let mut rejected = Vec::new();
     let rows_idx = u32_column(&df, ROW).map_err(|e| polars_err(events, e))?;
     // Only the columns the event-time rule reads (a few ints), not whole rows.
     let time_cols = p.time.columns();
@@ -193,28 +316,17 @@ pub fn run_with(
         .map_err(|e| polars_err(events, e))?;
     let mut times: Vec<Option<i64>> = Vec::with_capacity(df.height());
     let mut scratch: Row = vec![Value::Null; p.n_fields];
-    let mut admissions: Vec<crate::Admission> = Vec::new();
-    for i in 0..df.height() {
+    for (i, &rec) in rows_idx.iter().enumerate() {
         for (c, vals) in &field_vals {
             scratch[*c] = vals[i].clone();
         }
         let admitted = eval::event_time(p, &scratch)
             .map_err(EventError::Time)
-            .and_then(|t| match log {
-                Some(log) => {
-                    let rec = rows_idx[i] as usize;
-                    let part = log.partitions.get(rec).map_or(0, |&q| q as usize);
-                    if admissions.len() <= part {
-                        admissions.resize(part + 1, crate::Admission::default());
-                    }
-                    admissions[part].admit(p, t).map(|()| t)
-                }
-                None => Ok(t),
-            });
+            .and_then(|t| admit(rec, t).map(|()| t));
         match admitted {
             Ok(t) => times.push(Some(t)),
             Err(e) => {
-                out.rejected.push((rows_idx[i], e));
+                rejected.push((rec, e));
                 times.push(None);
             }
         }
@@ -229,22 +341,13 @@ pub fn run_with(
         .is_not_null();
     df = df.filter(&has_time).map_err(|e| polars_err(events, e))?;
 
-    for l in &p.lookups {
-        let path = resolve(base, &l.path);
-        let mut cols = vec![(l.key.clone(), l.key_ty)];
-        cols.extend(l.columns.iter().cloned());
-        let mut table = read_csv(&path, &cols, false, &[])?;
-        check_unique_keys(&table, &l.key, l.key_ty, &path)?;
-        out.table_digests
-            .push((l.name.clone(), file_digest(&path)?));
-        prefix_columns(&mut table, &l.key, &l.columns, &p.layout[l.first_col..])
-            .map_err(|e| polars_err(&path, e))?;
+    for (l, (path, table)) in p.lookups.iter().zip(&joins.lookups) {
         let mut args = JoinArgs::new(JoinType::Left);
         args.validation = JoinValidation::ManyToOne;
         args.maintain_order = MaintainOrderJoin::Left;
         let on = &p.layout[l.on].name;
         df = df
-            .join(&table, [on.as_str()], [KEY], args, None)
+            .join(table, [on.as_str()], [KEY], args, None)
             .map_err(|e| {
                 DataError::file(
                     &path.display().to_string(),
@@ -266,32 +369,12 @@ pub fn run_with(
         )
         .map_err(|e| polars_err(events, e))?;
 
-    for a in &p.asofs {
-        let path = resolve(base, &a.path);
-        let mut cols = vec![(a.key.clone(), a.key_ty)];
-        cols.extend(a.columns.iter().cloned());
-        let mut table = read_csv(&path, &cols, false, &[])?;
-        out.table_digests
-            .push((a.name.clone(), file_digest(&path)?));
-        let t = table
-            .column(&a.time)
-            .map_err(|e| polars_err(&path, e))?
-            .clone()
-            .with_name(TIME.into());
-        table.with_column(t).map_err(|e| polars_err(&path, e))?;
-        prefix_columns(&mut table, &a.key, &a.columns, &p.layout[a.first_col..])
-            .map_err(|e| polars_err(&path, e))?;
-        table = table
-            .sort(
-                [TIME],
-                SortMultipleOptions::default().with_maintain_order(true),
-            )
-            .map_err(|e| polars_err(&path, e))?;
+    for (a, (path, table)) in p.asofs.iter().zip(&joins.asofs) {
         let on = p.layout[a.on].name.as_str();
         let tolerance = a.tolerance_ms.map(AnyValue::Int64);
         df = df
             .join_asof_by(
-                &table,
+                table,
                 "event_time",
                 TIME,
                 [on],
@@ -336,27 +419,15 @@ pub fn run_with(
             row.push(v);
         }
     }
-    let mut stages = Stages::new(p);
-    out.rows.reserve(source.len());
-    for (mut row, src) in rows.into_iter().zip(source) {
+    for row in &mut rows {
         row.resize(p.layout.len(), Value::Null);
-        let processed = match log {
-            // Admitted in log order above, and in event-time order now.
-            Some(_) => {
-                stages.process_ordered(p, &mut row);
-                Ok(())
-            }
-            None => stages.process(p, &mut row),
-        };
-        match processed {
-            Ok(()) => {
-                out.rows.push(row);
-                out.source.push(src);
-            }
-            Err(e) => out.rejected.push((src, e)),
-        }
     }
-    Ok(out)
+    Ok(Batch {
+        rows,
+        source,
+        rejected,
+        kept,
+    })
 }
 
 /// The rows of `df` (a whole file, with its row index) in the order of a log: `order` holds
@@ -446,10 +517,24 @@ fn file_digest(path: &Path) -> Result<String, DataError> {
 /// width to i64, floats to f64; strings must be text; timestamps are RFC 3339 text or a Parquet
 /// timestamp of any unit, read as UTC when it has no zone). A missing column or one that cannot
 /// be cast is an error naming the file and the column.
-fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFrame, DataError> {
+fn read_parquet(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    slice: Option<(usize, usize)>,
+) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
-    let df = ParquetReader::new(f)
+    let mut reader = ParquetReader::new(f);
+    let schema = reader.schema().map_err(|e| polars_err(path, e))?;
+    // Only the declared columns are read; one the file lacks is named below.
+    let present: Vec<String> = columns
+        .iter()
+        .filter(|(n, _)| schema.contains(n.as_str()))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let df = reader
+        .with_columns(Some(present))
+        .with_slice(slice)
         .finish()
         .map_err(|e| polars_err(path, e))?;
     let mut out = Vec::with_capacity(columns.len() + 1);
@@ -509,14 +594,16 @@ fn read_parquet(path: &Path, columns: &[(String, FieldType)]) -> Result<DataFram
     DataFrame::new(height, out).map_err(|e| polars_err(path, e))
 }
 
-/// Read the declared columns of a CSV (or, by extension, Parquet) file with their types;
-/// timestamps become epoch ms. On a CSV parse failure, find the offending line and column with
-/// the strict reader.
-fn read_csv(
+/// Read the declared columns of a CSV, Parquet or JSON-lines file (by extension) with their
+/// types; timestamps become epoch ms. On a CSV parse failure, find the offending line and column
+/// with the strict reader. `slice` (first record, count) reads part of a Parquet file; the row
+/// index (`__row`) then starts at its first record.
+fn read_table(
     path: &Path,
     columns: &[(String, FieldType)],
     row_index: bool,
     from_strings: &[&str],
+    slice: Option<(usize, usize)>,
 ) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     if !path.exists() {
@@ -524,7 +611,7 @@ fn read_csv(
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut df = if ext == "parquet" {
-        read_parquet(path, columns)?
+        read_parquet(path, columns, slice)?
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
         read_json_lines(path, columns, from_strings)?
     } else {
@@ -568,8 +655,9 @@ fn read_csv(
         }
     }
     if row_index {
+        let first = slice.map(|(first, _)| first as IdxSize);
         df = df
-            .with_row_index(ROW.into(), None)
+            .with_row_index(ROW.into(), first)
             .map_err(|e| polars_err(path, e))?;
     }
     Ok(df)

@@ -397,6 +397,46 @@ fn parquet_history_gives_the_same_rows_as_csv() {
         "every column of every event"
     );
 
+    // Streamed in slices of 97 records, a Parquet file in event-time order gives every row
+    // of the whole-table run, in the same order, with the same record numbers; the file in its
+    // own order (a delayed departure hours ahead of the next records) is refused naming both
+    // records, since it must be sorted whole.
+    let mut order: Vec<u32> = from_csv.source.clone();
+    let mut rest: Vec<u32> = (0..df.height() as u32)
+        .filter(|r| !order.contains(r))
+        .collect();
+    order.append(&mut rest);
+    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
+    let mut sorted = df.take(&idx).unwrap();
+    let sorted_path = dir.join("sorted.parquet");
+    ParquetWriter::new(std::fs::File::create(&sorted_path).unwrap())
+        .finish(&mut sorted)
+        .unwrap();
+    let whole = offline::run(&p, &sorted_path, &fixtures()).unwrap();
+    let mut streamed: Vec<(Vec<shared_features::Value>, u32)> = Vec::new();
+    let run = offline::stream::stream(&p, &sorted_path, &fixtures(), 97, &mut |row, rec| {
+        streamed.push((row.to_vec(), rec));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(run.events, whole.rows.len());
+    assert_eq!(run.records, df.height());
+    assert_eq!(run.filtered, whole.filtered);
+    assert!(run.held_max < 1000, "held {}", run.held_max);
+    let (rows, recs): (Vec<_>, Vec<_>) = streamed.into_iter().unzip();
+    assert_eq!(recs, whole.source);
+    assert!(rows == whole.rows, "every column of every event");
+    let err =
+        offline::stream::stream(&p, &parquet, &fixtures(), 97, &mut |_, _| Ok(())).unwrap_err();
+    let offline::stream::StreamError::Unordered(e) = err else {
+        panic!("{err}")
+    };
+    assert!(
+        e.to_string()
+            .contains("is more than 1h ([events] lateness) behind record"),
+        "{e}"
+    );
+
     // A column that is not what the pipeline declares is refused with its name.
     let mut bad = df.clone();
     bad.with_column(Column::new("dep_delay".into(), vec!["late"; bad.height()]))

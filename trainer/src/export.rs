@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use shared_features::Value;
 use shared_features::time::format_timestamp;
 
 use crate::dataset::{Dataset, Input};
+use crate::raw::{RawWriter, push_cell};
 
 /// Arguments of `trainer export-features`.
 #[derive(Debug, clap::Args)]
@@ -41,7 +41,8 @@ pub struct ExportArgs {
     with_key: bool,
     /// Write the `[features]` columns as the pipeline computes them, before scaling and one-hot
     /// encoding (one column each; nulls empty) instead of the model's input slots: values that
-    /// do not depend on the training split's statistics. CSV only.
+    /// do not depend on the training split's statistics. From Parquet history this streams, in
+    /// memory bounded by the window state.
     #[arg(long)]
     raw: bool,
 }
@@ -64,20 +65,86 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     )?;
     let valid_from = input.valid_from(args.valid_from.as_deref())?;
     input.fetch()?;
-    if parquet && args.raw {
-        bail!("--raw writes CSV: give --out a .csv file");
+    if args.raw {
+        return export_raw(&input, &args, parquet, valid_from);
     }
     let data = Dataset::build(&input, valid_from)?;
     if parquet {
         write_parquet(&input, &data, &args.out, args.with_key)?;
     } else {
-        write_csv(&input, &data, &args.out, args.with_key, args.raw)?;
+        write_csv(&input, &data, &args.out, args.with_key)?;
     }
     eprintln!(
         "wrote {} training and {} validation rows of {} features to {}",
         data.train.len(),
         data.valid.len(),
         data.fitted.width(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--raw`: Parquet history (not from a topic) streams through the engine slice by slice, so
+/// memory stays bounded by the window state; other history, or a Parquet file not in
+/// event-time order within the lateness, is computed whole.
+fn export_raw(
+    input: &Input,
+    args: &ExportArgs,
+    parquet: bool,
+    valid_from: i64,
+) -> anyhow::Result<ExitCode> {
+    use shared_features::offline::stream::{self, StreamError};
+    let p = &input.pipeline;
+    if stream::streams(&input.events) && input.history.is_none() {
+        let mut w = RawWriter::create(p, &args.out, parquet, valid_from, args.with_key)?;
+        let mut failed = None;
+        let run = stream::stream(
+            p,
+            &input.events,
+            &input.base,
+            stream::SLICE_ROWS,
+            &mut |row, _| {
+                w.row(row).map_err(|e| {
+                    let m = format!("{e:#}");
+                    failed = Some(e);
+                    shared_features::DataError::file(&args.out.display().to_string(), m)
+                })
+            },
+        );
+        match run {
+            Ok(run) => {
+                let (rows, train) = (w.rows, w.train);
+                w.finish()?;
+                eprintln!(
+                    "wrote {} training and {} validation rows of raw features to {} (streamed: \
+                     {} records, at most {} held for the lateness)",
+                    train,
+                    rows - train,
+                    args.out.display(),
+                    run.records,
+                    run.held_max
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(StreamError::Unordered(e)) => {
+                eprintln!("{e}; computing it whole instead");
+            }
+            Err(StreamError::Data(e)) => {
+                return Err(failed.unwrap_or_else(|| anyhow::Error::new(e)))
+                    .with_context(|| format!("computing features from {}", input.events_source));
+            }
+        }
+    }
+    let data = Dataset::build(input, valid_from)?;
+    let mut w = RawWriter::create(p, &args.out, parquet, valid_from, args.with_key)?;
+    for (i, _) in data.train.iter().chain(&data.valid) {
+        w.row(&data.run.rows[*i])?;
+    }
+    let (rows, train) = (w.rows, w.train);
+    w.finish()?;
+    eprintln!(
+        "wrote {train} training and {} validation rows of raw features to {}",
+        rows - train,
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -142,16 +209,8 @@ fn write_csv(
     data: &Dataset,
     out: &std::path::Path,
     with_key: bool,
-    raw: bool,
 ) -> anyhow::Result<()> {
     let p = &input.pipeline;
-    let raw_cols: Vec<usize> = p
-        .features
-        .numeric
-        .iter()
-        .chain(&p.features.categorical)
-        .copied()
-        .collect();
     let file =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
@@ -165,11 +224,7 @@ fn write_csv(
         "split".to_string(),
         "label".to_string(),
     ]);
-    if raw {
-        header.extend(raw_cols.iter().map(|&c| p.layout[c].name.clone()));
-    } else {
-        header.extend(data.fitted.names());
-    }
+    header.extend(data.fitted.names());
     writeln!(w, "{}", header.join(","))?;
     let mut buf = Vec::new();
     let mut line = String::new();
@@ -187,18 +242,7 @@ fn write_csv(
                 .map(format_timestamp)
                 .unwrap_or_default();
             line.push_str(&format!("{t},{split},{}", u8::from(*y)));
-            if raw {
-                for &c in &raw_cols {
-                    line.push(',');
-                    match &row[c] {
-                        Value::Null => {}
-                        Value::Str(s) => push_cell(&mut line, s),
-                        // Ints as written; floats in the shortest text that reads back the same.
-                        v => line.push_str(&v.to_string()),
-                    }
-                }
-            }
-            for v in buf.iter().filter(|_| !raw) {
+            for v in &buf {
                 // `{:?}` prints the shortest text that reads back as the same f64.
                 line.push_str(&format!(",{v:?}"));
             }
@@ -207,15 +251,4 @@ fn write_csv(
     }
     w.flush()?;
     Ok(())
-}
-
-/// Text as one CSV cell, quoted when it holds a separator, a quote or a line break.
-fn push_cell(line: &mut String, text: &str) {
-    if text.contains([',', '"', '\n', '\r']) {
-        line.push('"');
-        line.push_str(&text.replace('"', "\"\""));
-        line.push('"');
-    } else {
-        line.push_str(text);
-    }
 }

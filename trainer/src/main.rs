@@ -9,6 +9,7 @@ mod model;
 mod newton;
 mod parity;
 mod plots;
+mod raw;
 mod registry;
 mod topic;
 

@@ -1,0 +1,249 @@
+//! `trainer export-features --raw`: the `[features]` columns as the pipeline computes them,
+//! row by row, to CSV or Parquet. Rows come from a whole-table run or, for Parquet history,
+//! from the streamed engine (`offline::stream`), so a history larger than memory can be
+//! exported with memory bounded by the window state.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use polars::prelude::{Column, DataFrame, ParquetWriter, Schema};
+use shared_features::time::format_timestamp;
+use shared_features::{Pipeline, Value, eval};
+
+/// Rows buffered per Parquet row group.
+const GROUP_ROWS: usize = 100_000;
+
+/// Writes raw feature rows: `key` (with `--with-key`), `event_time`, `split`, `label`, then the
+/// numeric features (f64; ints too) and the categorical ones (text), nulls empty.
+pub struct RawWriter<'a> {
+    p: &'a Pipeline,
+    valid_from: i64,
+    with_key: bool,
+    cols: Vec<usize>,
+    out: Out,
+    /// Rows written.
+    pub rows: usize,
+    /// Of those, before the validation cut.
+    pub train: usize,
+}
+
+enum Out {
+    Csv(std::io::BufWriter<std::fs::File>, String),
+    Parquet {
+        writer: Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
+        keys: Vec<Option<String>>,
+        times: Vec<String>,
+        splits: Vec<&'static str>,
+        labels: Vec<bool>,
+        numeric: Vec<Vec<Option<f64>>>,
+        text: Vec<Vec<Option<String>>>,
+    },
+}
+
+impl<'a> RawWriter<'a> {
+    /// A writer to `path`, CSV or Parquet by its extension.
+    pub fn create(
+        p: &'a Pipeline,
+        path: &Path,
+        parquet: bool,
+        valid_from: i64,
+        with_key: bool,
+    ) -> anyhow::Result<Self> {
+        let cols: Vec<usize> = p
+            .features
+            .numeric
+            .iter()
+            .chain(&p.features.categorical)
+            .copied()
+            .collect();
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut names: Vec<String> = Vec::new();
+        if with_key {
+            names.push("key".into());
+        }
+        names.extend(["event_time", "split", "label"].map(String::from));
+        names.extend(cols.iter().map(|&c| p.layout[c].name.clone()));
+        let out = if parquet {
+            let mut schema = Schema::default();
+            use polars::prelude::DataType;
+            let mut add = |n: &str, t: DataType| {
+                schema.with_column(n.into(), t);
+            };
+            if with_key {
+                add("key", DataType::String);
+            }
+            add("event_time", DataType::String);
+            add("split", DataType::String);
+            add("label", DataType::Boolean);
+            for &c in &p.features.numeric {
+                add(&p.layout[c].name, DataType::Float64);
+            }
+            for &c in &p.features.categorical {
+                add(&p.layout[c].name, DataType::String);
+            }
+            let writer = ParquetWriter::new(file)
+                .batched(&schema)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Out::Parquet {
+                writer: Box::new(writer),
+                keys: Vec::new(),
+                times: Vec::new(),
+                splits: Vec::new(),
+                labels: Vec::new(),
+                numeric: vec![Vec::new(); p.features.numeric.len()],
+                text: vec![Vec::new(); p.features.categorical.len()],
+            }
+        } else {
+            let mut w = std::io::BufWriter::new(file);
+            writeln!(w, "{}", names.join(","))?;
+            Out::Csv(w, String::new())
+        };
+        Ok(Self {
+            p,
+            valid_from,
+            with_key,
+            cols,
+            out,
+            rows: 0,
+            train: 0,
+        })
+    }
+
+    /// Write a row with a label (rows without one are skipped, as training skips them).
+    pub fn row(&mut self, row: &[Value]) -> anyhow::Result<()> {
+        let p = self.p;
+        let Some(label) = p.label.as_ref().and_then(|l| eval::label(l, row)) else {
+            return Ok(());
+        };
+        let t = row[p.event_time_col()].as_i64().unwrap_or(i64::MIN);
+        let split = if t < self.valid_from {
+            "train"
+        } else {
+            "valid"
+        };
+        self.rows += 1;
+        self.train += usize::from(t < self.valid_from);
+        let key = self
+            .with_key
+            .then(|| row[p.key].key_text().unwrap_or_default());
+        match &mut self.out {
+            Out::Csv(w, line) => {
+                line.clear();
+                if let Some(k) = &key {
+                    push_cell(line, k);
+                    line.push(',');
+                }
+                line.push_str(&format!("{},{split},{}", format_timestamp(t), label as u8));
+                for &c in &self.cols {
+                    line.push(',');
+                    match &row[c] {
+                        Value::Null => {}
+                        Value::Str(s) => push_cell(line, s),
+                        // Ints as written; floats in the shortest text that reads back the same.
+                        v => line.push_str(&v.to_string()),
+                    }
+                }
+                line.push('\n');
+                w.write_all(line.as_bytes())?;
+            }
+            Out::Parquet {
+                keys,
+                times,
+                splits,
+                labels,
+                numeric,
+                text,
+                ..
+            } => {
+                if let Some(k) = key {
+                    keys.push(Some(k));
+                }
+                times.push(format_timestamp(t));
+                splits.push(split);
+                labels.push(label == 1.0);
+                for (col, &c) in numeric.iter_mut().zip(&p.features.numeric) {
+                    col.push(row[c].as_f64());
+                }
+                for (col, &c) in text.iter_mut().zip(&p.features.categorical) {
+                    col.push(match &row[c] {
+                        Value::Null => None,
+                        Value::Str(s) => Some(s.to_string()),
+                        v => Some(v.to_string()),
+                    });
+                }
+                if times.len() >= GROUP_ROWS {
+                    self.flush_group()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_group(&mut self) -> anyhow::Result<()> {
+        let p = self.p;
+        let with_key = self.with_key;
+        let Out::Parquet {
+            writer,
+            keys,
+            times,
+            splits,
+            labels,
+            numeric,
+            text,
+        } = &mut self.out
+        else {
+            return Ok(());
+        };
+        if times.is_empty() {
+            return Ok(());
+        }
+        let n = times.len();
+        let mut columns = Vec::new();
+        if with_key {
+            columns.push(Column::new("key".into(), std::mem::take(keys)));
+        }
+        columns.push(Column::new("event_time".into(), std::mem::take(times)));
+        columns.push(Column::new("split".into(), std::mem::take(splits)));
+        columns.push(Column::new("label".into(), std::mem::take(labels)));
+        for (col, &c) in numeric.iter_mut().zip(&p.features.numeric) {
+            columns.push(Column::new(
+                p.layout[c].name.as_str().into(),
+                std::mem::take(col),
+            ));
+        }
+        for (col, &c) in text.iter_mut().zip(&p.features.categorical) {
+            columns.push(Column::new(
+                p.layout[c].name.as_str().into(),
+                std::mem::take(col),
+            ));
+        }
+        let df = DataFrame::new(n, columns)?;
+        writer.write_batch(&df)?;
+        Ok(())
+    }
+
+    /// Write what is buffered and close the file.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.flush_group()?;
+        match &mut self.out {
+            Out::Csv(w, _) => w.flush()?,
+            Out::Parquet { writer, .. } => {
+                writer.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Text as one CSV cell, quoted when it holds a separator, a quote or a line break.
+pub fn push_cell(line: &mut String, text: &str) {
+    if text.contains([',', '"', '\n', '\r']) {
+        line.push('"');
+        line.push_str(&text.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(text);
+    }
+}
