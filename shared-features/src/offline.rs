@@ -911,20 +911,24 @@ fn column_values(df: &DataFrame, name: &str, ty: FieldType) -> PolarsResult<Vec<
             .map(|v| v.map_or(Value::Null, Value::float))
             .collect(),
         FieldType::Str => {
-            let mut last: Option<Arc<str>> = None;
-            c.str()?
-                .iter()
+            // Repeated text shares one allocation: up to SHARED distinct values per column (a
+            // column of airports or carriers), then each new value gets its own.
+            const SHARED: usize = 4096;
+            let mut seen: crate::value::Map<&str, Arc<str>> = crate::value::Map::default();
+            let text = c.str()?;
+            text.iter()
                 .map(|v| match v {
                     None => Value::Null,
-                    Some(s) => {
-                        // Runs of equal text share one allocation.
-                        let a = match &last {
-                            Some(prev) if &**prev == s => prev.clone(),
-                            _ => Arc::from(s),
-                        };
-                        last = Some(a.clone());
-                        Value::Str(a)
-                    }
+                    Some(s) => Value::Str(match seen.get(s) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let a: Arc<str> = Arc::from(s);
+                            if seen.len() < SHARED {
+                                seen.insert(s, a.clone());
+                            }
+                            a
+                        }
+                    }),
                 })
                 .collect()
         }

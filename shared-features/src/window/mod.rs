@@ -71,8 +71,12 @@ struct KeyWindow {
 #[derive(Debug)]
 struct Entry {
     t: i64,
-    vals: Box<[Value]>,
+    /// The aggregated columns' values; inline up to two (no allocation per event for the
+    /// usual window of one or two aggregated columns).
+    vals: Vals,
 }
+
+type Vals = smallvec::SmallVec<[Value; 2]>;
 
 /// A two-stacks sliding-window aggregation over `entries[start..]`, the window of the key's
 /// newest event.
@@ -180,7 +184,7 @@ impl WindowState {
         lateness_ms: i64,
         idle_ttl_ms: Option<i64>,
     ) {
-        let current: Box<[Value]> = self.fields.iter().map(|&c| row[c].clone()).collect();
+        let current: Vals = self.fields.iter().map(|&c| row[c].clone()).collect();
         let lo = t.saturating_sub(w.length_ms);
         let cur = w.include_current.then_some(&current[..]);
         let nf = self.fields.len();

@@ -100,7 +100,7 @@ impl WindowState {
                 .into_iter()
                 .map(|(t, vals)| Entry {
                     t,
-                    vals: vals.into_boxed_slice(),
+                    vals: smallvec::SmallVec::from_vec(vals),
                 })
                 .collect();
             let bad = |why: &str| format!("window `{}`, key {:?}: {why}", w.name, k.key);
