@@ -15,8 +15,12 @@ use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
 use crate::offsets::Tag;
 use crate::score::{Outcome, Scorer, SourcePos};
-use crate::sink::{DeadLetter, Sink, To, cut_str, lineage_headers, position_headers};
+use crate::sink::{
+    DeadLetter, Sink, To, cut_str, lineage_headers, position_headers, source_headers,
+};
 use crate::source::{End, each_message, reader};
+use rdkafka::message::BorrowedMessage;
+use shared_features::{Order, OrderedEngine};
 
 /// `scorer replay` options.
 #[derive(clap::Args, Debug)]
@@ -48,6 +52,12 @@ pub struct ReplayArgs {
     /// Larger payloads are refused.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
+    /// How events reach the windows: `arrival` (each as it is read) or `watermark` (held until
+    /// an event more than `[events] lateness` newer has been read, then in event-time order:
+    /// the features `trainer fit --topic` computes over the same log, whatever the topic's
+    /// disorder within the lateness; README, "Order").
+    #[arg(long, default_value = "arrival")]
+    order: Order,
     /// Lineage headers on each prediction too, as `scorer run --lineage-headers`.
     #[arg(long)]
     lineage_headers: bool,
@@ -111,7 +121,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             parts.len()
         );
     }
-    let mut sink = match &args.output {
+    let sink = match &args.output {
         Some(t) => {
             let mut topics = vec![t.as_str()];
             topics.extend(args.dlq.as_deref());
@@ -125,13 +135,21 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut file = match &args.out {
+    let file = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
         None => None,
     };
     let token = CancellationToken::new();
+    let mut out = Outputs {
+        sink,
+        file,
+        lineage_headers: args.lineage_headers,
+        dlq: args.dlq.is_some(),
+        model: servable.id.clone(),
+        token: &token,
+    };
     let mut s = ReplaySummary {
         model: servable.id.clone(),
         topic: args.input.clone(),
@@ -148,93 +166,95 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             _ => End::Tail(high),
         };
         let mut scorer = Scorer::new(servable.clone(), args.max_event_bytes);
+        let mut ordered = (args.order == Order::Watermark)
+            .then(|| OrderedEngine::new(servable.pipeline.clone(), servable.tables.clone()));
+        let in_offsets = |offset: i64| {
+            !matches!(from, Some(Bound::Offset(o)) if offset < o)
+                && !matches!(to, Some(Bound::Offset(o)) if offset >= o)
+        };
+        let in_time = |t: i64| {
+            !matches!(from, Some(Bound::Time(f)) if t < f)
+                && !matches!(to, Some(Bound::Time(e)) if t >= e)
+        };
+        // A scored event in the range is written; anything else before or after it warmed the
+        // windows.
+        let scored = |s: &mut ReplaySummary,
+                      out: &mut Outputs<'_>,
+                      scorer: &Scorer,
+                      outcome: Outcome,
+                      pos: SourcePos<'_>,
+                      msg: Option<&BorrowedMessage<'_>>|
+         -> Result<()> {
+            match outcome {
+                Outcome::Scored { event_time } if in_offsets(pos.offset) && in_time(event_time) => {
+                    s.replayed += 1;
+                    out.prediction(scorer, pos, event_time)
+                }
+                Outcome::Dead(why) if in_offsets(pos.offset) => {
+                    s.dead_lettered += 1;
+                    match msg {
+                        Some(msg) => out.dead_letter(msg, &why),
+                        None => bail!("{}/{}@{}: {why}", pos.topic, pos.partition, pos.offset),
+                    }
+                }
+                _ => {
+                    s.warmed += 1;
+                    Ok(())
+                }
+            }
+        };
+        let topic = args.input.as_str();
         each_message(&consumer, &args.input, p, low, end, &token, |msg| {
             s.read += 1;
-            let offset = msg.offset();
-            let in_offsets = !matches!(from, Some(Bound::Offset(o)) if offset < o)
-                && !matches!(to, Some(Bound::Offset(o)) if offset >= o);
             let pos = SourcePos {
-                topic: msg.topic(),
+                topic,
                 partition: msg.partition(),
-                offset,
+                offset: msg.offset(),
             };
-            let outcome = scorer.score(msg.payload(), pos);
-            let in_time = |t: i64| {
-                !matches!(from, Some(Bound::Time(f)) if t < f)
-                    && !matches!(to, Some(Bound::Time(e)) if t >= e)
+            let Some(engine) = &mut ordered else {
+                let outcome = scorer.score(msg.payload(), pos);
+                return scored(&mut s, &mut out, &scorer, outcome, pos, Some(msg));
             };
-            let keep = in_offsets
-                && match &outcome {
-                    Outcome::Scored { event_time } => in_time(*event_time),
-                    Outcome::Filtered => false,
-                    Outcome::Dead(_) => true,
-                };
-            if !keep {
-                s.warmed += 1;
-                return Ok(());
+            // Watermark order: held until the watermark passes it, then scored in event-time
+            // order; refused on arrival as the arrival order refuses.
+            let admitted = shared_models::prediction::admit(msg.payload(), args.max_event_bytes)
+                .and_then(|payload| {
+                    engine
+                        .push(payload, msg.offset() as u64)
+                        .map_err(|e| e.to_string())
+                });
+            match admitted {
+                Ok(true) => {}
+                Ok(false) => s.warmed += 1,
+                Err(why) => scored(
+                    &mut s,
+                    &mut out,
+                    &scorer,
+                    Outcome::Dead(why),
+                    pos,
+                    Some(msg),
+                )?,
             }
-            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let position = position_headers(msg, &mut pbuf, &mut obuf);
-            match outcome {
-                Outcome::Scored { event_time } => {
-                    s.replayed += 1;
-                    if let Some(f) = &mut file {
-                        f.write_all(scorer.prediction())?;
-                        f.write_all(b"\n")?;
-                    }
-                    if let Some(sink) = &mut sink {
-                        let all = lineage_headers(&position, &scorer.model().id);
-                        let headers: &[(&'static str, &[u8])] =
-                            if args.lineage_headers { &all } else { &[] };
-                        let (k, v) = (scorer.key(), scorer.prediction());
-                        sink.send_waiting(
-                            To::Output,
-                            k,
-                            v,
-                            Some(event_time),
-                            headers,
-                            Tag(0),
-                            &token,
-                        )?;
-                    }
-                }
-                Outcome::Filtered => s.filtered += 1,
-                Outcome::Dead(why) => {
-                    s.dead_lettered += 1;
-                    if let (Some(sink), Some(_)) = (&mut sink, &args.dlq) {
-                        let key = msg.key().unwrap_or_default();
-                        let mut headers = position.to_vec();
-                        headers.push(("kml.error", cut_str(&why, 2048).as_bytes()));
-                        let original = msg.payload().unwrap_or_default();
-                        let d = DeadLetter::for_limit(
-                            original,
-                            sink.max_message_bytes(),
-                            key,
-                            &headers,
-                        );
-                        if let Some(cut) = &d.cut {
-                            headers.extend(cut.headers());
-                        }
-                        let ts = msg.timestamp().to_millis();
-                        sink.send_waiting(
-                            To::DeadLetters,
-                            key,
-                            d.payload,
-                            ts,
-                            &headers,
-                            Tag(0),
-                            &token,
-                        )?;
-                    }
-                }
-            }
-            if let Some(sink) = &mut sink {
-                check_reports(sink)?;
-            }
-            Ok(())
+            release(
+                engine,
+                &mut scorer,
+                topic,
+                pos.partition,
+                &mut |scorer, outcome, pos| scored(&mut s, &mut out, scorer, outcome, pos, None),
+            )
         })?;
+        if let Some(engine) = &mut ordered {
+            engine.finish();
+            release(
+                engine,
+                &mut scorer,
+                topic,
+                p,
+                &mut |scorer, outcome, pos| scored(&mut s, &mut out, scorer, outcome, pos, None),
+            )?;
+        }
     }
-    if let Some(sink) = &mut sink {
+    if let Some(sink) = &mut out.sink {
         if !sink.flush(Duration::from_secs(300), None) {
             bail!(
                 "{} predictions not acknowledged after 300 s",
@@ -243,7 +263,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         }
         check_reports(sink)?;
     }
-    if let Some(f) = &mut file {
+    if let Some(f) = &mut out.file {
         f.flush()?;
     }
     s.seconds = t0.elapsed().as_secs_f64();
@@ -271,6 +291,92 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Release every row the watermark has passed, scored, to `f`.
+fn release(
+    engine: &mut OrderedEngine,
+    scorer: &mut Scorer,
+    topic: &str,
+    partition: i32,
+    f: &mut dyn FnMut(&Scorer, Outcome, SourcePos<'_>) -> Result<()>,
+) -> Result<()> {
+    while let Some((offset, row)) = engine.next_ready() {
+        let pos = SourcePos {
+            topic,
+            partition,
+            offset: offset as i64,
+        };
+        let outcome = scorer.score_row(row, pos);
+        f(scorer, outcome, pos)?;
+    }
+    Ok(())
+}
+
+/// Where replayed predictions and dead letters go.
+struct Outputs<'a> {
+    sink: Option<Sink>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    lineage_headers: bool,
+    dlq: bool,
+    model: String,
+    token: &'a CancellationToken,
+}
+
+impl Outputs<'_> {
+    /// The prediction `scorer` just made for the event at `pos`.
+    fn prediction(&mut self, scorer: &Scorer, pos: SourcePos<'_>, event_time: i64) -> Result<()> {
+        if let Some(f) = &mut self.file {
+            f.write_all(scorer.prediction())?;
+            f.write_all(b"\n")?;
+        }
+        if let Some(sink) = &mut self.sink {
+            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let position = source_headers(pos, &mut pbuf, &mut obuf);
+            let all = lineage_headers(&position, &self.model);
+            let headers: &[(&'static str, &[u8])] = if self.lineage_headers { &all } else { &[] };
+            let (k, v) = (scorer.key(), scorer.prediction());
+            sink.send_waiting(
+                To::Output,
+                k,
+                v,
+                Some(event_time),
+                headers,
+                Tag(0),
+                self.token,
+            )?;
+            check_reports(sink)?;
+        }
+        Ok(())
+    }
+
+    /// A message that cannot be scored, with why, to the dead-letter topic (if any).
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, why: &str) -> Result<()> {
+        let Some(sink) = self.sink.as_mut().filter(|_| self.dlq) else {
+            return Ok(());
+        };
+        let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let position = position_headers(msg, &mut pbuf, &mut obuf);
+        let key = msg.key().unwrap_or_default();
+        let mut headers = position.to_vec();
+        headers.push(("kml.error", cut_str(why, 2048).as_bytes()));
+        let original = msg.payload().unwrap_or_default();
+        let d = DeadLetter::for_limit(original, sink.max_message_bytes(), key, &headers);
+        if let Some(cut) = &d.cut {
+            headers.extend(cut.headers());
+        }
+        let ts = msg.timestamp().to_millis();
+        sink.send_waiting(
+            To::DeadLetters,
+            key,
+            d.payload,
+            ts,
+            &headers,
+            Tag(0),
+            self.token,
+        )?;
+        check_reports(sink)
+    }
 }
 
 /// A replay has no offsets to hold back: a record that failed for good fails the replay.

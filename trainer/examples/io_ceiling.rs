@@ -50,7 +50,7 @@ fn main() -> PolarsResult<()> {
     }
     let mut out = DataFrame::new(n, out)?;
     out.rechunk_mut();
-    let mut writer = ParquetWriter::new(std::fs::File::create(output)?).batched(&out.schema())?;
+    let mut writer = ParquetWriter::new(std::fs::File::create(output)?).batched(out.schema())?;
     let mut first = 0;
     while first < n {
         let len = 100_000.min(n - first);

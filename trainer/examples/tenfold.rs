@@ -26,7 +26,7 @@ fn main() -> PolarsResult<()> {
         TimeUnit::Milliseconds => 86_400_000,
     };
     let raw = df.column(time)?.cast(&DataType::Int64)?;
-    let mut writer = ParquetWriter::new(std::fs::File::create(output)?).batched(&df.schema())?;
+    let mut writer = ParquetWriter::new(std::fs::File::create(output)?).batched(df.schema())?;
     for k in 0..copies {
         let shifted = (raw.as_materialized_series() + k * days * per_day)
             .cast(&dtype)?
