@@ -175,6 +175,15 @@ fn a_topic_range_is_the_whole_topics_rows_in_that_range_and_an_empty_one_is_refu
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The predictions of a JSON-lines file.
+fn predictions(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `scorer replay` of `topic` with `--order`, as `(key, event time ms) -> score bits`.
 fn replay_by_event(
     broker: &Broker,
@@ -203,11 +212,9 @@ fn replay_by_event(
             ])
             .args(["--out", out.to_str().unwrap()]),
     );
-    let mut scores: Vec<(String, i64, u64)> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    let mut scores: Vec<(String, i64, u64)> = predictions(&out)
+        .iter()
+        .map(|v| {
             (
                 v["key"].as_str().unwrap().to_string(),
                 v["event_time_ms"].as_i64().unwrap(),
@@ -233,11 +240,9 @@ fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
     // Each event's time from its prediction (by offset); cancelled flights, filtered and
     // never predicted, travel with the event before them.
     let by_offset: std::collections::BTreeMap<i64, i64> =
-        std::fs::read_to_string(store.join("ordered-arrival.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        predictions(&store.join("ordered-arrival.jsonl"))
+            .iter()
+            .map(|v| {
                 (
                     v["offset"].as_i64().unwrap(),
                     v["event_time_ms"].as_i64().unwrap(),

@@ -303,29 +303,50 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A random event of the tiny pipeline: key, minute, x, category, n (negative: filtered).
+type RandomEvent = (Option<u8>, u16, Option<i32>, Option<u8>, i8);
+
+/// Random keys, times in any order with ties, nulls everywhere, filtered rows.
+fn random_stream() -> impl Strategy<Value = Vec<RandomEvent>> {
+    prop::collection::vec(
+        (
+            prop::option::weighted(0.9, 0u8..5),
+            0u16..600,
+            prop::option::weighted(0.8, -1000i32..1000),
+            prop::option::weighted(0.9, 0u8..4),
+            -1i8..3,
+        ),
+        1..150,
+    )
+}
+
+/// `events.csv` of `events` and the tiny pipeline's tables, in `dir`.
+fn write_stream(dir: &Path, events: &[RandomEvent]) {
+    let mut csv = String::from("id,ts,x,cat,n\n");
+    for (k, m, x, c, n) in events {
+        let id = k.map_or("NA".to_string(), |k| format!("k{k}"));
+        let ts = format_timestamp(common::at(i64::from(*m)));
+        let x = x.map_or("NA".to_string(), |x| format!("{}", f64::from(x) / 7.0));
+        let cat = c.map_or("NA".to_string(), |c| {
+            ["a", "b", "c", "zz"][c as usize].to_string()
+        });
+        csv.push_str(&format!("{id},{ts},{x},{cat},{n}\n"));
+    }
+    std::fs::write(dir.join("events.csv"), csv).unwrap();
+    std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
+    std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Random streams (random keys, times in any order with ties, nulls everywhere, filtered
     /// rows) give bit-identical vectors offline and online.
     #[test]
-    fn random_streams_are_bit_identical(events in prop::collection::vec(
-        (prop::option::weighted(0.9, 0u8..5), 0u16..600, prop::option::weighted(0.8, -1000i32..1000), prop::option::weighted(0.9, 0u8..4), -1i8..3),
-        1..150,
-    )) {
+    fn random_streams_are_bit_identical(events in random_stream()) {
         let p = common::pipeline();
         let dir = tempdir("prop");
-        let mut csv = String::from("id,ts,x,cat,n\n");
-        for (k, m, x, c, n) in &events {
-            let id = k.map_or("NA".to_string(), |k| format!("k{k}"));
-            let ts = format_timestamp(common::at(i64::from(*m)));
-            let x = x.map_or("NA".to_string(), |x| format!("{}", f64::from(x) / 7.0));
-            let cat = c.map_or("NA".to_string(), |c| ["a", "b", "c", "zz"][c as usize].to_string());
-            csv.push_str(&format!("{id},{ts},{x},{cat},{n}\n"));
-        }
-        std::fs::write(dir.join("events.csv"), csv).unwrap();
-        std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
-        std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
+        write_stream(&dir, &events);
         let report = parity::check(&p, &dir.join("events.csv"), &dir).expect("parity runs");
         std::fs::remove_dir_all(&dir).ok();
         prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
@@ -338,23 +359,10 @@ proptest! {
     /// vector is the offline engine's over that log, and every kept event is compared or
     /// refused alike.
     #[test]
-    fn random_streams_under_disorder_are_bit_identical_in_watermark_order(events in prop::collection::vec(
-        (prop::option::weighted(0.9, 0u8..5), 0u16..600, prop::option::weighted(0.8, -1000i32..1000), prop::option::weighted(0.9, 0u8..4), -1i8..3),
-        1..150,
-    ), seed in any::<u64>()) {
+    fn random_streams_under_disorder_are_bit_identical_in_watermark_order(events in random_stream(), seed in any::<u64>()) {
         let p = common::pipeline();
         let dir = tempdir("prop-disorder");
-        let mut csv = String::from("id,ts,x,cat,n\n");
-        for (k, m, x, c, n) in &events {
-            let id = k.map_or("NA".to_string(), |k| format!("k{k}"));
-            let ts = format_timestamp(common::at(i64::from(*m)));
-            let x = x.map_or("NA".to_string(), |x| format!("{}", f64::from(x) / 7.0));
-            let cat = c.map_or("NA".to_string(), |c| ["a", "b", "c", "zz"][c as usize].to_string());
-            csv.push_str(&format!("{id},{ts},{x},{cat},{n}\n"));
-        }
-        std::fs::write(dir.join("events.csv"), csv).unwrap();
-        std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
-        std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
+        write_stream(&dir, &events);
         let report = under_disorder(&p, &dir.join("events.csv"), &dir, seed, Order::Watermark);
         std::fs::remove_dir_all(&dir).ok();
         prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
