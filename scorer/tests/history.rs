@@ -192,25 +192,12 @@ fn replay_by_event(
     order: &str,
 ) -> Vec<(String, i64, u64)> {
     let out = store.join(format!("{topic}-{order}.jsonl"));
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(store),
-            ])
-            .args([
-                "--model",
-                "flights_delay@champion",
-                "--input",
-                topic,
-                "--order",
-                order,
-            ])
-            .args(["--out", out.to_str().unwrap()]),
+    replay_with(
+        broker,
+        store,
+        "flights_delay@champion",
+        topic,
+        &["--order", order, "--out", out.to_str().unwrap()],
     );
     let mut scores: Vec<(String, i64, u64)> = predictions(&out)
         .iter()

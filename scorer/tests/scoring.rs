@@ -17,19 +17,7 @@ fn replay(
     model: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(store),
-            ])
-            .args(["--model", model, "--input", "flights"])
-            .args(extra),
-    )
+    replay_with(broker, store, model, "flights", extra)
 }
 
 #[test]

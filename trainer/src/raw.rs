@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use polars::prelude::{Column, DataFrame, ParquetWriter, Schema};
+use polars::prelude::{Column, DataFrame, ParquetWriter};
 use shared_features::time::format_timestamp;
 use shared_features::{Pipeline, Value, eval};
 
@@ -30,15 +30,100 @@ pub struct RawWriter<'a> {
 
 enum Out {
     Csv(std::io::BufWriter<std::fs::File>, String),
-    Parquet {
-        writer: Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
-        keys: Vec<Option<String>>,
-        times: Vec<String>,
-        splits: Vec<&'static str>,
-        labels: Vec<bool>,
-        numeric: Vec<Vec<Option<f64>>>,
-        text: Vec<Vec<Option<String>>>,
-    },
+    Parquet(Box<Groups>),
+}
+
+/// Parquet output: a row group's columns, buffered. The writer is made from the first group's
+/// schema (or, when no row comes, from the empty columns' at the end).
+struct Groups {
+    file: Option<std::fs::File>,
+    writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
+    keys: Option<Vec<String>>,
+    times: Vec<String>,
+    splits: Vec<&'static str>,
+    labels: Vec<bool>,
+    numeric: Vec<Vec<Option<f64>>>,
+    text: Vec<Vec<Option<String>>>,
+}
+
+impl Groups {
+    fn push(
+        &mut self,
+        p: &Pipeline,
+        row: &[Value],
+        key: Option<String>,
+        t: i64,
+        split: &'static str,
+        label: bool,
+    ) {
+        if let (Some(keys), Some(k)) = (&mut self.keys, key) {
+            keys.push(k);
+        }
+        self.times.push(format_timestamp(t));
+        self.splits.push(split);
+        self.labels.push(label);
+        for (col, &c) in self.numeric.iter_mut().zip(&p.features.numeric) {
+            col.push(row[c].as_f64());
+        }
+        for (col, &c) in self.text.iter_mut().zip(&p.features.categorical) {
+            col.push(match &row[c] {
+                Value::Null => None,
+                Value::Str(s) => Some(s.to_string()),
+                v => Some(v.to_string()),
+            });
+        }
+    }
+
+    /// The buffered rows as a frame, leaving the buffers empty.
+    fn take_frame(&mut self, p: &Pipeline) -> polars::prelude::PolarsResult<DataFrame> {
+        let n = self.times.len();
+        let mut columns = Vec::new();
+        if let Some(keys) = &mut self.keys {
+            columns.push(Column::new("key".into(), std::mem::take(keys)));
+        }
+        columns.push(Column::new(
+            "event_time".into(),
+            std::mem::take(&mut self.times),
+        ));
+        columns.push(Column::new(
+            "split".into(),
+            std::mem::take(&mut self.splits),
+        ));
+        columns.push(Column::new(
+            "label".into(),
+            std::mem::take(&mut self.labels),
+        ));
+        for (col, &c) in self.numeric.iter_mut().zip(&p.features.numeric) {
+            columns.push(Column::new(
+                p.layout[c].name.as_str().into(),
+                std::mem::take(col),
+            ));
+        }
+        for (col, &c) in self.text.iter_mut().zip(&p.features.categorical) {
+            columns.push(Column::new(
+                p.layout[c].name.as_str().into(),
+                std::mem::take(col),
+            ));
+        }
+        DataFrame::new(n, columns)
+    }
+
+    /// Write the buffered rows as a row group (`last`: and close the file).
+    fn flush(&mut self, p: &Pipeline, last: bool) -> anyhow::Result<()> {
+        if !self.times.is_empty() || (last && self.writer.is_none()) {
+            let df = self.take_frame(p)?;
+            if let Some(file) = self.file.take() {
+                self.writer = Some(ParquetWriter::new(file).batched(df.schema())?);
+            }
+            if let (Some(w), true) = (&mut self.writer, df.height() > 0) {
+                w.write_batch(&df)?;
+            }
+        }
+        if let (Some(w), true) = (&self.writer, last) {
+            w.finish()?;
+        }
+        Ok(())
+    }
 }
 
 impl<'a> RawWriter<'a> {
@@ -59,43 +144,24 @@ impl<'a> RawWriter<'a> {
             .collect();
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        let mut names: Vec<String> = Vec::new();
-        if with_key {
-            names.push("key".into());
-        }
-        names.extend(["event_time", "split", "label"].map(String::from));
-        names.extend(cols.iter().map(|&c| p.layout[c].name.clone()));
         let out = if parquet {
-            let mut schema = Schema::default();
-            use polars::prelude::DataType;
-            let mut add = |n: &str, t: DataType| {
-                schema.with_column(n.into(), t);
-            };
-            if with_key {
-                add("key", DataType::String);
-            }
-            add("event_time", DataType::String);
-            add("split", DataType::String);
-            add("label", DataType::Boolean);
-            for &c in &p.features.numeric {
-                add(&p.layout[c].name, DataType::Float64);
-            }
-            for &c in &p.features.categorical {
-                add(&p.layout[c].name, DataType::String);
-            }
-            let writer = ParquetWriter::new(file)
-                .batched(&schema)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Out::Parquet {
-                writer: Box::new(writer),
-                keys: Vec::new(),
+            Out::Parquet(Box::new(Groups {
+                file: Some(file),
+                writer: None,
+                keys: with_key.then(Vec::new),
                 times: Vec::new(),
                 splits: Vec::new(),
                 labels: Vec::new(),
                 numeric: vec![Vec::new(); p.features.numeric.len()],
                 text: vec![Vec::new(); p.features.categorical.len()],
-            }
+            }))
         } else {
+            let mut names: Vec<String> = Vec::new();
+            if with_key {
+                names.push("key".into());
+            }
+            names.extend(["event_time", "split", "label"].map(String::from));
+            names.extend(cols.iter().map(|&c| p.layout[c].name.clone()));
             let mut w = std::io::BufWriter::new(file);
             writeln!(w, "{}", names.join(","))?;
             Out::Csv(w, String::new())
@@ -148,90 +214,21 @@ impl<'a> RawWriter<'a> {
                 line.push('\n');
                 w.write_all(line.as_bytes())?;
             }
-            Out::Parquet {
-                keys,
-                times,
-                splits,
-                labels,
-                numeric,
-                text,
-                ..
-            } => {
-                if let Some(k) = key {
-                    keys.push(Some(k));
-                }
-                times.push(format_timestamp(t));
-                splits.push(split);
-                labels.push(label == 1.0);
-                for (col, &c) in numeric.iter_mut().zip(&p.features.numeric) {
-                    col.push(row[c].as_f64());
-                }
-                for (col, &c) in text.iter_mut().zip(&p.features.categorical) {
-                    col.push(match &row[c] {
-                        Value::Null => None,
-                        Value::Str(s) => Some(s.to_string()),
-                        v => Some(v.to_string()),
-                    });
-                }
-                if times.len() >= GROUP_ROWS {
-                    self.flush_group()?;
+            Out::Parquet(groups) => {
+                groups.push(p, row, key, t, split, label == 1.0);
+                if groups.times.len() >= GROUP_ROWS {
+                    groups.flush(p, false)?;
                 }
             }
         }
-        Ok(())
-    }
-
-    fn flush_group(&mut self) -> anyhow::Result<()> {
-        let p = self.p;
-        let with_key = self.with_key;
-        let Out::Parquet {
-            writer,
-            keys,
-            times,
-            splits,
-            labels,
-            numeric,
-            text,
-        } = &mut self.out
-        else {
-            return Ok(());
-        };
-        if times.is_empty() {
-            return Ok(());
-        }
-        let n = times.len();
-        let mut columns = Vec::new();
-        if with_key {
-            columns.push(Column::new("key".into(), std::mem::take(keys)));
-        }
-        columns.push(Column::new("event_time".into(), std::mem::take(times)));
-        columns.push(Column::new("split".into(), std::mem::take(splits)));
-        columns.push(Column::new("label".into(), std::mem::take(labels)));
-        for (col, &c) in numeric.iter_mut().zip(&p.features.numeric) {
-            columns.push(Column::new(
-                p.layout[c].name.as_str().into(),
-                std::mem::take(col),
-            ));
-        }
-        for (col, &c) in text.iter_mut().zip(&p.features.categorical) {
-            columns.push(Column::new(
-                p.layout[c].name.as_str().into(),
-                std::mem::take(col),
-            ));
-        }
-        let df = DataFrame::new(n, columns)?;
-        writer.write_batch(&df)?;
         Ok(())
     }
 
     /// Write what is buffered and close the file.
     pub fn finish(mut self) -> anyhow::Result<()> {
-        self.flush_group()?;
         match &mut self.out {
             Out::Csv(w, _) => w.flush()?,
-            Out::Parquet { writer, .. } => {
-                writer.finish()?;
-            }
+            Out::Parquet(groups) => groups.flush(self.p, true)?,
         }
         Ok(())
     }

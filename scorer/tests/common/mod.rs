@@ -492,18 +492,12 @@ pub fn produce_records(broker: &Broker, topic: &str, records: &[(Vec<u8>, Option
 /// The scorer's `replay` of a whole topic to a JSON-lines file: score bits by source offset.
 pub fn replay_scores(broker: &Broker, store: &Path, topic: &str) -> BTreeMap<i64, u64> {
     let out = store.join(format!("{topic}.replay.jsonl"));
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(store),
-            ])
-            .args(["--model", "flights_delay@champion", "--input", topic])
-            .args(["--out", out.to_str().unwrap()]),
+    replay_with(
+        broker,
+        store,
+        "flights_delay@champion",
+        topic,
+        &["--out", out.to_str().unwrap()],
     );
     std::fs::read_to_string(&out)
         .unwrap()
@@ -516,6 +510,29 @@ pub fn replay_scores(broker: &Broker, store: &Path, topic: &str) -> BTreeMap<i64
             )
         })
         .collect()
+}
+
+/// `scorer replay` of `topic` with `model` from `store`, plus `extra` arguments; it must succeed.
+pub fn replay_with(
+    broker: &Broker,
+    store: &Path,
+    model: &str,
+    topic: &str,
+    extra: &[&str],
+) -> Output {
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args([
+                "replay",
+                "--brokers",
+                &broker.addr,
+                "--store",
+                &store_url(store),
+            ])
+            .args(["--model", model, "--input", topic])
+            .args(extra),
+    )
 }
 
 /// Create `topic` with `partitions` partitions unless it exists.
