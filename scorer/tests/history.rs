@@ -279,5 +279,56 @@ fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
         differ > 100,
         "in arrival order late-arriving events are missing from windows ({differ} differ)"
     );
+
+    // `trainer parity --topic` over the same log: every vector identical in watermark order,
+    // and in arrival order the events whose scores changed differ.
+    let exact = parity_over_topic(&broker, "disordered", &["--order", "watermark"]);
+    assert_eq!(exact["mode"], "watermark");
+    assert_eq!(exact["identical"], exact["events"], "{exact}");
+    assert_eq!(exact["events"].as_u64().unwrap(), sorted.len() as u64);
+    let arrived = parity_over_topic(&broker, "disordered", &["--order", "arrival"]);
+    let identical = arrived["identical"].as_u64().unwrap();
+    assert_eq!(arrived["events"], exact["events"], "{arrived}");
+    assert!(
+        identical + differ as u64 <= sorted.len() as u64,
+        "{differ} scores changed, yet {identical} vectors identical: {arrived}"
+    );
+    // A range compares only its events; the ones before it warm the windows.
+    let tail = parity_over_topic(
+        &broker,
+        "disordered",
+        &["--order", "watermark", "--from", "2000"],
+    );
+    let out = store.join("disordered-from-2000.jsonl");
+    replay_with(
+        &broker,
+        &store,
+        "flights_delay@champion",
+        "disordered",
+        &[
+            "--order",
+            "watermark",
+            "--from",
+            "2000",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let replayed = predictions(&out).len() as u64;
+    assert!(replayed > 0 && replayed < sorted.len() as u64);
+    assert_eq!(tail["events"].as_u64().unwrap(), replayed, "{tail}");
+    assert_eq!(tail["identical"], tail["events"], "{tail}");
     std::fs::remove_dir_all(&store).ok();
+}
+
+/// `trainer parity --topic` as JSON.
+fn parity_over_topic(broker: &Broker, topic: &str, extra: &[&str]) -> serde_json::Value {
+    let out = trainer()
+        .current_dir(repo())
+        .args(["parity", "--pipeline", PIPELINE, "--base", FIXTURES])
+        .args(["--topic", topic, "--brokers", &broker.addr, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    json_out(&out)
 }

@@ -76,13 +76,31 @@ pub struct Mismatch {
 }
 
 /// How the online side is fed.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Feed {
     /// Run the online side as the scorer runs a pipeline that repartitions on a topic of this
     /// many partitions (see [`check_with`]).
     pub partitions: Option<u32>,
     /// Deliver the events in a realistic arrival order instead of sorted (see [`Disorder`]).
     pub disorder: Option<Disorder>,
+    /// The history is a topic's log, in the order the topic delivers it (see [`TopicLog`]).
+    pub log: Option<TopicLog>,
+}
+
+/// History read from a topic: the file lists the records partition by partition, each
+/// partition in offset order. The online side runs one engine per partition, as `scorer run`
+/// and `scorer replay` do, fed in offset order; the offline side reads the file as that log
+/// (`offline::run_with`). Only windows keyed by the partition key can be checked over more
+/// than one partition (the scorer repartitions the others behind a merge).
+#[derive(Clone, Debug, Default)]
+pub struct TopicLog {
+    /// Each record's partition, by record number.
+    pub partitions: Vec<u32>,
+    /// The records to compare (the range trained on); the others only warm the windows.
+    /// Empty: all.
+    pub compared: Vec<bool>,
+    /// How each partition's engine orders what arrives.
+    pub order: Order,
 }
 
 /// A realistic arrival order, and how the online engine orders what arrives.
@@ -137,7 +155,7 @@ pub fn check_with(
         base,
         Feed {
             partitions,
-            disorder: None,
+            ..Feed::default()
         },
     )
 }
@@ -155,6 +173,22 @@ pub fn check_feed(
             &file,
             "a parity check under disorder runs one partition: --disorder with --partitions is \
              not supported",
+        ));
+    }
+    if feed.log.is_some() && (feed.disorder.is_some() || feed.partitions.is_some()) {
+        return Err(DataError::file(
+            &file,
+            "a topic's log arrives in its own order: --disorder and --partitions do not apply",
+        ));
+    }
+    if let Some(log) = &feed.log
+        && log.partitions.iter().any(|&q| q != log.partitions[0])
+        && p.repartition_windows().next().is_some()
+    {
+        return Err(DataError::file(
+            &file,
+            "the topic has more than one partition and the pipeline has windows keyed by \
+             another column than the partition key: the check needs one partition",
         ));
     }
     let bytes = std::fs::read(events).map_err(|e| match e.kind() {
@@ -190,10 +224,16 @@ pub fn check_feed(
             (arrival, Some(report))
         }
     };
-    let log = disorder.is_some().then(|| offline::Log {
-        order: order.iter().map(|&i| i as u32).collect(),
-        partitions: Vec::new(),
-    });
+    let log = match &feed.log {
+        Some(t) => Some(offline::Log {
+            order: Vec::new(),
+            partitions: t.partitions.clone(),
+        }),
+        None => disorder.is_some().then(|| offline::Log {
+            order: order.iter().map(|&i| i as u32).collect(),
+            partitions: Vec::new(),
+        }),
+    };
 
     let started = Instant::now();
     let off = offline::run_with(p, events, base, log.as_ref())?;
@@ -229,12 +269,16 @@ pub fn check_feed(
         std::fs::read(offline::resolve(base, path)).map_err(|e| e.to_string())
     })?;
 
-    let mode = match (feed.disorder, feed.partitions) {
-        (Some(d), _) => d.order.name(),
-        (None, Some(_)) => "repartitioned",
-        (None, None) => "sorted",
+    let mode = match (&feed.log, feed.disorder, feed.partitions) {
+        (Some(t), ..) => t.order.name(),
+        (_, Some(d), _) => d.order.name(),
+        (_, None, Some(_)) => "repartitioned",
+        (_, None, None) => "sorted",
     };
     let mut cmp = Comparer::new(p, &off, &fitted, &lines, jsons.len());
+    if let Some(t) = &feed.log {
+        cmp.compared.clone_from(&t.compared);
+    }
     cmp.report.offline_seconds = offline_seconds;
     cmp.report.event_times = event_times;
     cmp.report.warnings = warnings;
@@ -242,8 +286,9 @@ pub fn check_feed(
     cmp.report.disorder = disorder;
     let tables = Arc::new(tables);
     let online_started = Instant::now();
-    match (feed.disorder.map(|d| d.order), feed.partitions) {
-        (Some(Order::Watermark), _) => {
+    match (&feed.log, feed.disorder.map(|d| d.order), feed.partitions) {
+        (Some(t), ..) => topic_log(p, &tables, &jsons, t, &mut cmp),
+        (_, Some(Order::Watermark), _) => {
             let mut engine = OrderedEngine::new(p.clone(), tables.clone());
             for &rec in &order {
                 match engine.push(&jsons[rec], rec as u64) {
@@ -260,7 +305,7 @@ pub fn check_feed(
                 cmp.compare(tag as usize, Ok(Some(row)));
             }
         }
-        (_, Some(n)) => {
+        (_, _, Some(n)) => {
             let out = repartitioned(p, &tables, &jsons, &order, n.max(1));
             for &rec in &order {
                 let online = match &out[rec] {
@@ -281,6 +326,52 @@ pub fn check_feed(
     let mut report = cmp.report;
     report.online_seconds = (online_started.elapsed() - cmp.time).as_secs_f64();
     Ok(report)
+}
+
+/// Feed a topic's log to one engine per partition, in offset order, into `cmp`.
+fn topic_log(
+    p: &Arc<Pipeline>,
+    tables: &Arc<Tables>,
+    jsons: &[Vec<u8>],
+    log: &TopicLog,
+    cmp: &mut Comparer<'_>,
+) {
+    let n = log.partitions.iter().max().map_or(1, |&q| q as usize + 1);
+    let part = |rec: usize| log.partitions.get(rec).map_or(0, |&q| q as usize);
+    match log.order {
+        Order::Arrival => {
+            let mut engines: Vec<OnlineEngine> = (0..n)
+                .map(|_| OnlineEngine::new(p.clone(), tables.clone()))
+                .collect();
+            for (rec, json) in jsons.iter().enumerate() {
+                let online = engines[part(rec)].process(json);
+                cmp.compare(rec, online);
+            }
+        }
+        Order::Watermark => {
+            let mut engines: Vec<OrderedEngine> = (0..n)
+                .map(|_| OrderedEngine::new(p.clone(), tables.clone()))
+                .collect();
+            let drain = |engine: &mut OrderedEngine, cmp: &mut Comparer<'_>| {
+                while let Some((tag, row)) = engine.next_ready() {
+                    cmp.compare(tag as usize, Ok(Some(row)));
+                }
+            };
+            for (rec, json) in jsons.iter().enumerate() {
+                let engine = &mut engines[part(rec)];
+                match engine.push(json, rec as u64) {
+                    Ok(true) => {}
+                    Ok(false) => cmp.compare(rec, Ok(None)),
+                    Err(e) => cmp.compare(rec, Err(e)),
+                }
+                drain(engine, cmp);
+            }
+            for engine in &mut engines {
+                engine.finish();
+                drain(engine, cmp);
+            }
+        }
+    }
 }
 
 /// The records in a realistic arrival order (see [`Disorder`]), from their sorted order
@@ -351,6 +442,8 @@ struct Comparer<'a> {
     report: ParityReport,
     /// Time spent comparing, left out of the online engine's time.
     time: std::time::Duration,
+    /// The records to compare, by record number; empty: all.
+    compared: Vec<bool>,
 }
 
 impl<'a> Comparer<'a> {
@@ -404,11 +497,15 @@ impl<'a> Comparer<'a> {
             v_on: Vec::new(),
             report,
             time: std::time::Duration::ZERO,
+            compared: Vec::new(),
         }
     }
 
     /// Record `rec`'s online outcome: `Ok(None)` filtered, `Err` refused, else its row.
     fn compare(&mut self, rec: usize, online: Result<Option<&[Value]>, EventError>) {
+        if self.compared.get(rec) == Some(&false) {
+            return;
+        }
         let started = Instant::now();
         let mismatch = self.mismatch(rec, online);
         match mismatch {

@@ -114,8 +114,8 @@ fn under_disorder(
     order: Order,
 ) -> parity::ParityReport {
     let feed = parity::Feed {
-        partitions: None,
         disorder: Some(parity::Disorder { seed, order }),
+        ..parity::Feed::default()
     };
     parity::check_feed(p, events, base, feed).expect("parity runs")
 }

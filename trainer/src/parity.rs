@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::dataset::Input;
 use shared_features::parity::{self, ParityReport};
@@ -18,6 +18,10 @@ pub struct ParityArgs {
     /// the pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
+    /// History from a topic range instead (`--topic T --from --to`): each partition's engine
+    /// fed in offset order as the scorer feeds it, the offline engine reading the same log.
+    #[command(flatten)]
+    topic: crate::topic::TopicArgs,
     /// Directory the pipeline's relative paths resolve against (default: the pipeline's directory).
     #[arg(long)]
     base: Option<PathBuf>,
@@ -31,11 +35,11 @@ pub struct ParityArgs {
     /// history as a log in that order (README, "Order and lateness").
     #[arg(long, value_name = "SEED")]
     disorder: Option<u64>,
-    /// Under --disorder, how the online engine orders what arrives: `watermark` (behind the
-    /// watermark, in event-time order: the offline features exactly) or `arrival` (each event
-    /// at once: its windows miss what arrives after it).
-    #[arg(long, default_value = "watermark", requires = "disorder")]
-    order: shared_features::Order,
+    /// Under --disorder or --topic, how the online engine orders what arrives: `watermark`
+    /// (behind the watermark, in event-time order: the offline features exactly; the default)
+    /// or `arrival` (each event at once: its windows miss what arrives after it).
+    #[arg(long)]
+    order: Option<shared_features::Order>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -43,27 +47,39 @@ pub struct ParityArgs {
 
 /// Load the pipeline, run the check, print the report; exit 1 when any vector differs.
 pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
+    let from_topic = args.topic.topic.is_some();
+    if args.order.is_some() && args.disorder.is_none() && !from_topic {
+        bail!("--order applies to --disorder or --topic: a sorted check has no arrival order");
+    }
+    if from_topic && (args.disorder.is_some() || args.partitions.is_some()) {
+        bail!("a topic's log arrives in its own order: --disorder and --partitions do not apply");
+    }
+    let order = args.order.unwrap_or(shared_features::Order::Watermark);
     let mut input = Input::load(
         &args.pipeline,
         args.base.as_deref(),
         args.events.as_deref(),
-        None,
+        Some(&args.topic),
     )?;
     input.fetch()?;
-    let (pipeline, events, base) = (input.pipeline, input.events, input.base);
+    let log = input.history.as_ref().map(|h| parity::TopicLog {
+        partitions: h.positions.iter().map(|&(q, _)| q as u32).collect(),
+        compared: h.in_range(),
+        order,
+    });
     let feed = parity::Feed {
         partitions: args.partitions,
-        disorder: args.disorder.map(|seed| parity::Disorder {
-            seed,
-            order: args.order,
-        }),
+        disorder: args
+            .disorder
+            .map(|seed| parity::Disorder { seed, order }),
+        log,
     };
-    let report =
-        parity::check_feed(&pipeline, &events, &base, feed).context("parity check failed")?;
+    let report = parity::check_feed(&input.pipeline, &input.events, &input.base, feed)
+        .with_context(|| format!("parity check over {} failed", input.events_source))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_table(&args.pipeline, &events, &report);
+        print_table(&args.pipeline, &input, &report);
     }
     Ok(if report.identical == report.events && report.events > 0 {
         ExitCode::SUCCESS
@@ -72,7 +88,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
+fn print_table(pipeline: &Path, input: &Input, r: &ParityReport) {
     let pct = if r.events == 0 {
         0.0
     } else {
@@ -88,9 +104,20 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
     println!(
         "parity check: {} over {}",
         pipeline.display(),
-        events.display()
+        input.events_source
     );
     println!("  {:<22}{:>12}", "records", r.records);
+    if let Some(h) = &input.history {
+        println!("  {:<22}{}", "range compared", h.range);
+        if h.refused > 0 {
+            println!(
+                "  {:<22}{:>12}  (first: {})",
+                "undecodable (left out)",
+                h.refused,
+                h.first_refusal.as_deref().unwrap_or("-")
+            );
+        }
+    }
     match &r.disorder {
         None => println!("  {:<22}{:>12}", "online order", r.mode),
         Some(d) => {
@@ -147,13 +174,26 @@ fn print_table(pipeline: &Path, events: &Path, r: &ParityReport) {
     match &r.first_mismatch {
         None => println!("  {:<22}{:>12}", "first mismatch", "none"),
         Some(m) => println!(
-            "  {:<22}line {} ({}): `{}` offline {} vs online {}",
+            "  {:<22}{} ({}): `{}` offline {} vs online {}",
             "first mismatch",
-            m.line,
+            where_is(input, m.line),
             m.event_time.as_deref().unwrap_or("no time"),
             m.feature,
             m.offline,
             m.online
         ),
+    }
+}
+
+/// Where the record on `line` of the history came from: the file's line, or the topic's
+/// partition and offset.
+fn where_is(input: &Input, line: usize) -> String {
+    let position = input
+        .history
+        .as_ref()
+        .and_then(|h| h.positions.get(line.wrapping_sub(1)));
+    match position {
+        Some((q, offset)) => format!("{}/{q}@{offset}", input.events_source),
+        None => format!("line {line}"),
     }
 }

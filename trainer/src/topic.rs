@@ -117,11 +117,24 @@ impl Range {
     }
 }
 
+impl TopicHistory {
+    /// Whether each record of the written file is in the range.
+    pub fn in_range(&self) -> Vec<bool> {
+        self.positions
+            .iter()
+            .zip(&self.times)
+            .map(|(&(_, offset), t)| self.range.contains(offset, t.unwrap_or(i64::MIN)))
+            .collect()
+    }
+}
+
 /// What was read from the topic.
 #[derive(Debug, Default)]
 pub struct TopicHistory {
     /// For each record of the written file: its partition and offset.
     pub positions: Vec<(i32, i64)>,
+    /// For each record of the written file: its event time, when it has a valid one.
+    pub times: Vec<Option<i64>>,
     /// Payloads the decoder refused, and the first such with its position and reason.
     pub refused: usize,
     /// The first refusal: `topic/partition@offset: reason`.
@@ -271,6 +284,7 @@ impl TopicArgs {
                 line.push(b'\n');
                 w.write_all(&line)?;
                 h.positions.push((q, msg.offset()));
+                h.times.push(shared_features::eval::event_time(p, &row).ok());
                 if !tail && msg.offset() + 1 >= end {
                     break;
                 }

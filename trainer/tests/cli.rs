@@ -10,6 +10,32 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Flags that make no sense together are refused before any data (or broker) is touched.
+#[test]
+fn parity_refuses_orders_that_do_not_apply() {
+    let base = ["parity", "--pipeline", "data/flights/pipeline.toml"];
+    for (extra, words) in [
+        (
+            &["--order", "arrival"][..],
+            "--order applies to --disorder or --topic",
+        ),
+        (
+            &["--topic", "t", "--brokers", "127.0.0.1:1", "--disorder", "7"],
+            "--disorder and --partitions do not apply",
+        ),
+        (
+            &["--topic", "t", "--brokers", "127.0.0.1:1", "--from", "9", "--to", "3"],
+            "--from 9 is not before --to 3",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = trainer(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(words), "{extra:?}: {err}");
+    }
+}
+
 fn trainer(args: &[&str]) -> std::process::Output {
     trainer_env(args, &[])
 }
