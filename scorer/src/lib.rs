@@ -16,6 +16,9 @@ pub mod metrics;
 pub mod model;
 pub mod offsets;
 pub(crate) mod oip;
+pub mod out_file;
+#[cfg(feature = "parquet")]
+pub mod parquet_out;
 pub mod remote;
 pub mod replay;
 pub mod run;

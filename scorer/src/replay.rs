@@ -2,7 +2,6 @@
 //! warming window state with everything before the range; predictions to a topic (through the
 //! same pipelined sink as `scorer run`) or to a JSON-lines file.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
 use crate::offsets::Tag;
+use crate::out_file::{Lineage, OutFile, Prediction};
 use crate::score::{Outcome, Scorer, SourcePos};
 use crate::sink::{
     DeadLetter, Sink, To, cut_str, lineage_headers, position_headers, source_headers,
@@ -46,9 +46,12 @@ pub struct ReplayArgs {
     /// Dead-letter topic (default: none; bad events are only counted).
     #[arg(long, requires = "output")]
     dlq: Option<String>,
-    /// Write the predictions as JSON lines to this file instead of a topic.
+    /// Write the predictions to this file instead of a topic: a path or a store URL
+    /// (`s3://BUCKET/KEY`, `gs://`, `az://`, uploaded when the replay ends); Parquet when the
+    /// name ends in `.parquet` (typed columns: key, event_time, score, decision, model,
+    /// version, fingerprint, topic, partition, offset), else JSON lines.
     #[arg(long)]
-    out: Option<std::path::PathBuf>,
+    out: Option<String>,
     /// Larger payloads are refused.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: usize,
@@ -135,12 +138,16 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         }
         None => None,
     };
-    let file = match &args.out {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => None,
+    let lineage = Lineage {
+        model: servable.name.clone(),
+        version: servable.version,
+        fingerprint: servable.fingerprint.clone(),
     };
+    let file = args
+        .out
+        .as_deref()
+        .map(|target| OutFile::create(target, &lineage))
+        .transpose()?;
     let token = CancellationToken::new();
     let mut out = Outputs {
         sink,
@@ -263,8 +270,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         }
         check_reports(sink)?;
     }
-    if let Some(f) = &mut out.file {
-        f.flush()?;
+    if let Some(f) = out.file.take() {
+        f.finish()?;
     }
     s.seconds = t0.elapsed().as_secs_f64();
     s.events_per_second = s.read as f64 / s.seconds.max(1e-9);
@@ -316,7 +323,7 @@ fn release(
 /// Where replayed predictions and dead letters go.
 struct Outputs<'a> {
     sink: Option<Sink>,
-    file: Option<std::io::BufWriter<std::fs::File>>,
+    file: Option<OutFile>,
     lineage_headers: bool,
     dlq: bool,
     model: String,
@@ -327,8 +334,7 @@ impl Outputs<'_> {
     /// The prediction `scorer` just made for the event at `pos`.
     fn prediction(&mut self, scorer: &Scorer, pos: SourcePos<'_>, event_time: i64) -> Result<()> {
         if let Some(f) = &mut self.file {
-            f.write_all(scorer.prediction())?;
-            f.write_all(b"\n")?;
+            f.write(&Prediction::of(scorer, pos, event_time))?;
         }
         if let Some(sink) = &mut self.sink {
             let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());

@@ -332,3 +332,143 @@ fn parity_over_topic(broker: &Broker, topic: &str, extra: &[&str]) -> serde_json
         .unwrap();
     json_out(&out)
 }
+
+/// `scorer replay --out` to Parquet, on disk and in an S3-compatible store (moto): read back
+/// by polars (another Parquet implementation than the writer's), every row holds the values of
+/// the same prediction in the JSON-lines output, in the same order, scores bit for bit.
+#[test]
+fn replay_writes_parquet_on_disk_and_in_a_store_row_for_row_its_json_lines() {
+    use polars::prelude::*;
+    let broker = Broker::start();
+    let dir = tempdir("history-parquet");
+    let s3 = S3Server::start(&dir, "kml");
+    fit(&dir, "champion", &[]);
+    feed(&broker, "flights");
+    let replay = |out: &str| {
+        run_ok(
+            scorer()
+                .current_dir(repo())
+                .envs(s3.env())
+                .args(["replay", "--brokers", &broker.addr])
+                .args(["--store", &store_url(&dir)])
+                .args(["--model", "flights_delay@champion", "--input", "flights"])
+                .args(["--out", out]),
+        )
+    };
+    let jsonl = dir.join("replay.jsonl");
+    replay(jsonl.to_str().unwrap());
+    let expected = predictions(&jsonl);
+    assert!(expected.len() > 2600);
+
+    let local = dir.join("replay.parquet");
+    replay(&format!("file://{}", local.display()));
+    replay("s3://kml/replays/december.parquet");
+    let from_store = {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("kml")
+            .with_endpoint(&s3.endpoint)
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let got = store
+                .get(&object_store::path::Path::from("replays/december.parquet"))
+                .await
+                .unwrap();
+            got.bytes().await.unwrap().to_vec()
+        })
+    };
+    let on_disk = std::fs::read(&local).unwrap();
+    assert_eq!(from_store, on_disk, "the uploaded object is the file");
+
+    let df = ParquetReader::new(std::io::Cursor::new(on_disk))
+        .finish()
+        .unwrap();
+    assert_eq!(df.height(), expected.len());
+    let text = |name: &str| -> Vec<String> {
+        df.column(name)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.expect("no null").to_string())
+            .collect()
+    };
+    let int = |name: &str| -> Vec<i64> {
+        df.column(name)
+            .unwrap()
+            .cast(&DataType::Int64)
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect()
+    };
+    assert!(matches!(
+        df.column("event_time").unwrap().dtype(),
+        DataType::Datetime(TimeUnit::Milliseconds, Some(_))
+    ));
+    let (key, model, fingerprint, topic) = (
+        text("key"),
+        text("model"),
+        text("fingerprint"),
+        text("topic"),
+    );
+    let (time, version, partition, offset) = (
+        int("event_time"),
+        int("version"),
+        int("partition"),
+        int("offset"),
+    );
+    let score: Vec<f64> = df
+        .column("score")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    let decision: Vec<bool> = df
+        .column("decision")
+        .unwrap()
+        .bool()
+        .unwrap()
+        .iter()
+        .map(|v| v.expect("no null"))
+        .collect();
+    for (i, v) in expected.iter().enumerate() {
+        let row = (
+            key[i].as_str(),
+            time[i],
+            score[i].to_bits(),
+            decision[i],
+            model[i].as_str(),
+            version[i],
+            fingerprint[i].as_str(),
+            topic[i].as_str(),
+            partition[i],
+            offset[i],
+        );
+        let want = (
+            v["key"].as_str().unwrap(),
+            v["event_time_ms"].as_i64().unwrap(),
+            v["score"].as_f64().unwrap().to_bits(),
+            v["decision"].as_bool().unwrap(),
+            v["model"].as_str().unwrap(),
+            v["version"].as_i64().unwrap(),
+            v["fingerprint"].as_str().unwrap(),
+            v["topic"].as_str().unwrap(),
+            v["partition"].as_i64().unwrap(),
+            v["offset"].as_i64().unwrap(),
+        );
+        assert_eq!(row, want, "row {i}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -433,86 +433,61 @@ fn two_instances_share_four_partitions_and_one_killed_loses_nothing() {
 #[test]
 fn checkpoints_in_an_s3_compatible_store_restore_a_restart() {
     let dir = tempdir("s3-ckpt");
-    let file = dir.join("s3");
-    let out = std::process::Command::new(repo().join("ci/s3-server"))
-        .arg("start")
-        .arg(&file)
-        .arg("kml")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let s3 = S3Server::start(&dir, "kml");
+    let env = s3.env();
+    let url = "s3://kml/flights";
+    fit_with(PIPELINE, url, "champion", &[], &env);
+    let broker = Broker::start();
+    // The first 2,000 flights, then a run that scores them and stops.
+    let all = read_fixture_events();
+    let (first, rest) = all.split_at(2000);
+    produce_records(&broker, "flights", first);
+    let mut args = run_args(&broker, &dir, "flights", "s3-ckpt");
+    let at = args.iter().position(|a| a == "--store").unwrap();
+    args[at + 1] = url.to_string();
+    args.extend(["--exit-when-idle", "3", "--json"].map(String::from));
+    let run = || json_out(&run_ok(scorer().current_dir(repo()).envs(env).args(&args)));
+    let one = run();
+    assert_eq!(one["consumed"], 2000, "{one}");
+    assert_eq!(
+        one["checkpoints"].as_u64().unwrap(),
+        1,
+        "the one at shutdown: {one}"
     );
-    let endpoint = std::fs::read_to_string(&file).unwrap().trim().to_string();
-    let pid = std::fs::read_to_string(dir.join("s3.pid")).unwrap();
-    let result = std::panic::catch_unwind(|| {
-        let env = [
-            ("AWS_ENDPOINT", endpoint.as_str()),
-            ("AWS_ALLOW_HTTP", "true"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ];
-        let url = "s3://kml/flights";
-        fit_with(PIPELINE, url, "champion", &[], &env);
-        let broker = Broker::start();
-        // The first 2,000 flights, then a run that scores them and stops.
-        let all = read_fixture_events();
-        let (first, rest) = all.split_at(2000);
-        produce_records(&broker, "flights", first);
-        let mut args = run_args(&broker, &dir, "flights", "s3-ckpt");
-        let at = args.iter().position(|a| a == "--store").unwrap();
-        args[at + 1] = url.to_string();
-        args.extend(["--exit-when-idle", "3", "--json"].map(String::from));
-        let run = || json_out(&run_ok(scorer().current_dir(repo()).envs(env).args(&args)));
-        let one = run();
-        assert_eq!(one["consumed"], 2000, "{one}");
-        assert_eq!(
-            one["checkpoints"].as_u64().unwrap(),
-            1,
-            "the one at shutdown: {one}"
-        );
-        produce_records(&broker, "flights", rest);
-        let two = run();
-        assert_eq!(
-            two["consumed"].as_u64().unwrap(),
-            rest.len() as u64,
-            "{two}"
-        );
-        assert_eq!(two["restored"], 1, "{two}");
-        assert_eq!(two["warmed"], 0, "the snapshot is at the commit: {two}");
-        // The predictions of both runs equal a clean replay's, offset by offset.
-        let out = dir.join("replay.jsonl");
-        run_ok(
-            scorer()
-                .current_dir(repo())
-                .envs(env)
-                .args(["replay", "--brokers", &broker.addr, "--store", url])
-                .args(["--model", "flights_delay@champion", "--input", "flights"])
-                .args(["--out", out.to_str().unwrap()]),
-        );
-        let reference: BTreeMap<i64, u64> = std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["offset"].as_i64().unwrap(),
-                    v["score"].as_f64().unwrap().to_bits(),
-                )
-            })
-            .collect();
-        let (preds, repeats) = scores_by_offset(&read_all(&broker, "flights.pred"));
-        assert_eq!(repeats, 0);
-        let got: BTreeMap<i64, u64> = preds.iter().map(|(o, s)| (*o, s.to_bits())).collect();
-        assert_eq!(got, reference);
-    });
-    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    produce_records(&broker, "flights", rest);
+    let two = run();
+    assert_eq!(
+        two["consumed"].as_u64().unwrap(),
+        rest.len() as u64,
+        "{two}"
+    );
+    assert_eq!(two["restored"], 1, "{two}");
+    assert_eq!(two["warmed"], 0, "the snapshot is at the commit: {two}");
+    // The predictions of both runs equal a clean replay's, offset by offset.
+    let out = dir.join("replay.jsonl");
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .envs(env)
+            .args(["replay", "--brokers", &broker.addr, "--store", url])
+            .args(["--model", "flights_delay@champion", "--input", "flights"])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    let reference: BTreeMap<i64, u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["offset"].as_i64().unwrap(),
+                v["score"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect();
+    let (preds, repeats) = scores_by_offset(&read_all(&broker, "flights.pred"));
+    assert_eq!(repeats, 0);
+    let got: BTreeMap<i64, u64> = preds.iter().map(|(o, s)| (*o, s.to_bits())).collect();
+    assert_eq!(got, reference);
 }
 
 /// The fixture flights as topic records (key, JSON value), in event order, as `scorer feed`

@@ -149,13 +149,13 @@ pub fn is_bucket_url(text: &str) -> bool {
     })
 }
 
-/// Read one object named by its full URL, `s3://BUCKET/KEY` (or `gs://`, `az://`), with
-/// credentials and endpoints from the environment as [`Registry::open`] takes them.
-pub async fn get_url(url: &str) -> Result<Bytes> {
-    let err = |message: String| RegistryError::Store {
-        url: url.to_string(),
-        message,
-    };
+/// The store and key of one object named by its full URL, `s3://BUCKET/KEY` (or `gs://`,
+/// `az://`), with credentials and endpoints from the environment as [`Registry::open`] takes
+/// them; `err` builds the error for a message.
+fn object_at(
+    url: &str,
+    err: impl Fn(String) -> RegistryError,
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| err("not a URL".into()))?;
@@ -166,11 +166,61 @@ pub async fn get_url(url: &str) -> Result<Bytes> {
     let store = cloud(&format!("{scheme}://{bucket}"), [])
         .map_err(&err)?
         .ok_or_else(|| err("unsupported scheme: use s3://, gs:// or az://".into()))?;
-    let got = store
-        .get(&Path::from(key))
+    Ok((store, Path::from(key)))
+}
+
+/// Read one object named by its full URL (see [`object_at`]).
+pub async fn get_url(url: &str) -> Result<Bytes> {
+    let err = |message: String| RegistryError::Store {
+        url: url.to_string(),
+        message,
+    };
+    let (store, key) = object_at(url, err)?;
+    let got = store.get(&key).await.map_err(|e| err(e.to_string()))?;
+    got.bytes().await.map_err(|e| err(e.to_string()))
+}
+
+/// Upload the local file `file` to the object named by its full URL (see [`object_at`]): in
+/// one request when it is small, else in parts of 8 MiB, so a large file never sits in memory
+/// whole. The object appears only once complete.
+pub async fn put_url_from_file(url: &str, file: &std::path::Path) -> Result<u64> {
+    use std::io::Read;
+    const PART: usize = 8 << 20;
+    let err = |message: String| RegistryError::Store {
+        url: url.to_string(),
+        message,
+    };
+    let (store, key) = object_at(url, err)?;
+    let local = |e: std::io::Error| err(format!("cannot read {}: {e}", file.display()));
+    let mut f = std::fs::File::open(file).map_err(local)?;
+    let size = f.metadata().map_err(local)?.len();
+    if size <= PART as u64 {
+        let mut bytes = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut bytes).map_err(local)?;
+        store
+            .put(&key, PutPayload::from(bytes))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        return Ok(size);
+    }
+    let upload = store
+        .put_multipart(&key)
         .await
         .map_err(|e| err(e.to_string()))?;
-    got.bytes().await.map_err(|e| err(e.to_string()))
+    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut buf = vec![0; PART];
+    loop {
+        let n = f.read(&mut buf).map_err(local)?;
+        if n == 0 {
+            break;
+        }
+        w.wait_for_capacity(2)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        w.write(&buf[..n]);
+    }
+    w.finish().await.map_err(|e| err(e.to_string()))?;
+    Ok(size)
 }
 
 #[derive(Serialize, Deserialize)]

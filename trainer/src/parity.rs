@@ -69,9 +69,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
     });
     let feed = parity::Feed {
         partitions: args.partitions,
-        disorder: args
-            .disorder
-            .map(|seed| parity::Disorder { seed, order }),
+        disorder: args.disorder.map(|seed| parity::Disorder { seed, order }),
         log,
     };
     let report = parity::check_feed(&input.pipeline, &input.events, &input.base, feed)

@@ -284,7 +284,8 @@ impl TopicArgs {
                 line.push(b'\n');
                 w.write_all(&line)?;
                 h.positions.push((q, msg.offset()));
-                h.times.push(shared_features::eval::event_time(p, &row).ok());
+                h.times
+                    .push(shared_features::eval::event_time(p, &row).ok());
                 if !tail && msg.offset() + 1 >= end {
                     break;
                 }

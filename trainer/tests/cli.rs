@@ -20,11 +20,27 @@ fn parity_refuses_orders_that_do_not_apply() {
             "--order applies to --disorder or --topic",
         ),
         (
-            &["--topic", "t", "--brokers", "127.0.0.1:1", "--disorder", "7"],
+            &[
+                "--topic",
+                "t",
+                "--brokers",
+                "127.0.0.1:1",
+                "--disorder",
+                "7",
+            ],
             "--disorder and --partitions do not apply",
         ),
         (
-            &["--topic", "t", "--brokers", "127.0.0.1:1", "--from", "9", "--to", "3"],
+            &[
+                "--topic",
+                "t",
+                "--brokers",
+                "127.0.0.1:1",
+                "--from",
+                "9",
+                "--to",
+                "3",
+            ],
             "--from 9 is not before --to 3",
         ),
     ] {

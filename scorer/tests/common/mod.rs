@@ -591,3 +591,52 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An S3-compatible server (moto, started by `ci/s3-server`) with one bucket; stopped on drop.
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pid: String,
+}
+
+impl S3Server {
+    /// Start one with `bucket`, its port and pid files in `dir`.
+    pub fn start(dir: &Path, bucket: &str) -> Self {
+        let file = dir.join("s3");
+        let out = Command::new(repo().join("ci/s3-server"))
+            .arg("start")
+            .arg(&file)
+            .arg(bucket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            endpoint: std::fs::read_to_string(&file).unwrap().trim().to_string(),
+            pid: std::fs::read_to_string(dir.join("s3.pid"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        }
+    }
+
+    /// The environment that points object_store's S3 client at it.
+    pub fn env(&self) -> [(&'static str, &str); 5] {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
