@@ -24,6 +24,19 @@ mod read;
 pub mod stream;
 
 pub(crate) use read::missing_file;
+
+/// The files history at `path` is read from: the file itself, or every Parquet file of a
+/// directory in the order their records are numbered (hive partitions, see `read`).
+pub fn history_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
+    if path.is_dir() {
+        Ok(read::parquet_parts(path)?
+            .into_iter()
+            .map(|p| p.path)
+            .collect())
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
 use read::read_table;
 
 const ROW: &str = "__row";
@@ -219,14 +232,31 @@ fn read_history(
     events: &Path,
     slice: Option<(usize, usize)>,
 ) -> Result<DataFrame, DataError> {
-    let fields: Vec<(String, FieldType)> =
-        p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
-    let from_strings: Vec<&str> = p
+    let (fields, from_strings) = history_columns(p);
+    read_table(events, &fields, true, &from_strings, slice)
+}
+
+/// [`read_history`] of `slice` of one Parquet file of a history directory, its rows numbered
+/// from `first_row`.
+fn read_history_part(
+    p: &Pipeline,
+    part: &read::Part,
+    slice: (usize, usize),
+    first_row: usize,
+) -> Result<DataFrame, DataError> {
+    let (fields, from_strings) = history_columns(p);
+    read::read_part(part, &fields, &from_strings, Some(slice), Some(first_row))
+}
+
+/// The declared fields with their types, and those whose numbers may come as text.
+fn history_columns(p: &Pipeline) -> (Vec<(String, FieldType)>, Vec<&str>) {
+    let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
+    let from_strings = p
         .numbers_from_strings
         .iter()
         .map(|&i| p.layout[i].name.as_str())
         .collect();
-    read_table(events, &fields, true, &from_strings, slice)
+    (fields, from_strings)
 }
 
 /// The lookup and as-of tables of a pipeline, read once and ready to join (columns renamed to

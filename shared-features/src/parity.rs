@@ -191,6 +191,12 @@ pub fn check_feed(
              another column than the partition key: the check needs one partition",
         ));
     }
+    if events.is_dir() {
+        return Err(DataError::file(
+            &file,
+            "the parity check reads a CSV or JSON-lines file, not a directory of Parquet files",
+        ));
+    }
     let bytes = std::fs::read(events).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::file(&file, offline::missing_file(events)),
         _ => DataError::file(&file, e.to_string()),

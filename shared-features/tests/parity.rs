@@ -701,3 +701,129 @@ fn future_events_are_refused_alike_offline_and_online() {
     assert_eq!(report.rejected, refused);
     assert_eq!(report.events, minutes.len() - refused);
 }
+
+/// Write `df`'s rows of each day into `dir/year=Y/month=M/day=D/part-K.parquet` (the date
+/// columns dropped: the path carries them), `per_day` files a day, plus the `_SUCCESS` marker
+/// Spark leaves beside data.
+fn write_hive(df: &polars::prelude::DataFrame, dir: &Path, per_day: usize) {
+    use polars::prelude::*;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("_SUCCESS"), b"").unwrap();
+    let days: Vec<i64> = {
+        let c = df.column("day").unwrap().cast(&DataType::Int64).unwrap();
+        let mut d: Vec<i64> = c.i64().unwrap().into_no_null_iter().collect();
+        d.dedup();
+        d
+    };
+    let day_col = df.column("day").unwrap().cast(&DataType::Int64).unwrap();
+    for day in days {
+        let mask = day_col.i64().unwrap().equal(day);
+        let rows = df
+            .filter(&mask)
+            .unwrap()
+            .drop_many(["year", "month", "day"]);
+        let part_dir = dir.join(format!("year=2013/month=1/day={day}"));
+        std::fs::create_dir_all(&part_dir).unwrap();
+        let per = rows.height().div_ceil(per_day);
+        for k in 0..per_day {
+            let mut chunk = rows.slice((k * per) as i64, per);
+            ParquetWriter::new(
+                std::fs::File::create(part_dir.join(format!("part-{k}.parquet"))).unwrap(),
+            )
+            .finish(&mut chunk)
+            .unwrap();
+        }
+    }
+}
+
+/// A directory of Parquet files partitioned by date, hive style (the date fields only in the
+/// paths): read whole, every row and record number of the CSV; streamed in slices of 97 when in
+/// event-time order, every row of the whole run; out of order, refused naming the file and
+/// record; a corrupt file and a partition value of the wrong type are named.
+#[test]
+fn a_hive_partitioned_parquet_directory_gives_the_rows_of_its_csv() {
+    use polars::prelude::*;
+    let p = flights_pipeline();
+    let csv_path = fixtures().join("raw/flights.csv");
+    let df = CsvReadOptions::default()
+        .with_has_header(true)
+        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
+        .try_into_reader_with_file_path(Some(csv_path.clone()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let root = std::env::temp_dir().join(format!("kml-hive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+
+    // In the CSV's order, day 2 in three files.
+    let as_csv = root.join("as-csv");
+    write_hive(&df, &as_csv, 3);
+    let from_csv = offline::run(&p, &csv_path, &fixtures()).unwrap();
+    let from_dir = offline::run(&p, &as_csv, &fixtures()).unwrap();
+    assert!(from_csv.rows.len() > 2600);
+    assert_eq!(from_dir.source, from_csv.source, "the same record numbers");
+    assert!(
+        from_dir.rows == from_csv.rows,
+        "every column of every event"
+    );
+    assert_eq!(from_dir.filtered, from_csv.filtered);
+    let err = offline::stream::stream(&p, &as_csv, &fixtures(), 97, &mut |_, _| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/year=2013/month=1/day=") && err.contains("part-"),
+        "the record out of order is named with its file: {err}"
+    );
+
+    // In event-time order: streams, row for row the whole run.
+    let mut order: Vec<u32> = from_csv.source.clone();
+    let mut rest: Vec<u32> = (0..df.height() as u32)
+        .filter(|r| !order.contains(r))
+        .collect();
+    order.append(&mut rest);
+    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
+    let sorted = df.take(&idx).unwrap();
+    let in_order = root.join("in-order");
+    write_hive(&sorted, &in_order, 2);
+    let whole = offline::run(&p, &in_order, &fixtures()).unwrap();
+    assert_eq!(whole.rows.len(), from_csv.rows.len());
+    let mut streamed = Vec::new();
+    let run = offline::stream::stream(&p, &in_order, &fixtures(), 97, &mut |row, rec| {
+        streamed.push((row.to_vec(), rec));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(run.records, df.height());
+    let (rows, recs): (Vec<_>, Vec<_>) = streamed.into_iter().unzip();
+    assert_eq!(recs, whole.source);
+    assert!(rows == whole.rows, "every column of every event");
+
+    // A corrupt file is named, whole or streamed.
+    let broken = in_order.join("year=2013/month=1/day=3/part-1.parquet");
+    std::fs::write(&broken, b"PAR1 not really").unwrap();
+    let err = offline::run(&p, &in_order, &fixtures())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("day=3/part-1.parquet"), "{err}");
+    let err = offline::stream::stream(&p, &in_order, &fixtures(), 97, &mut |_, _| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("day=3/part-1.parquet"), "{err}");
+
+    // A partition value that is not of the field's type, named with its file and field.
+    let bad = root.join("bad");
+    write_hive(&df, &bad, 1);
+    std::fs::rename(
+        bad.join("year=2013/month=1/day=3"),
+        bad.join("year=2013/month=1/day=four"),
+    )
+    .unwrap();
+    let err = offline::run(&p, &bad, &fixtures()).unwrap_err().to_string();
+    assert!(
+        err.contains("day=four/part-0.parquet")
+            && err.contains("`day`")
+            && err.contains("partition value `four`"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -2,7 +2,7 @@
 //! to the declared types, whole or a slice of rows) and JSON lines (the online decoder), each
 //! with the declared columns typed as the pipeline says.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::*;
@@ -35,6 +35,141 @@ pub(crate) fn missing_file(path: &Path) -> String {
     }
 }
 
+/// One Parquet file of a history directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    /// The file.
+    pub path: PathBuf,
+    /// The `name=value` directories between the history directory and the file (hive
+    /// partitions), values percent-decoded; `None` for Hive's null partition.
+    pub hive: Vec<(String, Option<String>)>,
+}
+
+/// Hive's name for the partition of null values.
+const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Every Parquet file under `dir`, recursively, in path order (the order their records are
+/// numbered in), with the hive partition values of its path. Names starting with `.` or `_`
+/// (`_SUCCESS`, `.part-0.crc`: what Spark and Hive write beside data) are skipped.
+pub(crate) fn parquet_parts(dir: &Path) -> Result<Vec<Part>, DataError> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), DataError> {
+        let file = dir.display().to_string();
+        let entries = std::fs::read_dir(dir).map_err(|e| DataError::file(&file, e.to_string()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| DataError::file(&file, e.to_string()))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found)?;
+            } else if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
+                found.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut found = Vec::new();
+    walk(dir, &mut found)?;
+    // Path order, numbers compared as numbers (`day=2` before `day=10`), so that partitions by
+    // date or hour come in time order.
+    found.sort_by(|a, b| {
+        let key = |p: &PathBuf| -> Vec<(Option<i64>, String)> {
+            p.components()
+                .map(|c| {
+                    let c = c.as_os_str().to_string_lossy().into_owned();
+                    let n = c.split_once('=').and_then(|(_, v)| v.parse().ok());
+                    (n, c)
+                })
+                .collect()
+        };
+        let (ka, kb) = (key(a), key(b));
+        for ((na, ca), (nb, cb)) in ka.iter().zip(&kb) {
+            let by_number = match (na, nb) {
+                (Some(x), Some(y)) if ca.split('=').next() == cb.split('=').next() => x.cmp(y),
+                _ => std::cmp::Ordering::Equal,
+            };
+            let order = by_number.then_with(|| ca.cmp(cb));
+            if order.is_ne() {
+                return order;
+            }
+        }
+        ka.len().cmp(&kb.len())
+    });
+    if found.is_empty() {
+        return Err(DataError::file(
+            &dir.display().to_string(),
+            "a history directory with no .parquet file in it",
+        ));
+    }
+    found
+        .into_iter()
+        .map(|path| {
+            let relative = path.strip_prefix(dir).unwrap_or(&path);
+            let mut hive = Vec::new();
+            for segment in relative.parent().into_iter().flat_map(Path::components) {
+                let segment = segment.as_os_str().to_string_lossy();
+                let Some((name, value)) = segment.split_once('=') else {
+                    continue;
+                };
+                let value = percent_encoding::percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|e| {
+                        DataError::file(
+                            &path.display().to_string(),
+                            format!("partition `{segment}`: {e}"),
+                        )
+                    })?;
+                hive.push((
+                    name.to_string(),
+                    (value != HIVE_NULL).then(|| value.into_owned()),
+                ));
+            }
+            Ok(Part { path, hive })
+        })
+        .collect()
+}
+
+/// A column of `height` copies of a hive partition's value, typed as declared. A value that
+/// is not of the declared type is an error naming the file and the field.
+fn hive_column(
+    path: &Path,
+    name: &str,
+    ty: FieldType,
+    value: Option<&str>,
+    height: usize,
+) -> Result<Column, DataError> {
+    let file = path.display().to_string();
+    let bad = |what: &str| {
+        DataError::column(
+            &file,
+            name,
+            format!(
+                "partition value `{}` (from the path) is not {what}",
+                value.unwrap_or_default()
+            ),
+        )
+    };
+    let col = name.into();
+    Ok(match ty {
+        FieldType::Int => {
+            let v = value
+                .map(|v| v.parse::<i64>().map_err(|_| bad("an integer")))
+                .transpose()?;
+            Column::new(col, vec![v; height])
+        }
+        FieldType::Float => {
+            let v = value
+                .map(|v| v.parse::<f64>().map_err(|_| bad("a number")))
+                .transpose()?;
+            Column::new(col, vec![v; height])
+        }
+        FieldType::Str | FieldType::Timestamp => Column::new(col, vec![value; height]),
+    })
+}
+
 /// The declared columns of a Parquet file, cast to their declared types (integers of any
 /// width to i64, floats to f64; strings must be text; timestamps are RFC 3339 text or a Parquet
 /// timestamp of any unit, read as UTC when it has no zone). A missing column or one that cannot
@@ -43,6 +178,7 @@ fn read_parquet(
     path: &Path,
     columns: &[(String, FieldType)],
     slice: Option<(usize, usize)>,
+    hive: &[(String, Option<String>)],
 ) -> Result<DataFrame, DataError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| DataError::file(&file, e.to_string()))?;
@@ -61,6 +197,13 @@ fn read_parquet(
         .map_err(|e| polars_err(path, e))?;
     let mut out = Vec::with_capacity(columns.len() + 1);
     for (name, ty) in columns {
+        // A field the file lacks may be a partition of its directory.
+        if !schema.contains(name.as_str())
+            && let Some((_, value)) = hive.iter().find(|(n, _)| n == name)
+        {
+            out.push(hive_column(path, name, *ty, value.as_deref(), df.height())?);
+            continue;
+        }
         let c = df.column(name).map_err(|_| {
             DataError::column(&file, name, "declared field is not a column of the file")
         })?;
@@ -116,10 +259,11 @@ fn read_parquet(
     DataFrame::new(height, out).map_err(|e| polars_err(path, e))
 }
 
-/// Read the declared columns of a CSV, Parquet or JSON-lines file (by extension) with their
-/// types; timestamps become epoch ms. On a CSV parse failure, find the offending line and column
-/// with the strict reader. `slice` (first record, count) reads part of a Parquet file; the row
-/// index (`__row`) then starts at its first record.
+/// Read the declared columns of a CSV, Parquet or JSON-lines file (by extension), or of every
+/// Parquet file of a directory ([`parquet_parts`]), with their types; timestamps become epoch
+/// ms. On a CSV parse failure, find the offending line and column with the strict reader.
+/// `slice` (first record, count) reads part of a Parquet file; the row index (`__row`) then
+/// starts at its first record.
 pub(super) fn read_table(
     path: &Path,
     columns: &[(String, FieldType)],
@@ -127,13 +271,51 @@ pub(super) fn read_table(
     from_strings: &[&str],
     slice: Option<(usize, usize)>,
 ) -> Result<DataFrame, DataError> {
+    if path.is_dir() {
+        let mut whole: Option<DataFrame> = None;
+        for part in parquet_parts(path)? {
+            let df = read_part(&part, columns, from_strings, None, None)?;
+            match &mut whole {
+                None => whole = Some(df),
+                Some(w) => {
+                    w.vstack_mut(&df).map_err(|e| polars_err(&part.path, e))?;
+                }
+            }
+        }
+        let mut df = whole.unwrap_or_default();
+        df.rechunk_mut();
+        if row_index {
+            df = df
+                .with_row_index(ROW.into(), None)
+                .map_err(|e| polars_err(path, e))?;
+        }
+        return Ok(df);
+    }
+    let part = Part {
+        path: path.to_path_buf(),
+        hive: Vec::new(),
+    };
+    let first = row_index.then(|| slice.map_or(0, |(first, _)| first));
+    read_part(&part, columns, from_strings, slice, first)
+}
+
+/// [`read_table`] of one file (a Parquet one with its hive partition values); `row_index`: the
+/// number of its first row read, when `__row` is wanted.
+pub(super) fn read_part(
+    part: &Part,
+    columns: &[(String, FieldType)],
+    from_strings: &[&str],
+    slice: Option<(usize, usize)>,
+    row_index: Option<usize>,
+) -> Result<DataFrame, DataError> {
+    let path = part.path.as_path();
     let file = path.display().to_string();
     if !path.exists() {
         return Err(DataError::file(&file, missing_file(path)));
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut df = if ext == "parquet" {
-        read_parquet(path, columns, slice)?
+        read_parquet(path, columns, slice, &part.hive)?
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
         read_json_lines(path, columns, from_strings)?
     } else {
@@ -176,10 +358,9 @@ pub(super) fn read_table(
                 .map_err(|e| polars_err(path, e))?;
         }
     }
-    if row_index {
-        let first = slice.map(|(first, _)| first as IdxSize);
+    if let Some(first) = row_index {
         df = df
-            .with_row_index(ROW.into(), first)
+            .with_row_index(ROW.into(), Some(first as IdxSize))
             .map_err(|e| polars_err(path, e))?;
     }
     Ok(df)

@@ -18,7 +18,8 @@ use crate::spec::Pipeline;
 use crate::time::{format_duration, format_timestamp};
 use crate::value::{Key, Row, Value};
 
-use super::{Joins, prepare, read_history};
+use super::read::{Part, parquet_parts};
+use super::{Joins, prepare, read_history_part};
 
 /// Where rows go: each with its record number; an error stops the run.
 pub type Sink<'a> = dyn FnMut(&[Value], u32) -> Result<(), DataError> + 'a;
@@ -67,14 +68,15 @@ impl std::fmt::Display for StreamError {
     }
 }
 
-/// Whether history at `path` can be streamed (Parquet).
+/// Whether history at `path` can be streamed: a Parquet file, or a directory of them.
 pub fn streams(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()) == Some("parquet")
+    path.extension().and_then(|e| e.to_str()) == Some("parquet") || path.is_dir()
 }
 
-/// Run `p` over the Parquet history at `events` slice by slice, giving `sink` every row (full
-/// layout, windows and derived features computed) with its record number, in the order
-/// [`super::run`] gives them. `slice_rows` records are read at a time.
+/// Run `p` over the Parquet history at `events` (a file, or a directory of files read in path
+/// order as one history, hive partitions filling the fields their files lack) slice by slice,
+/// giving `sink` every row (full layout, windows and derived features computed) with its record
+/// number, in the order [`super::run`] gives them. `slice_rows` records are read at a time.
 pub fn stream(
     p: &Pipeline,
     events: &Path,
@@ -82,12 +84,43 @@ pub fn stream(
     slice_rows: usize,
     sink: &mut Sink<'_>,
 ) -> Result<Streamed, StreamError> {
-    let file = events.display().to_string();
-    let f = std::fs::File::open(events).map_err(|e| DataError::file(&file, e.to_string()))?;
     use polars::prelude::SerReader;
-    let records = polars::prelude::ParquetReader::new(f)
-        .num_rows()
-        .map_err(|e| DataError::file(&file, e.to_string()))?;
+    let parts = if events.is_dir() {
+        parquet_parts(events)?
+    } else {
+        vec![Part {
+            path: events.to_path_buf(),
+            hive: Vec::new(),
+        }]
+    };
+    // Each file's first record number, and the total.
+    let mut starts = Vec::with_capacity(parts.len());
+    let mut records = 0;
+    for part in &parts {
+        let file = part.path.display().to_string();
+        let f =
+            std::fs::File::open(&part.path).map_err(|e| DataError::file(&file, e.to_string()))?;
+        starts.push(records);
+        records += polars::prelude::ParquetReader::new(f)
+            .num_rows()
+            .map_err(|e| DataError::file(&file, e.to_string()))?;
+    }
+    // A record by its file and its number there, for messages.
+    let locate = |rec: u32| -> String {
+        let i = starts
+            .partition_point(|&s| s <= rec as usize)
+            .saturating_sub(1);
+        if parts.len() == 1 {
+            format!("record {rec}")
+        } else {
+            format!(
+                "record {} of {}",
+                rec as usize - starts[i],
+                parts[i].path.display()
+            )
+        }
+    };
+    let file = events.display().to_string();
     let joins = Joins::load(p, base)?;
     let mut out = Streamed {
         records,
@@ -99,23 +132,29 @@ pub fn stream(
     // The newest event time read so far, and its record.
     let mut newest: Option<(i64, u32)> = None;
     let mut unordered: Option<DataError> = None;
-    let mut first = 0;
-    while first < records {
-        let n = slice_rows.max(1).min(records - first);
-        let df = read_history(p, events, Some((first, n)))?;
-        first += n;
-        let batch = prepare(p, df, &joins, events, &mut |rec, t| {
+    // `(file, first record there, count)` of each slice.
+    let slices = parts.iter().enumerate().flat_map(|(i, part)| {
+        let count = starts.get(i + 1).copied().unwrap_or(records) - starts[i];
+        (0..count)
+            .step_by(slice_rows.max(1))
+            .map(move |first| (i, part, first, slice_rows.max(1).min(count - first)))
+    });
+    for (i, part, first, n) in slices {
+        let df = read_history_part(p, part, (first, n), starts[i] + first)?;
+        let batch = prepare(p, df, &joins, &part.path, &mut |rec, t| {
             match newest {
                 Some((mark, at)) if t < mark.saturating_sub(p.lateness_ms) => {
                     unordered.get_or_insert_with(|| {
                         DataError::file(
                             &file,
                             format!(
-                                "record {rec} (event time {}) is more than {} ([events] \
-                                 lateness) behind record {at} ({}): read in slices, history \
-                                 must be in event-time order within the lateness",
+                                "{} (event time {}) is more than {} ([events] lateness) \
+                                 behind {} ({}): read in slices, history must be in \
+                                 event-time order within the lateness",
+                                locate(rec),
                                 format_timestamp(t),
                                 format_duration(p.lateness_ms),
+                                locate(at),
                                 format_timestamp(mark)
                             ),
                         )
