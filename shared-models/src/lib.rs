@@ -29,6 +29,8 @@ pub use linear::{LinearModel, sigmoid};
 pub use mlp::{DenseLayer, MAX_WIDTH, MlpModel};
 pub use predictor::{MAX_ABS_WEIGHT, Predictor};
 #[cfg(feature = "registry")]
-pub use registry::{ModelRef, Registry, get_url, is_bucket_url, put_url_from_file};
+pub use registry::{
+    ModelRef, Registry, download_prefix, get_url, is_bucket_url, put_url_from_file,
+};
 pub use serving::{Servable, bundle_table_file};
 pub use tree::{TreeModel, TreeNode};

@@ -180,6 +180,61 @@ pub async fn get_url(url: &str) -> Result<Bytes> {
     got.bytes().await.map_err(|e| err(e.to_string()))
 }
 
+/// Copy every object under the prefix a full URL names (`s3://BUCKET/PREFIX/`, or `gs://`,
+/// `az://`) into `dir`, at its path below the prefix (so hive partitions stay in the paths);
+/// returns the files written, in path order. A prefix with no object is an error.
+pub async fn download_prefix(url: &str, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let err = |message: String| RegistryError::Store {
+        url: url.to_string(),
+        message,
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| err("not a URL".into()))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let store = cloud(&format!("{scheme}://{bucket}"), [])
+        .map_err(&err)?
+        .ok_or_else(|| err("unsupported scheme: use s3://, gs:// or az://".into()))?;
+    let prefix = Path::from(prefix.trim_end_matches('/'));
+    let mut objects: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    if objects.is_empty() {
+        return Err(err("no object under this prefix".into()));
+    }
+    let mut written = Vec::with_capacity(objects.len());
+    for o in objects {
+        let relative: Vec<_> = o
+            .location
+            .prefix_match(&prefix)
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut local = dir.to_path_buf();
+        for part in &relative {
+            local.push(part.as_ref());
+        }
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let bytes = store
+            .get(&o.location)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::write(&local, &bytes)
+            .map_err(|e| err(format!("cannot write {}: {e}", local.display())))?;
+        written.push(local);
+    }
+    Ok(written)
+}
+
 /// Upload the local file `file` to the object named by its full URL (see [`object_at`]): in
 /// one request when it is small, else in parts of 8 MiB, so a large file never sits in memory
 /// whole. The object appears only once complete.

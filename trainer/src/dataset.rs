@@ -156,6 +156,20 @@ impl Input {
             self.downloaded = Some(guard);
             self.history = Some(history);
         }
+        if shared_models::is_bucket_url(&self.events_source)
+            && self.events_source.ends_with('/')
+            && self.downloaded.is_none()
+        {
+            // A prefix: a directory of Parquet files (hive partitions in their paths).
+            let (dir, guard) = temp_dir()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(shared_models::download_prefix(&self.events_source, &dir))
+                .with_context(|| format!("cannot read history from {}", self.events_source))?;
+            self.events = dir;
+            self.downloaded = Some(guard);
+        }
         if shared_models::is_bucket_url(&self.events_source) && self.downloaded.is_none() {
             let (path, guard) = download(&self.events_source)?;
             self.events = path;

@@ -142,9 +142,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let labels = y_valid.to_vec();
     let metrics = evaluate(&scores, &labels, spec.threshold());
 
-    let events_bytes = std::fs::read(&input.events)
-        .with_context(|| format!("cannot read {}", input.events.display()))?;
-    let mut data_fp = sha256_hex(&events_bytes);
+    let mut data_fp = history_digest(&input.events)?;
     for (_, d) in &data.run.table_digests {
         data_fp.push_str(d);
     }
@@ -317,4 +315,33 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.0.finish_and_clear();
     }
+}
+
+/// SHA-256 (hex) of the history: the bytes of its file, read in blocks; for a directory, of
+/// each Parquet file's path below it and its bytes, in the order they are read.
+fn history_digest(events: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let files = shared_features::offline::history_files(events)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    for file in &files {
+        if events.is_dir() {
+            let relative = file.strip_prefix(events).unwrap_or(file);
+            h.update(relative.to_string_lossy().as_bytes());
+            h.update([0]);
+        }
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

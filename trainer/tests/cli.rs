@@ -294,6 +294,32 @@ fn fit_from_history_in_the_store(endpoint: &str, env: &[(&str, &str)]) {
         local["auc"], remote["auc"],
         "the same history, the same model"
     );
+    // A prefix of Parquet files partitioned by day, hive style (the date fields only in the
+    // paths): the same model as the CSV.
+    let hive = std::env::temp_dir().join(format!("trainer-cli-hive-{}", std::process::id()));
+    let parts = write_hive_days(&history, &hive);
+    assert!(parts.len() >= 3);
+    for part in &parts {
+        let key = format!(
+            "history/hive/{}",
+            part.strip_prefix(&hive).unwrap().display()
+        );
+        rt.block_on(registry.store().put(
+            &Key::from(key),
+            PutPayload::from(std::fs::read(part).unwrap()),
+        ))
+        .unwrap();
+    }
+    let from_prefix = fit("s3://models/history/hive/");
+    assert!(
+        from_prefix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_prefix.stderr)
+    );
+    let from_prefix: serde_json::Value = serde_json::from_slice(&from_prefix.stdout).unwrap();
+    assert_eq!(local["train_rows"], from_prefix["train_rows"]);
+    assert_eq!(local["auc"], from_prefix["auc"], "{from_prefix}");
+    std::fs::remove_dir_all(&hive).ok();
     let missing = fit("s3://models/history/nope.csv");
     assert_eq!(missing.status.code(), Some(2));
     let err = String::from_utf8_lossy(&missing.stderr);
@@ -983,4 +1009,34 @@ fn raw_features_stream_from_parquet_as_the_whole_table_computes_them() {
     );
     assert!(fallback == from_csv);
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// The CSV at `csv` as Parquet files in `dir/year=Y/month=M/day=D/part-0.parquet`, the date
+/// columns only in the paths, rows in the CSV's order; returns the files.
+fn write_hive_days(csv: &Path, dir: &Path) -> Vec<PathBuf> {
+    use polars::prelude::*;
+    let df = CsvReadOptions::default()
+        .with_has_header(true)
+        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
+        .try_into_reader_with_file_path(Some(csv.to_path_buf()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let day = df.column("day").unwrap().cast(&DataType::Int64).unwrap();
+    let mut days: Vec<i64> = day.i64().unwrap().into_no_null_iter().collect();
+    days.dedup();
+    let mut files = Vec::new();
+    for d in days {
+        let mut rows = df
+            .filter(&day.i64().unwrap().equal(d))
+            .unwrap()
+            .drop_many(["year", "month", "day"]);
+        let part = dir.join(format!("year=2013/month=1/day={d}/part-0.parquet"));
+        std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+        ParquetWriter::new(std::fs::File::create(&part).unwrap())
+            .finish(&mut rows)
+            .unwrap();
+        files.push(part);
+    }
+    files
 }
