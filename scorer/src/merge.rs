@@ -500,7 +500,7 @@ impl Merge {
 }
 
 impl crate::source::Warm for Merge {
-    fn warm(&mut self, payload: &[u8]) -> bool {
+    fn warm(&mut self, payload: &[u8], _offset: i64) -> bool {
         let _ = self.push(payload, None);
         self.release(|_, _| {});
         true

@@ -14,13 +14,13 @@ use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
 use crate::offsets::Tag;
 use crate::out_file::{Lineage, OutFile, Prediction};
-use crate::score::{Outcome, Scorer, SourcePos};
+use crate::score::{Admitted, Outcome, Scorer, SourcePos};
 use crate::sink::{
     DeadLetter, Sink, To, cut_str, lineage_headers, position_headers, source_headers,
 };
 use crate::source::{End, each_message, reader};
 use rdkafka::message::BorrowedMessage;
-use shared_features::{Order, OrderedEngine};
+use shared_features::Order;
 
 /// `scorer replay` options.
 #[derive(clap::Args, Debug)]
@@ -172,9 +172,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             Some(Bound::Offset(o)) if o <= high => End::At(o),
             _ => End::Tail(high),
         };
-        let mut scorer = Scorer::new(servable.clone(), args.max_event_bytes);
-        let mut ordered = (args.order == Order::Watermark)
-            .then(|| OrderedEngine::new(servable.pipeline.clone(), servable.tables.clone()));
+        let mut scorer = match args.order {
+            Order::Watermark => Scorer::ordered(servable.clone(), args.max_event_bytes),
+            Order::Arrival => Scorer::new(servable.clone(), args.max_event_bytes),
+        };
         let in_offsets = |offset: i64| {
             !matches!(from, Some(Bound::Offset(o)) if offset < o)
                 && !matches!(to, Some(Bound::Offset(o)) if offset >= o)
@@ -218,47 +219,43 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                 partition: msg.partition(),
                 offset: msg.offset(),
             };
-            let Some(engine) = &mut ordered else {
+            if !scorer.is_ordered() {
                 let outcome = scorer.score(msg.payload(), pos);
                 return scored(&mut s, &mut out, &scorer, outcome, pos, Some(msg));
-            };
+            }
             // Watermark order: held until the watermark passes it, then scored in event-time
             // order; refused on arrival as the arrival order refuses.
-            let admitted = shared_models::prediction::admit(msg.payload(), args.max_event_bytes)
-                .and_then(|payload| {
-                    engine
-                        .push(payload, msg.offset() as u64)
-                        .map_err(|e| e.to_string())
-                });
-            match admitted {
-                Ok(true) => {}
-                Ok(false) => s.warmed += 1,
-                Err(why) => scored(
-                    &mut s,
-                    &mut out,
-                    &scorer,
-                    Outcome::Dead(why),
-                    pos,
-                    Some(msg),
-                )?,
+            match scorer.push(msg.payload(), pos.offset, Some(0)) {
+                Admitted::Held => {}
+                Admitted::Filtered => s.warmed += 1,
+                Admitted::Dead(why) => {
+                    scored(
+                        &mut s,
+                        &mut out,
+                        &scorer,
+                        Outcome::Dead(why),
+                        pos,
+                        Some(msg),
+                    )?;
+                }
             }
-            release(
-                engine,
-                &mut scorer,
-                topic,
-                pos.partition,
-                &mut |scorer, outcome, pos| scored(&mut s, &mut out, scorer, outcome, pos, None),
-            )
+            let mut done = Ok(());
+            scorer.release(topic, pos.partition, |scorer, r| {
+                if let (Ok(()), Some(outcome)) = (&done, r.outcome) {
+                    done = scored(&mut s, &mut out, scorer, outcome, r.pos, None);
+                }
+            });
+            done
         })?;
-        if let Some(engine) = &mut ordered {
-            engine.finish();
-            release(
-                engine,
-                &mut scorer,
-                topic,
-                p,
-                &mut |scorer, outcome, pos| scored(&mut s, &mut out, scorer, outcome, pos, None),
-            )?;
+        if scorer.is_ordered() {
+            scorer.finish();
+            let mut done = Ok(());
+            scorer.release(topic, p, |scorer, r| {
+                if let (Ok(()), Some(outcome)) = (&done, r.outcome) {
+                    done = scored(&mut s, &mut out, scorer, outcome, r.pos, None);
+                }
+            });
+            done?;
         }
     }
     if let Some(sink) = &mut out.sink {
@@ -296,26 +293,6 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             s.seconds,
             s.events_per_second
         );
-    }
-    Ok(())
-}
-
-/// Release every row the watermark has passed, scored, to `f`.
-fn release(
-    engine: &mut OrderedEngine,
-    scorer: &mut Scorer,
-    topic: &str,
-    partition: i32,
-    f: &mut dyn FnMut(&Scorer, Outcome, SourcePos<'_>) -> Result<()>,
-) -> Result<()> {
-    while let Some((offset, row)) = engine.next_ready() {
-        let pos = SourcePos {
-            topic,
-            partition,
-            offset: offset as i64,
-        };
-        let outcome = scorer.score_row(row, pos);
-        f(scorer, outcome, pos)?;
     }
     Ok(())
 }

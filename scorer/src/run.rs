@@ -97,6 +97,14 @@ pub struct RunArgs {
     /// the merge behind the repartition topic stops waiting for it.
     #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     idle_after: f64,
+    /// How events reach the windows: `arrival` (each scored as it is read) or `watermark`
+    /// (held until an event more than `[events] lateness` newer has been read in its partition,
+    /// then scored in event-time order: exactly the features `trainer fit --topic` computes
+    /// over the same log, at a latency of up to the lateness; README, "Order"). A held event's
+    /// offset is not committed until its prediction is acknowledged, and checkpoints carry the
+    /// held events.
+    #[arg(long, default_value = "arrival")]
+    order: shared_features::Order,
     /// Print the summary at exit as one JSON object.
     #[arg(long)]
     json: bool,
@@ -145,6 +153,8 @@ pub struct RunConfig {
     pub repartition_topic: Option<String>,
     /// An input partition silent this long is marked idle.
     pub idle_after: Duration,
+    /// How events reach the windows.
+    pub order: shared_features::Order,
 }
 
 /// The repartition step of a run ([`crate::merge`]).
@@ -210,6 +220,16 @@ impl RunConfig {
                 a.dlq
             );
         }
+        let watermark = a.order == shared_features::Order::Watermark;
+        if watermark && a.exactly_once {
+            bail!(
+                "--order watermark runs at-least-once only: a transaction commits every offset \
+                 it consumed, and held events would be committed unscored (drop --exactly-once)"
+            );
+        }
+        if watermark && a.pass_through {
+            bail!("--order watermark scores; --pass-through copies events unscored");
+        }
         Ok(Self {
             kafka: a.kafka.clone(),
             inputs: a.input.clone(),
@@ -236,6 +256,7 @@ impl RunConfig {
             repartition: None,
             repartition_topic: a.repartition_topic.clone(),
             idle_after: Duration::from_secs_f64(a.idle_after),
+            order: a.order,
         })
     }
 
@@ -396,6 +417,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                     "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
                      need a repartition step, which runs at-least-once only (drop --exactly-once, \
                      or use one partition)"
+                );
+            }
+            if cfg.order == shared_features::Order::Watermark {
+                bail!(
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
+                     need a repartition step, whose merge orders them by time already; \
+                     --order watermark is not supported with it yet (drop it, or use one \
+                     partition)"
                 );
             }
             let topic = cfg

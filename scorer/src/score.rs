@@ -13,7 +13,10 @@ use std::sync::Arc;
 use shared_features::{OnlineEngine, Split, Value};
 use shared_models::Servable;
 
+pub use ordered::Admitted;
 pub use shared_models::prediction::{ServedBy, SourcePos, key_text, write_prediction};
+
+mod ordered;
 
 /// What became of one event.
 #[derive(Debug)]
@@ -45,6 +48,8 @@ pub struct Scorer {
     remote: bool,
     /// Upstream of a repartition: forward rows to the repartition topic rather than score.
     upstream: Option<crate::merge::Upstream>,
+    /// Watermark order: events held until the watermark passes them ([`Scorer::ordered`]).
+    ordered: Option<ordered::Ordered>,
 }
 
 impl Scorer {
@@ -62,6 +67,7 @@ impl Scorer {
             broken: false,
             remote: false,
             upstream: None,
+            ordered: None,
         }
     }
 
@@ -102,7 +108,10 @@ impl Scorer {
     /// return value (`false`) reports.
     pub fn swap(&mut self, model: Arc<Servable>) -> bool {
         let same = same_spec(&self.model, &model);
-        if !same {
+        if !same && self.ordered.is_some() {
+            // Held events are dropped with the state: the caller rescores them.
+            self.ordered = Some(ordered::Ordered::new(&model));
+        } else if !same {
             let split = if self.upstream.is_some() {
                 Split::Upstream
             } else {
@@ -121,9 +130,12 @@ impl Scorer {
     /// Update the window state with an event without scoring it (warm-up before a replay
     /// range). Errors are ignored here: the event would have been dead-lettered when live.
     /// Returns false when processing panicked (see [`Scorer::broken`]).
-    pub fn warm(&mut self, payload: &[u8]) -> bool {
+    pub fn warm(&mut self, payload: &[u8], offset: i64) -> bool {
         if payload.len() > self.max_event_bytes {
             return true;
+        }
+        if self.ordered.is_some() {
+            return self.warm_ordered(payload, offset);
         }
         let engine = &mut self.engine;
         if catch_unwind(AssertUnwindSafe(|| {
@@ -220,7 +232,10 @@ impl Scorer {
 
     /// Keys holding window state, summed over the pipeline's windows.
     pub fn state_keys(&self) -> usize {
-        self.engine.state_keys()
+        match &self.ordered {
+            Some(o) => o.engine.state_keys(),
+            None => self.engine.state_keys(),
+        }
     }
 
     /// The JSON value of the last scored event.
@@ -235,13 +250,20 @@ impl Scorer {
 
     /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]).
     pub fn save_state(&self) -> Vec<u8> {
-        self.engine.save_state()
+        match &self.ordered {
+            // The windows, the admission and the held events.
+            Some(o) => o.engine.save_state(),
+            None => self.engine.save_state(),
+        }
     }
 
     /// Replace the window state with a saved one (of a model with the same
     /// [`state_fingerprint`]). On error nothing changes.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.engine.load_state(bytes)
+        match &mut self.ordered {
+            Some(o) => o.engine.load_state(bytes),
+            None => self.engine.load_state(bytes),
+        }
     }
 }
 

@@ -323,7 +323,9 @@ pub fn warm(
     let at = (topic, partition);
     each_message_alive(consumer, at, start, end, token, keep_alive, |msg| {
         w.events += 1;
-        if !skip.contains(&msg.offset()) && !scorer.warm(msg.payload().unwrap_or_default()) {
+        if !skip.contains(&msg.offset())
+            && !scorer.warm(msg.payload().unwrap_or_default(), msg.offset())
+        {
             w.panicked = Some(msg.offset());
             bail!("panicked");
         }
@@ -343,13 +345,13 @@ pub fn warm(
 
 /// State a warm-up feeds events into without scoring them.
 pub trait Warm {
-    /// Take in one event; false when processing panicked.
-    fn warm(&mut self, payload: &[u8]) -> bool;
+    /// Take in the event at `offset`; false when processing panicked.
+    fn warm(&mut self, payload: &[u8], offset: i64) -> bool;
 }
 
 impl Warm for Scorer {
-    fn warm(&mut self, payload: &[u8]) -> bool {
-        Scorer::warm(self, payload)
+    fn warm(&mut self, payload: &[u8], offset: i64) -> bool {
+        Scorer::warm(self, payload, offset)
     }
 }
 

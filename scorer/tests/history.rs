@@ -213,16 +213,19 @@ fn replay_by_event(
     scores
 }
 
-/// The fixture flights delivered out of order within the lateness (each delayed by up to 59
-/// minutes after its event time): replayed in watermark order, every event gets the score it
-/// gets from the topic in event-time order, bit for bit; in arrival order some do not.
-#[test]
-fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
-    let broker = Broker::start();
-    let store = tempdir("history-order");
-    fit(&store, "champion", &[]);
-    feed(&broker, "ordered");
-    let sorted = replay_by_event(&broker, &store, "ordered", "arrival");
+/// `(key, event time ms, score bits)` of each prediction, sorted.
+type Scores = Vec<(String, i64, u64)>;
+
+/// The fixture flights fed to topic `ordered` and replayed (in arrival order) to learn their
+/// times, then the same records in a disordered arrival order: each delayed by up to 59
+/// minutes after its event time, none past the lateness. Returns the replay's scores
+/// (`(key, event time ms) -> score bits`, sorted) and the disordered records.
+fn disordered_flights(
+    broker: &Broker,
+    store: &Path,
+) -> (Scores, Vec<(String, Vec<u8>)>) {
+    feed(broker, "ordered");
+    let sorted = replay_by_event(broker, store, "ordered", "arrival");
     assert!(sorted.len() > 2600);
     // Each event's time from its prediction (by offset); cancelled flights, filtered and
     // never predicted, travel with the event before them.
@@ -236,7 +239,7 @@ fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
                 )
             })
             .collect();
-    let recs = read_all(&broker, "ordered");
+    let recs = read_all(broker, "ordered");
     let mut t = 0;
     let mut arrival: Vec<(i64, usize)> = recs
         .iter()
@@ -255,14 +258,30 @@ fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
         .filter(|(pos, (_, i))| pos != i)
         .count();
     assert!(moved > 2000, "{moved} events change place");
-    let shuffled: Vec<(&str, Vec<u8>)> = arrival
+    let shuffled = arrival
         .iter()
         .map(|&(_, i)| {
             (
-                std::str::from_utf8(&recs[i].key).unwrap(),
+                String::from_utf8(recs[i].key.clone()).unwrap(),
                 recs[i].payload.clone(),
             )
         })
+        .collect();
+    (sorted, shuffled)
+}
+
+/// The fixture flights delivered out of order within the lateness (each delayed by up to 59
+/// minutes after its event time): replayed in watermark order, every event gets the score it
+/// gets from the topic in event-time order, bit for bit; in arrival order some do not.
+#[test]
+fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
+    let broker = Broker::start();
+    let store = tempdir("history-order");
+    fit(&store, "champion", &[]);
+    let (sorted, shuffled) = disordered_flights(&broker, &store);
+    let shuffled: Vec<(&str, Vec<u8>)> = shuffled
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     create_topic(&broker, "disordered", 1);
     produce_raw(&broker, "disordered", &shuffled);
@@ -471,4 +490,111 @@ fn replay_writes_parquet_on_disk_and_in_a_store_row_for_row_its_json_lines() {
         assert_eq!(row, want, "row {i}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `scorer run --order watermark` on a disordered topic, stopped halfway and restarted (from a
+/// checkpoint): every prediction is the one `scorer replay --order watermark` makes for its
+/// offset, bit for bit; every event the watermark has passed is predicted; the events still
+/// held at the end (the last hour of event time) are not predicted, and the committed offset
+/// stops at the first of them, so a later run scores them.
+#[test]
+fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_event() {
+    let broker = Broker::start();
+    let store = tempdir("history-run-order");
+    fit(&store, "champion", &[]);
+    let (_, shuffled) = disordered_flights(&broker, &store);
+    let shuffled: Vec<(&str, Vec<u8>)> = shuffled
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    create_topic(&broker, "live", 1);
+    let (first, rest) = shuffled.split_at(1500);
+    let mut args = run_args(&broker, &store, "live", "ordered-run");
+    args.extend(
+        [
+            "--order",
+            "watermark",
+            "--checkpoint-interval",
+            "0.2",
+            "--checkpoint-events",
+            "100",
+            "--exit-when-idle",
+            "3",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let run = || json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    produce_raw(&broker, "live", first);
+    let one = run();
+    assert_eq!(one["consumed"], 1500, "{one}");
+    produce_raw(&broker, "live", rest);
+    let two = run();
+    assert_eq!(two["restored"], 1, "restored from a checkpoint: {two}");
+    assert!(
+        two["warmed"].as_u64().unwrap() < 500,
+        "a short warm-up from the checkpoint, not the whole partition: {two}"
+    );
+
+    let out = store.join("reference.jsonl");
+    replay_with(
+        &broker,
+        &store,
+        "flights_delay@champion",
+        "live",
+        &["--order", "watermark", "--out", out.to_str().unwrap()],
+    );
+    let reference: std::collections::BTreeMap<i64, (u64, i64)> = predictions(&out)
+        .iter()
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap(),
+                (
+                    v["score"].as_f64().unwrap().to_bits(),
+                    v["event_time_ms"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let preds = read_all(&broker, "live.pred");
+    let mut predicted = BTreeSet::new();
+    for p in &preds {
+        let v = p.json();
+        let offset = v["offset"].as_i64().unwrap();
+        let bits = v["score"].as_f64().unwrap().to_bits();
+        assert_eq!(
+            Some(bits),
+            reference.get(&offset).map(|r| r.0),
+            "offset {offset}: the watermark-order score"
+        );
+        predicted.insert(offset);
+    }
+    let newest = reference.values().map(|r| r.1).max().unwrap();
+    let held: BTreeSet<i64> = reference
+        .iter()
+        .filter(|(_, r)| r.1 >= newest - 3_600_000)
+        .map(|(o, _)| *o)
+        .collect();
+    let released: BTreeSet<i64> = reference
+        .keys()
+        .copied()
+        .filter(|o| !held.contains(o))
+        .collect();
+    assert!(
+        !held.is_empty() && released.len() > 2500,
+        "{} held",
+        held.len()
+    );
+    let missing: Vec<_> = released.difference(&predicted).collect();
+    let extra: Vec<_> = predicted.difference(&released).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "every released event, and no held one: missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(
+        committed(&broker, "ordered-run", "live"),
+        held.first().copied(),
+        "the commit stops at the first held event"
+    );
+    std::fs::remove_dir_all(&store).ok();
 }

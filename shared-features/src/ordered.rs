@@ -24,7 +24,29 @@ use crate::engine::{Admission, OnlineEngine};
 use crate::error::EventError;
 use crate::spec::Pipeline;
 use crate::tables::Tables;
-use crate::value::{Key, Row};
+use crate::value::{Key, Row, Value};
+
+/// The format of [`OrderedEngine::save_state`].
+const ORDERED_FORMAT: u32 = 1;
+
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    stages: Vec<u8>,
+    admission: Admission,
+    arrivals: u64,
+    /// `(arrival, tag, row)` of each held event, in release order.
+    held: Vec<(u64, u64, &'a [Value])>,
+}
+
+#[derive(serde::Deserialize)]
+struct Snapshot {
+    format: u32,
+    stages: Vec<u8>,
+    admission: Admission,
+    arrivals: u64,
+    held: Vec<(u64, u64, Row)>,
+}
 
 /// How an online engine orders events before the windows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +162,64 @@ impl OrderedEngine {
     /// Events admitted and not released yet.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Keys holding window state, summed over the pipeline's windows.
+    pub fn state_keys(&self) -> usize {
+        self.engine.state_keys()
+    }
+
+    /// The tag of the event [`OrderedEngine::next_ready`] would release next, if one is held.
+    pub fn next_tag(&self) -> Option<u64> {
+        self.held.first_key_value().map(|(_, h)| h.tag)
+    }
+
+    /// The whole state as bytes, for a checkpoint: the window state, the admission's progress
+    /// and every held event with its tag.
+    pub fn save_state(&self) -> Vec<u8> {
+        let snap = SnapshotRef {
+            format: ORDERED_FORMAT,
+            stages: self.engine.save_state(),
+            admission: self.admission,
+            arrivals: self.arrivals,
+            held: self
+                .held
+                .iter()
+                .map(|((.., arrival), h)| (*arrival, h.tag, &h.row[..]))
+                .collect(),
+        };
+        // Serializing plain data into a Vec does not fail.
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Replace the state with one [`OrderedEngine::save_state`] saved under the same pipeline.
+    /// Bytes that do not decode, or rows not of this pipeline's layout, are refused with the
+    /// reason; on error nothing changes.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let snap: Snapshot = postcard::from_bytes(bytes)
+            .map_err(|e| format!("ordered state does not decode: {e}"))?;
+        if snap.format != ORDERED_FORMAT {
+            return Err(format!(
+                "ordered state of format {}, this build reads format {ORDERED_FORMAT}",
+                snap.format
+            ));
+        }
+        let p = self.engine.pipeline();
+        let (et, width) = (p.event_time_col(), p.layout.len());
+        let mut held = BTreeMap::new();
+        for (arrival, tag, row) in snap.held {
+            let t = match row.get(et).and_then(Value::as_i64) {
+                Some(t) if row.len() == width => t,
+                _ => return Err("a held row is not of this pipeline's layout".into()),
+            };
+            held.insert((t, Key::of(&row[p.key]), arrival), Held { tag, row });
+        }
+        self.engine.load_state(&snap.stages)?;
+        self.admission = snap.admission;
+        self.arrivals = snap.arrivals;
+        self.held = held;
+        self.finished = false;
+        Ok(())
     }
 
     /// The pipeline this engine runs.

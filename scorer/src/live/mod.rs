@@ -31,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoints;
 use crate::kafka::{self, LogCtx};
-use crate::merge::{self, Merge, Pushed};
+use crate::merge::{self, Merge, Pushed, Released};
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::remote::{self, Remote, RowResult};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
-use crate::score::{Outcome, Scorer, ServedBy, SourcePos, state_fingerprint, write_prediction};
+use crate::score::{
+    Admitted, Outcome, Scorer, ServedBy, SourcePos, state_fingerprint, write_prediction,
+};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
@@ -194,10 +196,13 @@ fn merge_fp_of(m: &Servable) -> String {
     format!("{}+merge", state_fingerprint(m))
 }
 
-fn state_fp_of(m: &Servable, repartition: bool) -> String {
+fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
     let fp = state_fingerprint(m);
-    if repartition {
+    if cfg.repartition.is_some() {
         format!("{fp}+upstream")
+    } else if cfg.order == shared_features::Order::Watermark {
+        // Held events and the admission besides the windows: another snapshot format.
+        format!("{fp}+watermark")
     } else {
         fp
     }
@@ -223,7 +228,7 @@ impl Live {
         hard: CancellationToken,
         ckpt: Option<Checkpoints>,
     ) -> Self {
-        let state_fp = state_fp_of(&model, cfg.repartition.is_some());
+        let state_fp = state_fp_of(&model, &cfg);
         let merge_fp = merge_fp_of(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
         Self {
@@ -515,15 +520,40 @@ impl Live {
             self.txn.failed = true;
         } else if part.rewind_at.is_none() {
             let wait = part.backoff.next().unwrap_or(Duration::from_secs(30));
-            part.rewind_at = Some(Instant::now() + wait);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&part.topic, part.partition);
-            let _ = self.consumer.pause(&tpl);
-            tracing::warn!(
-                partition = %format!("{}/{}", part.topic, part.partition),
-                in_ms = wait.as_millis() as u64,
-                "partition paused; it will be rewound to its committable offset"
+            self.pause_for_rewind(
+                slot,
+                wait,
+                "partition paused; it will be rewound to its committable offset",
             );
+        }
+    }
+
+    /// Pause `slot` and rewind it after `wait` to its first event whose outputs are not all
+    /// acknowledged (see [`Live::rewind_due`]).
+    fn pause_for_rewind(&mut self, slot: usize, wait: Duration, why: &'static str) {
+        let Some(part) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        part.rewind_at = Some(Instant::now() + wait);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&part.topic, part.partition);
+        let _ = self.consumer.pause(&tpl);
+        tracing::warn!(
+            partition = %format!("{}/{}", part.topic, part.partition),
+            in_ms = wait.as_millis() as u64,
+            "{why}"
+        );
+    }
+
+    /// Rewind `slot` at the next turn of the loop (see [`Live::pause_for_rewind`]).
+    fn schedule_rewind(&mut self, slot: usize, why: &'static str) {
+        if self
+            .parts
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.rewind_at.is_none())
+        {
+            self.pause_for_rewind(slot, Duration::ZERO, why);
         }
     }
 
@@ -791,12 +821,20 @@ impl Live {
 
     fn swap_model(&mut self, m: Arc<Servable>) {
         let mut kept = true;
-        for p in self.parts.iter_mut().flatten() {
+        let mut rescore = Vec::new();
+        for (slot, p) in self.parts.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else {
+                continue;
+            };
+            let held = p.scorer.as_ref().map_or(0, Scorer::held);
             if let Some(s) = p.scorer.as_mut()
                 && !s.swap(m.clone())
             {
                 kept = false;
                 p.scorer = None; // rebuilt with the new pipeline before the next event
+                if held > 0 {
+                    rescore.push(slot); // the held events were dropped with the state
+                }
             }
             if let Some(g) = p.merge.as_mut()
                 && !g.swap(m.clone())
@@ -805,9 +843,15 @@ impl Live {
                 p.merge = None;
             }
         }
+        for slot in rescore {
+            self.schedule_rewind(
+                slot,
+                "the new model's features differ: held events rescored",
+            );
+        }
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
-        self.state_fp = state_fp_of(&m, self.cfg.repartition.is_some());
+        self.state_fp = state_fp_of(&m, &self.cfg);
         self.merge_fp = merge_fp_of(&m);
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
@@ -1055,6 +1099,11 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
     let Some(mut scorer) = part.scorer.take() else {
         return Ok(());
     };
+    if scorer.is_ordered() {
+        on_ordered_message(live, slot, seq, msg, &mut scorer);
+        put_back(live, slot, offset, scorer);
+        return Ok(());
+    }
     let pos = SourcePos {
         topic: msg.topic(),
         partition: msg.partition(),
@@ -1117,20 +1166,74 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
             live.send_dead_letter(tag, s.key, s.payload, s.timestamp, s.position, &reason);
         }
     }
+    put_back(live, slot, offset, scorer);
+    Ok(())
+}
+
+/// Return `scorer` to its slot after the event at `offset`; a scorer that panicked is dropped
+/// instead, the event that caused it poisoned (left out when the state is rebuilt). In
+/// watermark order its held events went with it: the partition is rewound to rescore them.
+fn put_back(live: &mut Live, slot: usize, offset: i64, scorer: Scorer) {
     let Some(part) = live.parts[slot].as_mut() else {
-        return Ok(());
+        return;
     };
     if scorer.broken() {
         live.metrics.panics.inc();
+        let bad = scorer.culprit().unwrap_or(offset);
         tracing::error!(
-            partition = %format!("{}/{}", part.topic, part.partition), offset,
+            partition = %format!("{}/{}", part.topic, part.partition), offset = bad,
             "scoring panicked (a bug); the event is dead-lettered and the state rebuilt without it"
         );
-        part.poison.insert(offset);
+        part.poison.insert(bad);
+        if scorer.is_ordered() {
+            live.schedule_rewind(slot, "state rebuilt after a panic; held events rescored");
+        }
     } else if part.scorer.is_none() {
         part.scorer = Some(scorer);
     }
-    Ok(())
+}
+
+/// Watermark order: admit the event (held for the watermark, filtered or dead-lettered), then
+/// score and send what the watermark has passed.
+fn on_ordered_message(
+    live: &mut Live,
+    slot: usize,
+    seq: u64,
+    msg: &BorrowedMessage<'_>,
+    scorer: &mut Scorer,
+) {
+    let offset = msg.offset();
+    let poisoned = live.parts[slot]
+        .as_ref()
+        .is_some_and(|p| p.poison.contains(&offset));
+    let admitted = if poisoned {
+        Admitted::Dead("its scoring panicked before (a bug; please report it)".into())
+    } else {
+        scorer.push(msg.payload(), offset, Some(seq))
+    };
+    match admitted {
+        Admitted::Held => live.tracker.hold(slot, seq),
+        Admitted::Filtered => {
+            live.metrics.filtered.inc();
+            live.summary.filtered += 1;
+        }
+        Admitted::Dead(why) => {
+            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let position = position_headers(msg, &mut pbuf, &mut obuf);
+            let tag = live.tracker.expect(slot, seq, true);
+            let (key, payload) = (
+                msg.key().unwrap_or_default(),
+                msg.payload().unwrap_or_default(),
+            );
+            let ts = msg.timestamp().to_millis();
+            live.send_dead_letter(tag, key, payload, ts, &position, &why);
+        }
+    }
+    if !scorer.broken() {
+        scorer.release(msg.topic(), msg.partition(), |s, r| {
+            send_released(live, slot, s, r);
+        });
+    }
 }
 
 /// Take in one record of the repartition topic and score what its merge releases.
@@ -1173,58 +1276,62 @@ fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> 
 
 /// Release what merge `slot` can and send each released event's prediction (or dead letter).
 fn release_merge(live: &mut Live, slot: usize, merge: &mut Merge) {
-    merge.release(|scorer, r| {
-        let Some(seq) = r.seq else {
-            return; // consumed at warm-up: delivered before
-        };
-        let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let position = crate::sink::source_headers(r.pos, &mut pbuf, &mut obuf);
-        match r.outcome {
-            Some(Outcome::Scored { event_time }) if scorer.is_remote() => {
-                if let Some(remote) = live.remote.as_mut() {
-                    let pushed = remote::Pushed {
-                        slot,
-                        seq,
-                        partition: r.pos.partition,
-                        offset: r.pos.offset,
-                        event_time,
-                        key: scorer.key(),
-                        source: (&[], &[], None),
-                    };
-                    remote.push(pushed, scorer.features(), scorer.model());
-                    return; // held until the model server answers
-                }
-            }
-            Some(Outcome::Scored { event_time }) => {
-                let all = lineage_headers(&position, &scorer.model().id);
-                let headers: &[(&'static str, &[u8])] =
-                    if live.cfg.lineage_headers { &all } else { &[] };
-                let (key, prediction) = (scorer.key(), scorer.prediction());
-                let source = SourceEvent {
-                    key,
-                    payload: prediction,
-                    timestamp: Some(event_time),
-                    position: &position,
-                };
-                live.send(
+    merge.release(|scorer, r| send_released(live, slot, scorer, r));
+}
+
+/// Send the prediction (or dead letter) of an event a merge or the watermark released, and
+/// stop holding it (a row for a model server stays held until its answer).
+fn send_released(live: &mut Live, slot: usize, scorer: &Scorer, r: Released<'_>) {
+    let Some(seq) = r.seq else {
+        return; // consumed at warm-up: delivered before
+    };
+    let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let position = crate::sink::source_headers(r.pos, &mut pbuf, &mut obuf);
+    match r.outcome {
+        Some(Outcome::Scored { event_time }) if scorer.is_remote() => {
+            if let Some(remote) = live.remote.as_mut() {
+                let pushed = remote::Pushed {
                     slot,
                     seq,
-                    key,
-                    prediction,
-                    Some(event_time),
-                    headers,
-                    &source,
-                    To::Output,
-                );
+                    partition: r.pos.partition,
+                    offset: r.pos.offset,
+                    event_time,
+                    key: scorer.key(),
+                    source: (&[], &[], None),
+                };
+                remote.push(pushed, scorer.features(), scorer.model());
+                return; // held until the model server answers
             }
-            Some(Outcome::Dead(why)) => {
-                let tag = live.tracker.expect(slot, seq, true);
-                live.send_dead_letter(tag, &[], &[], None, &position, &why);
-            }
-            Some(Outcome::Filtered) | None => {}
         }
-        live.tracker.unhold(slot, seq);
-    });
+        Some(Outcome::Scored { event_time }) => {
+            let all = lineage_headers(&position, &scorer.model().id);
+            let headers: &[(&'static str, &[u8])] =
+                if live.cfg.lineage_headers { &all } else { &[] };
+            let (key, prediction) = (scorer.key(), scorer.prediction());
+            let source = SourceEvent {
+                key,
+                payload: prediction,
+                timestamp: Some(event_time),
+                position: &position,
+            };
+            live.send(
+                slot,
+                seq,
+                key,
+                prediction,
+                Some(event_time),
+                headers,
+                &source,
+                To::Output,
+            );
+        }
+        Some(Outcome::Dead(why)) => {
+            let tag = live.tracker.expect(slot, seq, true);
+            live.send_dead_letter(tag, &[], &[], None, &position, &why);
+        }
+        Some(Outcome::Filtered) | None => {}
+    }
+    live.tracker.unhold(slot, seq);
 }
 
 impl Live {

@@ -112,6 +112,10 @@ impl Live {
         loop {
             let mut scorer = if self.cfg.repartition.is_some() {
                 Scorer::upstream(self.model.clone(), self.cfg.max_event_bytes)
+            } else if self.cfg.order == shared_features::Order::Watermark {
+                let mut s = Scorer::ordered(self.model.clone(), self.cfg.max_event_bytes);
+                s.set_remote(self.remote.is_some());
+                s
             } else {
                 let mut s = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
                 s.set_remote(self.remote.is_some());
