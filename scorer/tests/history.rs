@@ -220,10 +220,7 @@ type Scores = Vec<(String, i64, u64)>;
 /// times, then the same records in a disordered arrival order: each delayed by up to 59
 /// minutes after its event time, none past the lateness. Returns the replay's scores
 /// (`(key, event time ms) -> score bits`, sorted) and the disordered records.
-fn disordered_flights(
-    broker: &Broker,
-    store: &Path,
-) -> (Scores, Vec<(String, Vec<u8>)>) {
+fn disordered_flights(broker: &Broker, store: &Path) -> (Scores, Vec<(String, Vec<u8>)>) {
     feed(broker, "ordered");
     let sorted = replay_by_event(broker, store, "ordered", "arrival");
     assert!(sorted.len() > 2600);
@@ -279,10 +276,6 @@ fn replay_in_watermark_order_scores_a_disordered_topic_as_the_ordered_one() {
     let store = tempdir("history-order");
     fit(&store, "champion", &[]);
     let (sorted, shuffled) = disordered_flights(&broker, &store);
-    let shuffled: Vec<(&str, Vec<u8>)> = shuffled
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
     create_topic(&broker, "disordered", 1);
     produce_raw(&broker, "disordered", &shuffled);
 
@@ -503,10 +496,6 @@ fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_
     let store = tempdir("history-run-order");
     fit(&store, "champion", &[]);
     let (_, shuffled) = disordered_flights(&broker, &store);
-    let shuffled: Vec<(&str, Vec<u8>)> = shuffled
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
     create_topic(&broker, "live", 1);
     let (first, rest) = shuffled.split_at(1500);
     let mut args = run_args(&broker, &store, "live", "ordered-run");

@@ -372,6 +372,32 @@ proptest! {
     }
 }
 
+/// The CSV at `path` as polars reads it by itself (types inferred, `NA` null): how a user's
+/// export to Parquet would type it.
+fn fixture_frame(path: &Path) -> polars::prelude::DataFrame {
+    use polars::prelude::*;
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .unwrap()
+        .finish()
+        .unwrap()
+}
+
+/// `df`'s rows in the order the offline run gave their records (`source`), then the rest (the
+/// records it dropped): the history in event-time order.
+fn in_run_order(df: &polars::prelude::DataFrame, source: &[u32]) -> polars::prelude::DataFrame {
+    use polars::prelude::*;
+    let mut order: Vec<u32> = source.to_vec();
+    let mut rest: Vec<u32> = (0..df.height() as u32)
+        .filter(|r| !order.contains(r))
+        .collect();
+    order.append(&mut rest);
+    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
+    df.take(&idx).unwrap()
+}
+
 #[test]
 fn parquet_history_gives_the_same_rows_as_csv() {
     use polars::prelude::*;
@@ -379,13 +405,7 @@ fn parquet_history_gives_the_same_rows_as_csv() {
     let csv_path = fixtures().join("raw/flights.csv");
     // The fixtures as a Parquet file, typed the way a user's export would be: polars infers
     // integers for the delays and times, text for the rest.
-    let mut df = CsvReadOptions::default()
-        .with_has_header(true)
-        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
-        .try_into_reader_with_file_path(Some(csv_path.clone()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let mut df = fixture_frame(&csv_path);
     assert!(
         df.column("dep_delay").unwrap().dtype().is_integer(),
         "a cast is exercised"
@@ -409,13 +429,7 @@ fn parquet_history_gives_the_same_rows_as_csv() {
     // of the whole-table run, in the same order, with the same record numbers; the file in its
     // own order (a delayed departure hours ahead of the next records) is refused naming both
     // records, since it must be sorted whole.
-    let mut order: Vec<u32> = from_csv.source.clone();
-    let mut rest: Vec<u32> = (0..df.height() as u32)
-        .filter(|r| !order.contains(r))
-        .collect();
-    order.append(&mut rest);
-    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
-    let mut sorted = df.take(&idx).unwrap();
+    let mut sorted = in_run_order(&df, &from_csv.source);
     let sorted_path = dir.join("sorted.parquet");
     ParquetWriter::new(std::fs::File::create(&sorted_path).unwrap())
         .finish(&mut sorted)
@@ -742,16 +756,9 @@ fn write_hive(df: &polars::prelude::DataFrame, dir: &Path, per_day: usize) {
 /// record; a corrupt file and a partition value of the wrong type are named.
 #[test]
 fn a_hive_partitioned_parquet_directory_gives_the_rows_of_its_csv() {
-    use polars::prelude::*;
     let p = flights_pipeline();
     let csv_path = fixtures().join("raw/flights.csv");
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
-        .try_into_reader_with_file_path(Some(csv_path.clone()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let df = fixture_frame(&csv_path);
     let root = std::env::temp_dir().join(format!("kml-hive-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
 
@@ -776,13 +783,7 @@ fn a_hive_partitioned_parquet_directory_gives_the_rows_of_its_csv() {
     );
 
     // In event-time order: streams, row for row the whole run.
-    let mut order: Vec<u32> = from_csv.source.clone();
-    let mut rest: Vec<u32> = (0..df.height() as u32)
-        .filter(|r| !order.contains(r))
-        .collect();
-    order.append(&mut rest);
-    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
-    let sorted = df.take(&idx).unwrap();
+    let sorted = in_run_order(&df, &from_csv.source);
     let in_order = root.join("in-order");
     write_hive(&sorted, &in_order, 2);
     let whole = offline::run(&p, &in_order, &fixtures()).unwrap();

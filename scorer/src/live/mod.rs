@@ -1218,15 +1218,7 @@ fn on_ordered_message(
             live.summary.filtered += 1;
         }
         Admitted::Dead(why) => {
-            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let position = position_headers(msg, &mut pbuf, &mut obuf);
-            let tag = live.tracker.expect(slot, seq, true);
-            let (key, payload) = (
-                msg.key().unwrap_or_default(),
-                msg.payload().unwrap_or_default(),
-            );
-            let ts = msg.timestamp().to_millis();
-            live.send_dead_letter(tag, key, payload, ts, &position, &why);
+            dead_letter_message(live, slot, seq, msg, &why);
         }
     }
     if !scorer.broken() {
@@ -1234,6 +1226,25 @@ fn on_ordered_message(
             send_released(live, slot, s, r);
         });
     }
+}
+
+/// Dead-letter the consumed message `msg` (event `seq` of `slot`) as it is, with why.
+fn dead_letter_message(
+    live: &mut Live,
+    slot: usize,
+    seq: u64,
+    msg: &BorrowedMessage<'_>,
+    why: &str,
+) {
+    let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let position = position_headers(msg, &mut pbuf, &mut obuf);
+    let tag = live.tracker.expect(slot, seq, true);
+    let (key, payload) = (
+        msg.key().unwrap_or_default(),
+        msg.payload().unwrap_or_default(),
+    );
+    let ts = msg.timestamp().to_millis();
+    live.send_dead_letter(tag, key, payload, ts, &position, why);
 }
 
 /// Take in one record of the repartition topic and score what its merge releases.
@@ -1256,15 +1267,7 @@ fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> 
         Pushed::Held => live.tracker.hold(slot, seq),
         Pushed::Done => {}
         Pushed::Refused(why) => {
-            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let position = position_headers(msg, &mut pbuf, &mut obuf);
-            let tag = live.tracker.expect(slot, seq, true);
-            let (key, payload) = (
-                msg.key().unwrap_or_default(),
-                msg.payload().unwrap_or_default(),
-            );
-            let ts = msg.timestamp().to_millis();
-            live.send_dead_letter(tag, key, payload, ts, &position, &why);
+            dead_letter_message(live, slot, seq, msg, &why);
         }
     }
     release_merge(live, slot, &mut merge);

@@ -387,7 +387,7 @@ pub fn committed_all(broker: &Broker, group: &str, topic: &str, n: i32) -> Vec<O
 }
 
 /// Produce raw records to partition 0 of `topic`.
-pub fn produce_raw(broker: &Broker, topic: &str, records: &[(&str, Vec<u8>)]) {
+pub fn produce_raw<K: AsRef<str>>(broker: &Broker, topic: &str, records: &[(K, Vec<u8>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
@@ -396,7 +396,7 @@ pub fn produce_raw(broker: &Broker, topic: &str, records: &[(&str, Vec<u8>)]) {
     for (k, v) in records {
         p.send(
             BaseRecord::to(topic)
-                .key(*k)
+                .key(k.as_ref())
                 .payload(v.as_slice())
                 .partition(0),
         )
