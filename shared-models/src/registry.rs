@@ -169,7 +169,8 @@ fn object_at(
     Ok((store, Path::from(key)))
 }
 
-/// Read one object named by its full URL (see [`object_at`]).
+/// Read one object named by its full URL, `s3://BUCKET/KEY` (or `gs://`, `az://`), with
+/// credentials and endpoints from the environment as [`Registry::open`] takes them.
 pub async fn get_url(url: &str) -> Result<Bytes> {
     let err = |message: String| RegistryError::Store {
         url: url.to_string(),
@@ -235,7 +236,7 @@ pub async fn download_prefix(url: &str, dir: &std::path::Path) -> Result<Vec<std
     Ok(written)
 }
 
-/// Upload the local file `file` to the object named by its full URL (see [`object_at`]): in
+/// Upload the local file `file` to the object named by its full URL (as [`get_url`] reads): in
 /// one request when it is small, else in parts of 8 MiB, so a large file never sits in memory
 /// whole. The object appears only once complete.
 pub async fn put_url_from_file(url: &str, file: &std::path::Path) -> Result<u64> {
