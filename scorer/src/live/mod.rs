@@ -31,20 +31,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoints;
 use crate::kafka::{self, LogCtx};
-use crate::merge::{self, Merge, Pushed, Released};
+use crate::merge::Merge;
 use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
-use crate::remote::{self, Remote, RowResult};
+use crate::remote::{self, Remote};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
-use crate::score::{
-    Admitted, Outcome, Scorer, ServedBy, SourcePos, state_fingerprint, write_prediction,
-};
+use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
 use crate::source::{Rebalanced, SourceCtx};
 
+mod answers;
+mod held;
+mod repartition;
 mod restore;
+
+use held::{dead_letter_message, on_ordered_message, send_released};
+use repartition::{MarkSent, forget_marks, merge_fp_of, on_merge_message};
 
 /// Longest text of an error kept in a dead letter's `kml.error` header.
 const MAX_ERROR_BYTES: usize = 2048;
@@ -165,35 +169,6 @@ pub struct Live {
     remote: Option<Remote>,
     /// A prediction being written (model-server answers).
     pred: Vec<u8>,
-}
-
-/// The last mark an input partition sent to the repartition topic.
-struct MarkSent {
-    assigned: Instant,
-    sent: Option<i64>,
-    /// When the partition's end was last looked up (whether it is caught up, to be idle).
-    checked: Option<Instant>,
-}
-
-/// Stop sending the marks of the revoked partitions of the input topic. A revoked partition of
-/// the repartition topic has the number of an input partition, not its marks: the input
-/// partition of that number may still be ours, and its marks (the idle one above all, which
-/// releases the tail of the stream) must go on.
-fn forget_marks(
-    marks: &mut std::collections::BTreeMap<i32, MarkSent>,
-    revoked: &[(String, i32)],
-    input: &str,
-) {
-    for (_, p) in revoked.iter().filter(|(t, _)| t == input) {
-        marks.remove(p);
-    }
-}
-
-/// The state fingerprint snapshots are written and restored under: an upstream scorer's
-/// state (without the windows keyed by another column) is not a whole one.
-/// The fingerprint of a merge's state (downstream of a repartition).
-fn merge_fp_of(m: &Servable) -> String {
-    format!("{}+merge", state_fingerprint(m))
 }
 
 fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
@@ -798,14 +773,7 @@ impl Live {
                 Rebalanced::Assigned(ps) => {
                     if let Some(r) = &self.cfg.repartition {
                         for (_, p) in ps.iter().filter(|(t, _)| *t == r.input) {
-                            self.marks.insert(
-                                *p,
-                                MarkSent {
-                                    assigned: Instant::now(),
-                                    sent: None,
-                                    checked: None,
-                                },
-                            );
+                            self.marks.insert(*p, MarkSent::assigned());
                         }
                     }
                     // State is built on each partition's first message, from wherever the
@@ -1193,380 +1161,6 @@ fn put_back(live: &mut Live, slot: usize, offset: i64, scorer: Scorer) {
     }
 }
 
-/// Watermark order: admit the event (held for the watermark, filtered or dead-lettered), then
-/// score and send what the watermark has passed.
-fn on_ordered_message(
-    live: &mut Live,
-    slot: usize,
-    seq: u64,
-    msg: &BorrowedMessage<'_>,
-    scorer: &mut Scorer,
-) {
-    let offset = msg.offset();
-    let poisoned = live.parts[slot]
-        .as_ref()
-        .is_some_and(|p| p.poison.contains(&offset));
-    let admitted = if poisoned {
-        Admitted::Dead("its scoring panicked before (a bug; please report it)".into())
-    } else {
-        scorer.push(msg.payload(), offset, Some(seq))
-    };
-    match admitted {
-        Admitted::Held => live.tracker.hold(slot, seq),
-        Admitted::Filtered => {
-            live.metrics.filtered.inc();
-            live.summary.filtered += 1;
-        }
-        Admitted::Dead(why) => {
-            dead_letter_message(live, slot, seq, msg, &why);
-        }
-    }
-    if !scorer.broken() {
-        scorer.release(msg.topic(), msg.partition(), |s, r| {
-            send_released(live, slot, s, r);
-        });
-    }
-}
-
-/// Dead-letter the consumed message `msg` (event `seq` of `slot`) as it is, with why.
-fn dead_letter_message(
-    live: &mut Live,
-    slot: usize,
-    seq: u64,
-    msg: &BorrowedMessage<'_>,
-    why: &str,
-) {
-    let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let position = position_headers(msg, &mut pbuf, &mut obuf);
-    let tag = live.tracker.expect(slot, seq, true);
-    let (key, payload) = (
-        msg.key().unwrap_or_default(),
-        msg.payload().unwrap_or_default(),
-    );
-    let ts = msg.timestamp().to_millis();
-    live.send_dead_letter(tag, key, payload, ts, &position, why);
-}
-
-/// Take in one record of the repartition topic and score what its merge releases.
-fn on_merge_message(live: &mut Live, slot: usize, msg: &BorrowedMessage<'_>) -> Result<()> {
-    let now = Instant::now();
-    let offset = msg.offset();
-    if live.parts[slot].as_ref().is_some_and(|p| p.merge.is_none()) {
-        live.rebuild_merge(slot, offset)?;
-    }
-    let seq = live.tracker.begin(slot, offset, now);
-    let Some(part) = live.parts[slot].as_mut() else {
-        return Ok(());
-    };
-    part.next = offset + 1;
-    part.ckpt_events += 1;
-    let Some(mut merge) = part.merge.take() else {
-        return Ok(());
-    };
-    match merge.push(msg.payload().unwrap_or_default(), Some(seq)) {
-        Pushed::Held => live.tracker.hold(slot, seq),
-        Pushed::Done => {}
-        Pushed::Refused(why) => {
-            dead_letter_message(live, slot, seq, msg, &why);
-        }
-    }
-    release_merge(live, slot, &mut merge);
-    if let Some(part) = live.parts[slot].as_mut() {
-        part.merge = Some(merge);
-    }
-    Ok(())
-}
-
-/// Release what merge `slot` can and send each released event's prediction (or dead letter).
-fn release_merge(live: &mut Live, slot: usize, merge: &mut Merge) {
-    merge.release(|scorer, r| send_released(live, slot, scorer, r));
-}
-
-/// Send the prediction (or dead letter) of an event a merge or the watermark released, and
-/// stop holding it (a row for a model server stays held until its answer).
-fn send_released(live: &mut Live, slot: usize, scorer: &Scorer, r: Released<'_>) {
-    let Some(seq) = r.seq else {
-        return; // consumed at warm-up: delivered before
-    };
-    let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let position = crate::sink::source_headers(r.pos, &mut pbuf, &mut obuf);
-    match r.outcome {
-        Some(Outcome::Scored { event_time }) if scorer.is_remote() => {
-            if let Some(remote) = live.remote.as_mut() {
-                let pushed = remote::Pushed {
-                    slot,
-                    seq,
-                    partition: r.pos.partition,
-                    offset: r.pos.offset,
-                    event_time,
-                    key: scorer.key(),
-                    source: (&[], &[], None),
-                };
-                remote.push(pushed, scorer.features(), scorer.model());
-                return; // held until the model server answers
-            }
-        }
-        Some(Outcome::Scored { event_time }) => {
-            let all = lineage_headers(&position, &scorer.model().id);
-            let headers: &[(&'static str, &[u8])] =
-                if live.cfg.lineage_headers { &all } else { &[] };
-            let (key, prediction) = (scorer.key(), scorer.prediction());
-            let source = SourceEvent {
-                key,
-                payload: prediction,
-                timestamp: Some(event_time),
-                position: &position,
-            };
-            live.send(
-                slot,
-                seq,
-                key,
-                prediction,
-                Some(event_time),
-                headers,
-                &source,
-                To::Output,
-            );
-        }
-        Some(Outcome::Dead(why)) => {
-            let tag = live.tracker.expect(slot, seq, true);
-            live.send_dead_letter(tag, &[], &[], None, &position, &why);
-        }
-        Some(Outcome::Filtered) | None => {}
-    }
-    live.tracker.unhold(slot, seq);
-}
-
-impl Live {
-    /// Send the predictions (or dead letters) of every answered model-server request, oldest
-    /// first.
-    fn poll_remote(&mut self) {
-        while let Some(d) = self.remote.as_mut().and_then(Remote::next_done) {
-            self.on_remote_done(d);
-        }
-    }
-
-    /// At shutdown: wait up to `timeout` for the model server's answers to every row pushed,
-    /// and send them. What is not answered by then is not committed (scored again next time).
-    fn drain_remote(&mut self, timeout: Duration) {
-        let Some(mut r) = self.remote.take() else {
-            return;
-        };
-        let mut answered = Vec::new();
-        if !r.drain(timeout, |d| answered.push(d)) {
-            tracing::warn!(
-                rows = r.waiting(),
-                "rows still waiting for the model server at shutdown are not committed"
-            );
-        }
-        self.remote = Some(r);
-        for d in answered {
-            self.on_remote_done(d);
-        }
-    }
-
-    /// The outputs of one answered model-server request, in its rows' order. Rows of
-    /// partitions no longer ours, or rewound since, are dropped (their new scoring repeats
-    /// them).
-    fn on_remote_done(&mut self, d: remote::Done) {
-        let Some(model) = d.batch.model().cloned() else {
-            return;
-        };
-        let url = self
-            .remote
-            .as_ref()
-            .map(|r| r.client().url().to_string())
-            .unwrap_or_default();
-        let served_by = ServedBy {
-            url: &url,
-            model: &d.model,
-            version: &d.version,
-        };
-        let mut pred = std::mem::take(&mut self.pred);
-        let mut topic = String::new();
-        let mut topic_slot = usize::MAX;
-        for (row, result) in d.batch.rows().iter().zip(&d.results) {
-            let (slot, seq) = (row.slot, row.seq);
-            if !self.tracker.current(slot, seq) {
-                continue;
-            }
-            if topic_slot != slot {
-                let Some(p) = self.parts.get(slot).and_then(Option::as_ref) else {
-                    continue;
-                };
-                topic.clone_from(&p.topic);
-                topic_slot = slot;
-            }
-            let pos = SourcePos {
-                topic: &topic,
-                partition: row.partition,
-                offset: row.offset,
-            };
-            let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let position = crate::sink::source_headers(pos, &mut pbuf, &mut obuf);
-            let (src_key, src_payload) = d.batch.source(row);
-            let key = d.batch.key(row);
-            match result {
-                RowResult::Score(score, decision) => {
-                    let decision = decision.unwrap_or_else(|| model.model.decide(*score));
-                    let text = std::str::from_utf8(key).unwrap_or_default();
-                    let ev = row.event_time;
-                    let sb = Some(served_by);
-                    write_prediction(&mut pred, &model, text, ev, (*score, decision), pos, sb);
-                    let all = lineage_headers(&position, &model.id);
-                    let headers: &[(&'static str, &[u8])] =
-                        if self.cfg.lineage_headers { &all } else { &[] };
-                    let source = SourceEvent {
-                        key: src_key,
-                        payload: src_payload,
-                        timestamp: row.timestamp,
-                        position: &position,
-                    };
-                    let (t, to) = (Some(row.event_time), To::Output);
-                    self.send(slot, seq, key, &pred, t, headers, &source, to);
-                }
-                RowResult::Refused(why) => {
-                    let tag = self.tracker.expect(slot, seq, true);
-                    let ts = row.timestamp;
-                    self.send_dead_letter(tag, src_key, src_payload, ts, &position, why);
-                }
-            }
-            self.tracker.unhold(slot, seq);
-        }
-        self.pred = pred;
-        if let Some(r) = self.remote.as_mut() {
-            r.recycle(d.batch);
-        }
-    }
-
-    /// Repartitioning: release what waited out the grace in every merge holding events (at
-    /// most every 100 ms; arrivals release the rest).
-    fn release_held(&mut self) {
-        if self.cfg.repartition.is_none() || self.released_at.elapsed() < Duration::from_millis(100)
-        {
-            return;
-        }
-        self.released_at = Instant::now();
-        for slot in 0..self.parts.len() {
-            let Some(mut merge) = self.parts[slot]
-                .as_mut()
-                .filter(|p| p.merge.as_ref().is_some_and(|m| m.held() > 0))
-                .and_then(|p| p.merge.take())
-            else {
-                continue;
-            };
-            release_merge(self, slot, &mut merge);
-            if let Some(part) = self.parts[slot].as_mut() {
-                part.merge = Some(merge);
-            }
-        }
-    }
-
-    /// Repartitioning: send each assigned input partition's mark to every partition of the
-    /// repartition topic when it changed (at most every 100 ms): its newest event time less
-    /// the lateness, or [`merge::IDLE`] once it has delivered nothing for `--idle-after`.
-    fn send_marks(&mut self) {
-        let Some(r) = self.cfg.repartition.clone() else {
-            return;
-        };
-        if self.marks_at.elapsed() < Duration::from_millis(100) {
-            return;
-        }
-        self.marks_at = Instant::now();
-        let lateness = self.model.pipeline.lateness_ms;
-        let partitions: Vec<i32> = self.marks.keys().copied().collect();
-        for p in partitions {
-            let part = self
-                .parts
-                .iter()
-                .flatten()
-                .find(|x| !x.is_merge && x.partition == p && x.topic == r.input);
-            if part.is_some_and(|x| x.rewind_at.is_some()) || self.paused_for_backlog {
-                continue; // not idle, only held back
-            }
-            let Some(m) = self.marks.get(&p) else {
-                continue;
-            };
-            let quiet_since = part.map_or(m.assigned, |x| x.last_event.max(m.assigned));
-            let quiet = quiet_since.elapsed() >= self.cfg.idle_after;
-            // Quiet is not idle when events are waiting (a backlog the consumer has not
-            // reached): the partition must also be read to its end. Looked up at most once per
-            // --idle-after, and only for a quiet partition.
-            let idle = quiet
-                && (m.sent == Some(merge::IDLE)
-                    || (m.checked.is_none_or(|t| {
-                        t.elapsed() >= self.cfg.idle_after.max(Duration::from_secs(1))
-                    }) && {
-                        let t0 = Instant::now();
-                        // Where this member reads from: after its last event, or (nothing
-                        // delivered since the assignment) the group's commit.
-                        let next = match part {
-                            Some(x) if x.next >= 0 => Some(x.next),
-                            _ => {
-                                let mut tpl = TopicPartitionList::new();
-                                tpl.add_partition(&r.input, p);
-                                self.consumer
-                                    .committed_offsets(tpl, Duration::from_millis(200))
-                                    .ok()
-                                    .and_then(|t| {
-                                        t.elements().first().and_then(|e| match e.offset() {
-                                            Offset::Offset(o) => Some(o),
-                                            _ => None,
-                                        })
-                                    })
-                            }
-                        };
-                        let end =
-                            self.consumer
-                                .fetch_watermarks(&r.input, p, Duration::from_millis(200));
-                        tracing::debug!(
-                            partition = p,
-                            ?next,
-                            ?end,
-                            ms = t0.elapsed().as_millis() as u64,
-                            "is a quiet input partition read to its end?"
-                        );
-                        if let Some(m) = self.marks.get_mut(&p) {
-                            m.checked = Some(Instant::now());
-                        }
-                        match end {
-                            Ok((low, high)) => high <= low || next.is_some_and(|n| n >= high),
-                            Err(_) => false,
-                        }
-                    }));
-            let Some(m) = self.marks.get(&p) else {
-                continue;
-            };
-            let mark = if idle {
-                Some(merge::IDLE)
-            } else {
-                part.and_then(|x| x.scorer.as_ref())
-                    .and_then(Scorer::progress)
-                    .map(|t| t.saturating_sub(lateness))
-            };
-            let Some(mark) = mark else {
-                continue;
-            };
-            if m.sent == Some(mark) {
-                continue;
-            }
-            let bytes = merge::mark_record(p, mark);
-            for to in 0..r.partitions {
-                let tag = Tag::untracked();
-                if let Err(e) =
-                    self.sink
-                        .send(To::Repartition(Some(to)), &[], &bytes, None, &[], tag)
-                {
-                    tracing::warn!(error = ?e, "cannot send a mark; the next one catches up");
-                }
-            }
-            if let Some(m) = self.marks.get_mut(&p) {
-                m.sent = Some(mark);
-            }
-        }
-    }
-}
-
 /// The consumed event an output stands for: what goes to the dead-letter topic when the output
 /// cannot be sent.
 struct SourceEvent<'a> {
@@ -1575,25 +1169,4 @@ struct SourceEvent<'a> {
     timestamp: Option<i64>,
     /// Its lineage headers (`kml.source.*`).
     position: &'a [(&'static str, &'a [u8])],
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revoking_a_repartition_partition_keeps_the_input_partitions_marks() {
-        let mark = || MarkSent {
-            assigned: Instant::now(),
-            sent: Some(7),
-            checked: None,
-        };
-        let mut marks: std::collections::BTreeMap<i32, MarkSent> =
-            (0..4).map(|p| (p, mark())).collect();
-        let rep = "kml-g-flights-repartition".to_string();
-        forget_marks(&mut marks, &[(rep.clone(), 0), (rep, 1)], "flights");
-        assert_eq!(marks.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
-        forget_marks(&mut marks, &[("flights".into(), 2)], "flights");
-        assert_eq!(marks.keys().copied().collect::<Vec<_>>(), [0, 1, 3]);
-    }
 }
