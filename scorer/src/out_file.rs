@@ -1,7 +1,7 @@
 //! Where `scorer replay --out` writes predictions: a JSON-lines or a Parquet file (by the
 //! name's extension), on local disk or in an object store (`s3://`, `gs://`, `az://`).
 //!
-//! A file bound for a store is written to a temporary file beside nothing else, then uploaded
+//! A file bound for a store is written to a local temporary file first, then uploaded
 //! whole when the replay ends (in parts, for a large one), so a replay that fails leaves no
 //! partial object behind.
 

@@ -55,6 +55,14 @@ fn temp_dir() -> anyhow::Result<(PathBuf, Download)> {
     Ok((dir.clone(), Download(dir)))
 }
 
+/// Run one store request to completion on a runtime of its own (the trainer is synchronous).
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
 /// Copy the object at a store URL into a fresh temporary directory, under its own file name
 /// (whose extension tells the reader its format).
 fn download(url: &str) -> anyhow::Result<(PathBuf, Download)> {
@@ -63,11 +71,7 @@ fn download(url: &str) -> anyhow::Result<(PathBuf, Download)> {
         .next()
         .filter(|n| !n.is_empty() && !n.contains("://"))
         .unwrap_or("history.csv");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let bytes = rt
-        .block_on(shared_models::get_url(url))
+    let bytes = block_on(shared_models::get_url(url))?
         .with_context(|| format!("cannot read history from {url}"))?;
     let (dir, guard) = temp_dir()?;
     let path = dir.join(name);
@@ -162,10 +166,7 @@ impl Input {
         {
             // A prefix: a directory of Parquet files (hive partitions in their paths).
             let (dir, guard) = temp_dir()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(shared_models::download_prefix(&self.events_source, &dir))
+            block_on(shared_models::download_prefix(&self.events_source, &dir))?
                 .with_context(|| format!("cannot read history from {}", self.events_source))?;
             self.events = dir;
             self.downloaded = Some(guard);
