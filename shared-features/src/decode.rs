@@ -271,8 +271,9 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
-/// A JSON scalar as found, before it is checked against the declared type.
-enum Raw<'de> {
+/// A scalar as found (in JSON, or in another value format: see [`crate::wire`]), before it is
+/// checked against the declared type.
+pub(crate) enum Raw<'de> {
     Null,
     Int(i64),
     /// Integers beyond i64, and every number with a fraction or exponent.
@@ -326,7 +327,8 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
-fn typed(
+/// `raw` as a value of type `ty`, or why not; one rule for every value format.
+pub(crate) fn typed(
     raw: Raw<'_>,
     ty: FieldType,
     field: &str,
@@ -380,7 +382,7 @@ fn typed(
 }
 
 /// The shared copy of `s` among a field's strings, made if there is room.
-fn intern(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
+pub(crate) fn intern(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
     if let Some(a) = strings.get(s) {
         return a.clone();
     }

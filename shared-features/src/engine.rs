@@ -325,7 +325,7 @@ impl Admission {
 pub struct OnlineEngine {
     pipeline: Arc<Pipeline>,
     tables: Arc<Tables>,
-    decoder: Decoder,
+    decoder: EventDecoder,
     stages: Stages,
     row: Row,
     split: Split,
@@ -334,7 +334,7 @@ pub struct OnlineEngine {
 impl OnlineEngine {
     /// An engine with empty window state.
     pub fn new(pipeline: Arc<Pipeline>, tables: Arc<Tables>) -> Self {
-        let decoder = Decoder::new(&pipeline);
+        let decoder = EventDecoder::Json(Decoder::new(&pipeline));
         let stages = Stages::new(&pipeline);
         let row = vec![Value::Null; pipeline.layout.len()];
         Self {
@@ -359,7 +359,19 @@ impl OnlineEngine {
         &self.pipeline
     }
 
-    /// Process one JSON event. `Ok(None)`: a filter dropped it. `Ok(Some(row))`: every column of
+    /// Read events in this value format (JSON by default); the features do not depend on it.
+    #[cfg(feature = "avro")]
+    pub fn with_format(mut self, format: &crate::wire::Format) -> Self {
+        self.decoder = match format {
+            crate::wire::Format::Json => EventDecoder::Json(Decoder::new(&self.pipeline)),
+            crate::wire::Format::Avro(schemas) => EventDecoder::Avro(
+                crate::wire::AvroDecoder::new(&self.pipeline, schemas.clone()),
+            ),
+        };
+        self
+    }
+
+    /// Process one event (JSON unless [`OnlineEngine::with_format`] says otherwise). `Ok(None)`: a filter dropped it. `Ok(Some(row))`: every column of
     /// the layout, to be selected and encoded with [`crate::FittedState::transform`].
     pub fn process(&mut self, event: &[u8]) -> Result<Option<&[Value]>, EventError> {
         self.decoder.decode(event, &mut self.row)?;
@@ -440,6 +452,24 @@ impl OnlineEngine {
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.stages = Stages::load(&self.pipeline, bytes)?;
         Ok(())
+    }
+}
+
+/// The engine's decoder for its topic's value format.
+#[derive(Debug, Clone)]
+enum EventDecoder {
+    Json(Decoder),
+    #[cfg(feature = "avro")]
+    Avro(crate::wire::AvroDecoder),
+}
+
+impl EventDecoder {
+    fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+        match self {
+            Self::Json(d) => d.decode(bytes, row),
+            #[cfg(feature = "avro")]
+            Self::Avro(d) => d.decode(bytes, row),
+        }
     }
 }
 

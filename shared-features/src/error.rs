@@ -151,11 +151,36 @@ pub enum EventError {
         /// The allowed lateness.
         lateness_ms: i64,
     },
+    /// A value in the schema registry's wire format that cannot even be split into its header
+    /// and record ([`crate::wire`]).
+    #[error("{message}")]
+    Wire {
+        /// What is wrong, with the byte counts.
+        message: String,
+    },
+    /// The writer schema a record names cannot be used: unknown to the registry, not Avro, or
+    /// without a declared field.
+    #[error("schema id {id}: {message}")]
+    Schema {
+        /// The schema id from the record's header.
+        id: u32,
+        /// Why.
+        message: String,
+    },
+    /// A record that does not decode with the schema it names.
+    #[error("the record does not decode with its schema (id {id}): {message}")]
+    Avro {
+        /// The schema id from the record's header.
+        id: u32,
+        /// The decoder's message.
+        message: String,
+    },
 }
 
 impl EventError {
     /// A short name of the kind of error, for counts and metrics labels: `malformed`,
-    /// `not_utf8`, `duplicate`, `missing`, `wrong_type`, `time`, `future` or `late`.
+    /// `not_utf8`, `duplicate`, `missing`, `wrong_type`, `time`, `future`, `late`, or for the
+    /// registry's wire format `wire`, `schema` and `avro`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Malformed { .. } => "malformed",
@@ -166,6 +191,9 @@ impl EventError {
             Self::Time(_) => "time",
             Self::Future { .. } => "future",
             Self::Late { .. } | Self::LateInPartition { .. } => "late",
+            Self::Wire { .. } => "wire",
+            Self::Schema { .. } => "schema",
+            Self::Avro { .. } => "avro",
         }
     }
 }

@@ -49,6 +49,8 @@ pub mod tables;
 pub mod time;
 pub mod value;
 pub mod window;
+#[cfg(feature = "avro")]
+pub mod wire;
 
 pub use engine::{Admission, OnlineEngine, Split, Stages};
 pub use error::{DataError, EventError};

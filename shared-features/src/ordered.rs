@@ -117,7 +117,14 @@ impl OrderedEngine {
         }
     }
 
-    /// Take one JSON event, with a tag of the caller's (its offset, its record number) that
+    /// Read events in this value format (see [`OnlineEngine::with_format`]).
+    #[cfg(feature = "avro")]
+    pub fn with_format(mut self, format: &crate::wire::Format) -> Self {
+        self.engine = self.engine.with_format(format);
+        self
+    }
+
+    /// Take one event, with a tag of the caller's (its offset, its record number) that
     /// comes back with its row. `Ok(false)`: a filter dropped it; `Ok(true)`: admitted, held
     /// until [`OrderedEngine::next_ready`] releases it; `Err`: refused, and nothing changed
     /// but the stream's progress.

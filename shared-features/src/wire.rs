@@ -1,0 +1,333 @@
+//! Events in the schema registry's wire format, as Confluent's serializers write them: a zero
+//! magic byte, the writer schema's id (4 bytes, big-endian), then the record in Avro's binary
+//! encoding.
+//!
+//! The value format is a property of the topic, not of the features: the pipeline declares its
+//! fields by name and type once, and an Avro record is resolved to them by name, as Avro's schema
+//! resolution resolves a writer's record to a reader's. Field by field the rules are the JSON
+//! decoder's ([`crate::decode`]): an `int` field takes Avro `int` and `long`; a `float` field any
+//! number (`int`, `long`, `float`, `double`); a `str` field `string`, `enum` symbols, `uuid` and
+//! UTF-8 `bytes`; a `timestamp` field a `long` or `int` of epoch milliseconds, the logical types
+//! `timestamp-millis` and `timestamp-micros` (floored to the millisecond), or an RFC 3339
+//! `string`. A union with `null` gives null where the JSON event would have `null`. So the same
+//! event as JSON and as Avro decodes to the same row, bit for bit, and the feature fingerprint
+//! does not depend on the format.
+//!
+//! This module does no I/O: [`Schemas`] is the cache of writer schemas by id that the caller
+//! (the scorer's registry client) fills before it hands an event to the engine.
+
+use std::sync::{Arc, RwLock};
+
+use apache_avro::Schema;
+use apache_avro::types::Value as Avro;
+
+use crate::decode::{Raw, typed};
+use crate::error::EventError;
+use crate::spec::Pipeline;
+use crate::value::{FieldType, Map, Set, Value};
+
+/// Bytes before the record: the magic byte and the schema id.
+pub const HEADER_BYTES: usize = 5;
+
+/// How a topic's record values are encoded.
+#[derive(Clone, Debug, Default)]
+pub enum Format {
+    /// A JSON object per record.
+    #[default]
+    Json,
+    /// Avro in the schema registry's wire format, with the writer schemas met so far.
+    Avro(Arc<Schemas>),
+}
+
+/// The schema id of a record in the wire format, and the record's bytes after the header.
+pub fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), EventError> {
+    let wire = |message: String| EventError::Wire { message };
+    match bytes {
+        [] => Err(wire("an empty value".to_string())),
+        [magic, ..] if *magic != 0 => Err(wire(format!(
+            "magic byte 0x{magic:02x}, not 0: not the schema registry's wire format{}",
+            if *magic == b'{' {
+                " (it looks like JSON: is the topic's value format json?)"
+            } else {
+                ""
+            }
+        ))),
+        [_, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        _ => Err(wire(format!(
+            "{} bytes: truncated before the end of the 5-byte header (magic byte, schema id)",
+            bytes.len()
+        ))),
+    }
+}
+
+/// Writer schemas by id, shared by a process's decoders: filled by whoever talks to the
+/// registry ([`Schemas::insert`], [`Schemas::refuse`]), read by [`AvroDecoder`].
+#[derive(Debug, Default)]
+pub struct Schemas {
+    known: RwLock<Map<u32, Known>>,
+}
+
+/// What is known of one schema id.
+#[derive(Clone, Debug)]
+pub enum Known {
+    /// The writer schema, parsed.
+    Avro(Arc<Schema>),
+    /// No usable schema: the registry does not know the id, or its schema is not Avro or does not
+    /// parse. Events written with it are refused with this reason.
+    Refused(Arc<str>),
+}
+
+impl Schemas {
+    /// An empty cache.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// What is known of `id`, if it was looked up.
+    pub fn get(&self, id: u32) -> Option<Known> {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Record the registry's answer for `id`: the schema's text and its type (`AVRO` when the
+    /// registry gives none). Returns what was recorded.
+    pub fn insert(&self, id: u32, schema_type: Option<&str>, text: &str) -> Known {
+        let known = match schema_type.unwrap_or("AVRO") {
+            "AVRO" => match Schema::parse_str(text) {
+                Ok(s) => Known::Avro(Arc::new(s)),
+                Err(e) => {
+                    Known::Refused(format!("schema id {id} does not parse as Avro: {e}").into())
+                }
+            },
+            other => Known::Refused(
+                format!("schema id {id} is a {other} schema; the topic's value format is avro")
+                    .into(),
+            ),
+        };
+        self.put(id, known.clone());
+        known
+    }
+
+    /// Record that `id` cannot be used, and why.
+    pub fn refuse(&self, id: u32, why: &str) {
+        self.put(id, Known::Refused(why.into()));
+    }
+
+    fn put(&self, id: u32, k: Known) {
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, k);
+    }
+}
+
+/// How the declared fields are found in one writer schema: the position of each in the
+/// writer's record.
+#[derive(Clone, Debug)]
+struct Plan {
+    schema: Arc<Schema>,
+    positions: Vec<usize>,
+}
+
+/// Check a writer schema against the declared fields: each must be a field of the writer's
+/// record (by name or alias) whose type can be read as the declared type. Returns each declared
+/// field's position in the writer's record, or a message naming the field and both types.
+pub fn resolve_fields(
+    schema: &Schema,
+    fields: &[(String, FieldType)],
+) -> Result<Vec<usize>, String> {
+    let Schema::Record(record) = schema else {
+        return Err(format!("the schema is {}, not a record", kind_name(schema)));
+    };
+    let name = record.name.fullname(None);
+    fields
+        .iter()
+        .map(|(field, ty)| {
+            let (pos, f) = record
+                .fields
+                .iter()
+                .enumerate()
+                .find(|(_, f)| {
+                    f.name == *field
+                        || f.aliases
+                            .as_ref()
+                            .is_some_and(|a| a.iter().any(|a| a == field))
+                })
+                .ok_or_else(|| format!("field {field}: missing from record {name}"))?;
+            match unreadable(&f.schema, *ty) {
+                None => Ok(pos),
+                Some(found) => Err(format!(
+                    "field {field}: record {name} gives it as {found}, which cannot be read as \
+                     the declared {}",
+                    ty.name()
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The writer type that cannot be read as `ty`, if any (every branch of a union must be).
+fn unreadable(s: &Schema, ty: FieldType) -> Option<String> {
+    use FieldType as T;
+    let ok = match s {
+        Schema::Null => true,
+        Schema::Union(u) => {
+            return u.variants().iter().find_map(|v| unreadable(v, ty));
+        }
+        Schema::Int | Schema::Long => matches!(ty, T::Int | T::Float | T::Timestamp),
+        Schema::Float | Schema::Double => ty == T::Float,
+        Schema::String | Schema::Enum(_) | Schema::Uuid | Schema::Bytes => {
+            matches!(ty, T::Str | T::Timestamp)
+        }
+        Schema::TimestampMillis | Schema::TimestampMicros => ty == T::Timestamp,
+        _ => false,
+    };
+    (!ok).then(|| kind_name(s))
+}
+
+fn kind_name(s: &Schema) -> String {
+    match s {
+        Schema::Record(r) => format!("a record ({})", r.name.fullname(None)),
+        Schema::Union(_) => "a union".to_string(),
+        Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => {
+            "a local timestamp (no time zone: declare it as str, or write timestamp-millis)"
+                .to_string()
+        }
+        other => {
+            let k: apache_avro::schema::SchemaKind = other.into();
+            format!("{k:?}").to_lowercase()
+        }
+    }
+}
+
+/// Decodes records in the wire format into the event fields of a pipeline (see the module
+/// documentation for the rules).
+#[derive(Debug, Clone)]
+pub struct AvroDecoder {
+    schemas: Arc<Schemas>,
+    fields: Vec<(String, FieldType)>,
+    from_strings: Vec<bool>,
+    plans: Map<u32, Result<Plan, Arc<str>>>,
+    strings: Vec<Set<Arc<str>>>,
+}
+
+impl AvroDecoder {
+    /// A decoder for the event fields of `p`, reading writer schemas from `schemas`.
+    pub fn new(p: &Pipeline, schemas: Arc<Schemas>) -> Self {
+        let fields: Vec<(String, FieldType)> =
+            p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
+        let mut from_strings = vec![false; fields.len()];
+        for &i in &p.numbers_from_strings {
+            if let Some(f) = from_strings.get_mut(i) {
+                *f = true;
+            }
+        }
+        Self {
+            schemas,
+            strings: vec![Set::default(); fields.len()],
+            fields,
+            from_strings,
+            plans: Map::default(),
+        }
+    }
+
+    /// Decode `bytes` into `row[..n_fields]`.
+    pub fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+        let (id, mut payload) = split_header(bytes)?;
+        let plan = match self.plans.get(&id) {
+            Some(p) => p,
+            None => {
+                let plan = match self.schemas.get(id) {
+                    None => {
+                        return Err(EventError::Schema {
+                            id,
+                            message: "not fetched from the schema registry".to_string(),
+                        });
+                    }
+                    Some(Known::Refused(why)) => Err(why),
+                    Some(Known::Avro(schema)) => resolve_fields(&schema, &self.fields)
+                        .map(|positions| Plan { schema, positions })
+                        .map_err(Arc::from),
+                };
+                self.plans.entry(id).or_insert(plan)
+            }
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(why) => {
+                return Err(EventError::Schema {
+                    id,
+                    message: why.to_string(),
+                });
+            }
+        };
+        let size = payload.len();
+        let record =
+            apache_avro::from_avro_datum(&plan.schema, &mut payload, None).map_err(|e| {
+                EventError::Avro {
+                    id,
+                    message: e.to_string(),
+                }
+            })?;
+        if !payload.is_empty() {
+            return Err(EventError::Avro {
+                id,
+                message: format!(
+                    "{} bytes left over after the record's {} (the record does not match its schema)",
+                    payload.len(),
+                    size - payload.len()
+                ),
+            });
+        }
+        let Avro::Record(values) = record else {
+            return Err(EventError::Avro {
+                id,
+                message: "not a record".to_string(),
+            });
+        };
+        for (i, &pos) in plan.positions.iter().enumerate() {
+            let (field, ty) = &self.fields[i];
+            let value = values.get(pos).map_or(&Avro::Null, |(_, v)| v);
+            row[i] = typed(
+                raw(value),
+                *ty,
+                field,
+                self.from_strings[i],
+                &mut self.strings[i],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// An Avro value as the scalar the JSON decoder would have met.
+fn raw(v: &Avro) -> Raw<'_> {
+    use std::borrow::Cow::{Borrowed, Owned};
+    match v {
+        Avro::Null => Raw::Null,
+        Avro::Boolean(_) => Raw::Bool,
+        Avro::Int(i) => Raw::Int(i64::from(*i)),
+        Avro::Long(i) | Avro::TimestampMillis(i) => Raw::Int(*i),
+        Avro::TimestampMicros(i) => Raw::Int(i.div_euclid(1000)),
+        Avro::Float(x) if x.is_infinite() => Raw::Compound("an infinite number"),
+        Avro::Double(x) if x.is_infinite() => Raw::Compound("an infinite number"),
+        Avro::Float(x) => Raw::Float(f64::from(*x)),
+        Avro::Double(x) => Raw::Float(*x),
+        Avro::String(s) | Avro::Enum(_, s) => Raw::Str(Borrowed(s)),
+        Avro::Uuid(u) => Raw::Str(Owned(u.to_string())),
+        Avro::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => Raw::Str(Borrowed(s)),
+            Err(_) => Raw::Compound("bytes that are not UTF-8"),
+        },
+        Avro::Union(_, v) => raw(v),
+        Avro::Array(_) => Raw::Compound("an array"),
+        Avro::Map(_) => Raw::Compound("a map"),
+        Avro::Record(_) => Raw::Compound("a record"),
+        _ => Raw::Compound("an Avro value of another logical type"),
+    }
+}
