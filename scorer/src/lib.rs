@@ -22,6 +22,7 @@ pub mod parquet_out;
 pub mod remote;
 pub mod replay;
 pub mod run;
+pub mod schema_registry;
 pub mod score;
 pub mod serve;
 pub mod sink;

@@ -77,6 +77,9 @@ pub struct Metrics {
     /// Requests the model server did not answer (down, timed out, 5xx), each retried
     /// (`kml_model_server_failures_total`).
     pub model_server_failures: Counter,
+    /// Schema look-ups the schema registry did not answer (down, timed out, 5xx): the partition
+    /// waits and the record is read again (`kml_schema_registry_failures_total`).
+    pub schema_registry_failures: Counter,
     /// Requests the model server refused (the batch is split until the refused rows are
     /// alone; those are dead-lettered) (`kml_model_server_refusals_total`).
     pub model_server_refusals: Counter,
@@ -224,6 +227,11 @@ impl Metrics {
             "kml_model_server_requests",
             "Requests answered by the model server (--model-server).",
         );
+        let schema_registry_failures = counter(
+            &mut r,
+            "kml_schema_registry_failures",
+            "Schema look-ups the schema registry did not answer; the record waits and is read again.",
+        );
         let model_server_failures = counter(
             &mut r,
             "kml_model_server_failures",
@@ -278,6 +286,7 @@ impl Metrics {
             latency,
             model_server_requests,
             model_server_failures,
+            schema_registry_failures,
             model_server_refusals,
             model_server_in_flight,
             model_server_stalled,

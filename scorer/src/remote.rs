@@ -662,7 +662,7 @@ async fn exchange(
     Ok((status, body))
 }
 
-fn transport_error(e: &reqwest::Error) -> String {
+pub(crate) fn transport_error(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut s = e.to_string();
     let mut cause = e.source();

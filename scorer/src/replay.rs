@@ -14,6 +14,7 @@ use crate::kafka::{self, KafkaArgs};
 use crate::model::{self, ModelArgs};
 use crate::offsets::Tag;
 use crate::out_file::{Lineage, OutFile, Prediction};
+use crate::schema_registry::FormatArgs;
 use crate::score::{Admitted, Outcome, Scorer, SourcePos};
 use crate::sink::{
     DeadLetter, Sink, To, cut_str, lineage_headers, position_headers, source_headers,
@@ -29,6 +30,8 @@ pub struct ReplayArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    format: FormatArgs,
     /// The topic to replay.
     #[arg(long)]
     input: String,
@@ -114,6 +117,18 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .map(|t| parse_bound(t, "--to"))
         .transpose()?;
     let servable = model::load_blocking(&args.model)?;
+    let token = CancellationToken::new();
+    // The registry client's requests run here; the replay blocks on them.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let registry = args
+        .format
+        .open(rt.handle().clone(), token.clone(), Default::default())?;
+    if let Some(r) = &registry {
+        r.check_topics(std::slice::from_ref(&args.input), &servable.pipeline)?;
+    }
     let consumer = reader(&args.kafka)?;
     let parts = kafka::partitions(&consumer, &args.input)?;
     if parts.len() > 1 && servable.pipeline.repartition_windows().next().is_some() {
@@ -148,7 +163,6 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .as_deref()
         .map(|target| OutFile::create(target, &lineage))
         .transpose()?;
-    let token = CancellationToken::new();
     let mut out = Outputs {
         sink,
         file,
@@ -175,7 +189,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         let mut scorer = match args.order {
             Order::Watermark => Scorer::ordered(servable.clone(), args.max_event_bytes),
             Order::Arrival => Scorer::new(servable.clone(), args.max_event_bytes),
-        };
+        }
+        .with_registry(registry.clone());
         let in_offsets = |offset: i64| {
             !matches!(from, Some(Bound::Offset(o)) if offset < o)
                 && !matches!(to, Some(Bound::Offset(o)) if offset >= o)
@@ -219,6 +234,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                 partition: msg.partition(),
                 offset: msg.offset(),
             };
+            scorer.prepare_waiting(msg.payload());
             if !scorer.is_ordered() {
                 let outcome = scorer.score(msg.payload(), pos);
                 return scored(&mut s, &mut out, &scorer, outcome, pos, Some(msg));

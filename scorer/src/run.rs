@@ -28,6 +28,8 @@ pub struct RunArgs {
     http: HttpLimits,
     #[command(flatten)]
     remote: crate::remote::RemoteArgs,
+    #[command(flatten)]
+    format: crate::schema_registry::FormatArgs,
     /// Input topics (comma-separated or repeated).
     #[arg(long, required = true, value_delimiter = ',')]
     input: Vec<String>,
@@ -372,6 +374,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let schemas = args.format.open(
+        rt.handle().clone(),
+        token.clone(),
+        metrics.schema_registry_failures.clone(),
+    )?;
+    if let Some(r) = &schemas {
+        r.check_topics(&cfg.inputs, &current.pipeline)?;
+    }
     let checkpoints = cfg
         .checkpoint
         .map(|_| Checkpoints::new(registry.store(), &cfg.group, rt.handle().clone()));
@@ -492,6 +502,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(r) = remote {
         live = live.with_remote(r);
     }
+    let mut live = live.with_registry(schemas);
     live.started_at(started);
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());

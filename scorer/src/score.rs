@@ -10,8 +10,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use shared_features::wire::Format;
 use shared_features::{OnlineEngine, Split, Value};
 use shared_models::Servable;
+
+use crate::schema_registry::SchemaRegistry;
 
 pub use ordered::Admitted;
 pub use shared_models::prediction::{ServedBy, SourcePos, key_text, write_prediction};
@@ -50,6 +53,8 @@ pub struct Scorer {
     upstream: Option<crate::merge::Upstream>,
     /// Watermark order: events held until the watermark passes them ([`Scorer::ordered`]).
     ordered: Option<ordered::Ordered>,
+    /// Avro through a schema registry; `None`: JSON ([`Scorer::with_registry`]).
+    registry: Option<Arc<SchemaRegistry>>,
 }
 
 impl Scorer {
@@ -68,6 +73,52 @@ impl Scorer {
             remote: false,
             upstream: None,
             ordered: None,
+            registry: None,
+        }
+    }
+
+    /// Read events in Avro through this schema registry (`None`: JSON). Call it before the
+    /// first event: the window state starts empty again.
+    pub fn with_registry(mut self, registry: Option<Arc<SchemaRegistry>>) -> Self {
+        self.registry = registry;
+        self.engine = self.online(&self.model.clone());
+        if self.ordered.is_some() {
+            self.ordered = Some(ordered::Ordered::new(&self.model, &self.format()));
+        }
+        self
+    }
+
+    /// The value format the engines read.
+    fn format(&self) -> Format {
+        self.registry.as_ref().map_or(Format::Json, |r| r.format())
+    }
+
+    /// An engine with empty state for `model`, in this scorer's format and split.
+    fn online(&self, model: &Servable) -> OnlineEngine {
+        let split = if self.upstream.is_some() {
+            Split::Upstream
+        } else {
+            Split::All
+        };
+        OnlineEngine::new(model.pipeline.clone(), model.tables.clone())
+            .with_split(split)
+            .with_format(&self.format())
+    }
+
+    /// Make sure the schema registry has given the schema this event names, if the events are
+    /// Avro. `Err`: the registry did not answer, and the event must wait (see
+    /// [`SchemaRegistry::prepare`]).
+    pub fn prepare(&self, payload: Option<&[u8]>) -> Result<(), String> {
+        match &self.registry {
+            Some(r) => r.prepare(payload),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Scorer::prepare`], waiting for the registry to answer (or the run to be cancelled).
+    pub fn prepare_waiting(&self, payload: Option<&[u8]>) {
+        if let Some(r) = &self.registry {
+            r.prepare_waiting(payload);
         }
     }
 
@@ -76,9 +127,8 @@ impl Scorer {
     /// repartition topic, keyed by the column the other windows are keyed by.
     pub fn upstream(model: Arc<Servable>, max_event_bytes: usize) -> Self {
         let mut s = Self::new(model, max_event_bytes);
-        s.engine = OnlineEngine::new(s.model.pipeline.clone(), s.model.tables.clone())
-            .with_split(Split::Upstream);
         s.upstream = crate::merge::Upstream::of(&s.model.pipeline);
+        s.engine = s.online(&s.model.clone());
         s
     }
 
@@ -110,18 +160,12 @@ impl Scorer {
         let same = same_spec(&self.model, &model);
         if !same && self.ordered.is_some() {
             // Held events are dropped with the state: the caller rescores them.
-            self.ordered = Some(ordered::Ordered::new(&model));
+            self.ordered = Some(ordered::Ordered::new(&model, &self.format()));
         } else if !same {
-            let split = if self.upstream.is_some() {
-                Split::Upstream
-            } else {
-                Split::All
-            };
-            self.engine =
-                OnlineEngine::new(model.pipeline.clone(), model.tables.clone()).with_split(split);
             if self.upstream.is_some() {
                 self.upstream = crate::merge::Upstream::of(&model.pipeline);
             }
+            self.engine = self.online(&model);
         }
         self.model = model;
         same
@@ -134,6 +178,7 @@ impl Scorer {
         if payload.len() > self.max_event_bytes {
             return true;
         }
+        self.prepare_waiting(Some(payload));
         if self.ordered.is_some() {
             return self.warm_ordered(payload, offset);
         }

@@ -238,7 +238,7 @@ impl AvroDecoder {
 
     /// Decode `bytes` into `row[..n_fields]`.
     pub fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
-        let (id, mut payload) = split_header(bytes)?;
+        let (id, payload) = split_header(bytes)?;
         let plan = match self.plans.get(&id) {
             Some(p) => p,
             None => {
@@ -267,13 +267,26 @@ impl AvroDecoder {
             }
         };
         let size = payload.len();
-        let record =
-            apache_avro::from_avro_datum(&plan.schema, &mut payload, None).map_err(|e| {
-                EventError::Avro {
-                    id,
-                    message: e.to_string(),
-                }
-            })?;
+        let mut input = Strict {
+            rest: payload,
+            short: false,
+        };
+        let record = apache_avro::from_avro_datum(&plan.schema, &mut input, None).map_err(|e| {
+            EventError::Avro {
+                id,
+                message: e.to_string(),
+            }
+        })?;
+        // apache-avro reads a union's branch index cut off by the end of the input as null
+        // (lenient to writers that leave trailing optional fields out): a truncated record
+        // would decode with nulls. Any read past the end refuses the record instead.
+        if input.short {
+            return Err(EventError::Avro {
+                id,
+                message: format!("truncated: the record's {size} bytes end before its last field"),
+            });
+        }
+        let payload = input.rest;
         if !payload.is_empty() {
             return Err(EventError::Avro {
                 id,
@@ -302,6 +315,24 @@ impl AvroDecoder {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A record's bytes, noting any read past their end.
+struct Strict<'a> {
+    rest: &'a [u8],
+    short: bool,
+}
+
+impl std::io::Read for Strict<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.rest.len());
+        if n < buf.len() {
+            self.short = true;
+        }
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
     }
 }
 

@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::remote::{self, Remote};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
+use crate::schema_registry::SchemaRegistry;
 use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
@@ -46,6 +47,7 @@ mod answers;
 mod held;
 mod repartition;
 mod restore;
+mod stall;
 
 use held::{dead_letter_message, on_ordered_message, send_released};
 use repartition::{MarkSent, forget_marks, merge_fp_of, on_merge_message};
@@ -85,6 +87,8 @@ struct Part {
     committable: Option<i64>,
     /// Committable offsets as sampled at checkpoints: pruning stays [`crate::checkpoint::PRUNE_LAG`] behind.
     samples: VecDeque<(Instant, i64)>,
+    /// Paused at a record whose schema the registry did not give ([`stall`]).
+    waiting: Option<stall::Waiting>,
 }
 
 impl Part {
@@ -107,6 +111,7 @@ impl Part {
             ckpt_offset: None,
             committable: None,
             samples: VecDeque::new(),
+            waiting: None,
         }
     }
 }
@@ -169,6 +174,10 @@ pub struct Live {
     remote: Option<Remote>,
     /// A prediction being written (model-server answers).
     pred: Vec<u8>,
+    /// `--value-format avro`: the schema registry the scorers read writer schemas from.
+    registry: Option<Arc<SchemaRegistry>>,
+    /// The wait before reading a record again after the registry did not answer.
+    registry_wait: Duration,
 }
 
 fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
@@ -234,7 +243,15 @@ impl Live {
             released_at: Instant::now(),
             remote: None,
             pred: Vec::with_capacity(512),
+            registry: None,
+            registry_wait: stall::FIRST_WAIT,
         }
+    }
+
+    /// Read the input topics' records in Avro through this schema registry.
+    pub fn with_registry(mut self, registry: Option<Arc<SchemaRegistry>>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Score with a model server: features are computed here, scores come from `remote`.
@@ -258,6 +275,7 @@ impl Live {
             self.on_rebalances()?;
             self.settle()?;
             self.rewind_due();
+            self.resume_waiting();
             self.poll_remote();
             // (Paused: until the room is there, wait_for_room resumes the partitions.)
             if self.paused_for_backlog || self.sink.backlogged() > 0 || self.remote_full() {
@@ -287,6 +305,7 @@ impl Live {
             }
             let quiet = self.sink.in_flight() == 0
                 && self.txn.started.is_none()
+                && !self.parts.iter().flatten().any(|p| p.waiting.is_some())
                 && self.remote.as_ref().is_none_or(Remote::idle);
             // Events held in a merge wait for idle marks (--idle-after) before they count.
             let held = self
@@ -1006,16 +1025,30 @@ impl Live {
 
 /// Score one message and hand its output to the sink.
 fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
-    let now = Instant::now();
-    live.first_event.get_or_insert(now);
-    live.metrics.events_in.inc();
-    live.summary.consumed += 1;
     let slot = live.slot_of(msg.topic(), msg.partition());
     if slot >= MAX_SLOTS {
         anyhow::bail!("more than {MAX_SLOTS} input partitions");
     }
     let offset = msg.offset();
-    if live.parts[slot].as_ref().is_some_and(|p| p.is_merge) {
+    if live.skip_while_waiting(slot, offset) {
+        return Ok(());
+    }
+    let is_merge = live.parts[slot].as_ref().is_some_and(|p| p.is_merge);
+    // Before anything counts the record: it is read again once the registry answers.
+    if !is_merge && let Some(r) = &live.registry {
+        match r.prepare(msg.payload()) {
+            Ok(()) => live.registry_wait = stall::FIRST_WAIT,
+            Err(why) => {
+                live.wait_for_registry(slot, offset, &why);
+                return Ok(());
+            }
+        }
+    }
+    let now = Instant::now();
+    live.first_event.get_or_insert(now);
+    live.metrics.events_in.inc();
+    live.summary.consumed += 1;
+    if is_merge {
         return on_merge_message(live, slot, msg);
     }
     if live.parts[slot]
@@ -1023,6 +1056,11 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         .is_some_and(|p| p.scorer.is_none())
     {
         live.rebuild(slot, offset)?;
+        if live.token.is_cancelled() {
+            // A warm-up cut short by the shutdown (waiting for the schema registry, say) may
+            // have left the state incomplete: score nothing with it; the event is not committed.
+            return Ok(());
+        }
     }
     let seq = live.tracker.begin(slot, offset, now);
     if live.cfg.exactly_once() && live.txn.started.is_none() {

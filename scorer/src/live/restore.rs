@@ -120,7 +120,8 @@ impl Live {
                 let mut s = Scorer::new(self.model.clone(), self.cfg.max_event_bytes);
                 s.set_remote(self.remote.is_some());
                 s
-            };
+            }
+            .with_registry(self.registry.clone());
             let from = restore_snapshot(
                 self.ckpt.as_ref(),
                 (&mut self.summary, &self.metrics),

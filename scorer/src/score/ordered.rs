@@ -14,6 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use shared_features::OrderedEngine;
+use shared_features::wire::Format;
 use shared_models::Servable;
 
 use super::{Scorer, SourcePos, fail_point, slow_warm_up};
@@ -30,9 +31,10 @@ pub(super) struct Ordered {
 }
 
 impl Ordered {
-    pub(super) fn new(model: &Servable) -> Self {
+    pub(super) fn new(model: &Servable, format: &Format) -> Self {
         Self {
-            engine: OrderedEngine::new(model.pipeline.clone(), model.tables.clone()),
+            engine: OrderedEngine::new(model.pipeline.clone(), model.tables.clone())
+                .with_format(format),
             seqs: HashMap::new(),
             culprit: None,
         }
@@ -54,7 +56,7 @@ impl Scorer {
     /// A scorer in watermark order, with empty state.
     pub fn ordered(model: Arc<Servable>, max_event_bytes: usize) -> Self {
         let mut s = Self::new(model, max_event_bytes);
-        s.ordered = Some(Ordered::new(&s.model));
+        s.ordered = Some(Ordered::new(&s.model, &Format::Json));
         s
     }
 
