@@ -362,12 +362,7 @@ impl OnlineEngine {
     /// Read events in this value format (JSON by default); the features do not depend on it.
     #[cfg(feature = "avro")]
     pub fn with_format(mut self, format: &crate::wire::Format) -> Self {
-        self.decoder = match format {
-            crate::wire::Format::Json => EventDecoder::Json(Decoder::new(&self.pipeline)),
-            crate::wire::Format::Avro(schemas) => EventDecoder::Avro(
-                crate::wire::AvroDecoder::new(&self.pipeline, schemas.clone()),
-            ),
-        };
+        self.decoder = EventDecoder::new(&self.pipeline, format);
         self
     }
 
@@ -457,14 +452,25 @@ impl OnlineEngine {
 
 /// The engine's decoder for its topic's value format.
 #[derive(Debug, Clone)]
-enum EventDecoder {
+pub(crate) enum EventDecoder {
     Json(Decoder),
     #[cfg(feature = "avro")]
     Avro(crate::wire::AvroDecoder),
 }
 
 impl EventDecoder {
-    fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+    /// A decoder of `p`'s fields in `format`.
+    #[cfg(feature = "avro")]
+    pub(crate) fn new(p: &Pipeline, format: &crate::wire::Format) -> Self {
+        match format {
+            crate::wire::Format::Json => Self::Json(Decoder::new(p)),
+            crate::wire::Format::Avro(schemas) => {
+                Self::Avro(crate::wire::AvroDecoder::new(p, schemas.clone()))
+            }
+        }
+    }
+
+    pub(crate) fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
         match self {
             Self::Json(d) => d.decode(bytes, row),
             #[cfg(feature = "avro")]

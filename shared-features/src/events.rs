@@ -67,7 +67,17 @@ pub fn csv_to_json(p: &Pipeline, bytes: &[u8], file: &str) -> Result<Vec<Vec<u8>
 /// first), then file order, as the offline engine sorts them. Events without a computable time
 /// (they will be refused anyway) go last, in file order.
 pub fn event_order(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<usize> {
-    let mut keyed: Vec<(i64, Option<Key>, usize)> = event_keys(p, events)
+    let mut d = Decoder::new(p);
+    event_order_with(p, events, &mut |b, row| d.decode(b, row))
+}
+
+/// Decodes one event's bytes into the declared fields of a row ([`Decoder::decode`], or another
+/// value format's decoder).
+pub type Decode<'a> = dyn FnMut(&[u8], &mut [Value]) -> Result<(), crate::EventError> + 'a;
+
+/// [`event_order`] of events in another value format, decoded by `decode`.
+pub fn event_order_with(p: &Arc<Pipeline>, events: &[Vec<u8>], decode: &mut Decode) -> Vec<usize> {
+    let mut keyed: Vec<(i64, Option<Key>, usize)> = event_keys(p, events, decode)
         .into_iter()
         .enumerate()
         .map(|(i, (k, t))| match t {
@@ -80,13 +90,16 @@ pub fn event_order(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<usize> {
 }
 
 /// Each event's partition key and event time, when they can be computed.
-fn event_keys(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<Key>, Option<i64>)> {
-    let mut decoder = Decoder::new(p);
+fn event_keys(
+    p: &Arc<Pipeline>,
+    events: &[Vec<u8>],
+    decode: &mut Decode,
+) -> Vec<(Option<Key>, Option<i64>)> {
     let mut row: Row = vec![Value::Null; p.layout.len()];
     events
         .iter()
         .map(|e| {
-            if decoder.decode(e, &mut row).is_err() {
+            if decode(e, &mut row).is_err() {
                 return (None, None);
             }
             (Key::of(&row[p.key]), eval::event_time(p, &row).ok())
@@ -96,12 +109,21 @@ fn event_keys(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<Key>, Option
 
 /// Each event's partition key (as text) and event time, when they can be computed.
 pub fn event_meta(p: &Arc<Pipeline>, events: &[Vec<u8>]) -> Vec<(Option<String>, Option<i64>)> {
-    let mut decoder = Decoder::new(p);
+    let mut d = Decoder::new(p);
+    event_meta_with(p, events, &mut |b, row| d.decode(b, row))
+}
+
+/// [`event_meta`] of events in another value format, decoded by `decode`.
+pub fn event_meta_with(
+    p: &Arc<Pipeline>,
+    events: &[Vec<u8>],
+    decode: &mut Decode,
+) -> Vec<(Option<String>, Option<i64>)> {
     let mut row: Row = vec![Value::Null; p.layout.len()];
     events
         .iter()
         .map(|e| {
-            if decoder.decode(e, &mut row).is_err() {
+            if decode(e, &mut row).is_err() {
                 return (None, None);
             }
             (row[p.key].key_text(), eval::event_time(p, &row).ok())

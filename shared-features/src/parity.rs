@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::EventDecoder;
 use crate::engine::{OnlineEngine, Split, Stages};
 use crate::error::{DataError, EventError};
-use crate::events::{csv_to_json, event_meta, event_order};
+use crate::events::{Decode, csv_to_json, event_meta_with, event_order_with};
 use crate::fitted::{FittedState, fingerprint};
 use crate::offline;
 use crate::ordered::{Order, OrderedEngine};
@@ -17,6 +18,7 @@ use crate::spec::Pipeline;
 use crate::tables::Tables;
 use crate::time::format_timestamp;
 use crate::value::{Key, Row, Value};
+use crate::wire::Format;
 
 /// The outcome of a parity run.
 #[derive(Debug, Serialize)]
@@ -201,10 +203,18 @@ pub fn check_feed(
         std::io::ErrorKind::NotFound => DataError::file(&file, offline::missing_file(events)),
         _ => DataError::file(&file, e.to_string()),
     })?;
-    // The online side sees each event as JSON: a CSV row converted, or a JSON line as it is.
-    // `lines[i]` is the file line of record i, for messages.
+    // The online side sees each event as JSON (a CSV row converted, or a JSON line as it is) or,
+    // from an Avro file, as the record a topic would carry. `lines[i]` is the file line (the
+    // record number in an Avro file) of record i, for messages.
     let ext = events.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if matches!(ext, "jsonl" | "ndjson" | "json") {
+    let mut format = Format::Json;
+    let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if ext == "avro" {
+        let (schemas, records) =
+            crate::wire::container_records(events).map_err(|m| DataError::file(&file, m))?;
+        format = Format::Avro(schemas);
+        let lines = (1..=records.len()).collect();
+        (records, lines)
+    } else if matches!(ext, "jsonl" | "ndjson" | "json") {
         bytes
             .split(|&b| b == b'\n')
             .enumerate()
@@ -222,11 +232,13 @@ pub fn check_feed(
         (jsons, lines)
     };
     drop(bytes);
-    let sorted = event_order(p, &jsons);
+    let mut decoder = EventDecoder::new(p, &format);
+    let decode: &mut Decode = &mut |b, row| decoder.decode(b, row);
+    let sorted = event_order_with(p, &jsons, decode);
     let (order, disorder) = match feed.disorder {
         None => (sorted, None),
         Some(d) => {
-            let (arrival, report) = arrival_order(p, &jsons, &sorted, d.seed);
+            let (arrival, report) = arrival_order_with(p, &jsons, &sorted, d.seed, decode);
             (arrival, Some(report))
         }
     };
@@ -295,7 +307,7 @@ pub fn check_feed(
     match (&feed.log, feed.disorder.map(|d| d.order), feed.partitions) {
         (Some(t), ..) => topic_log(p, &tables, &jsons, t, &mut cmp),
         (_, Some(Order::Watermark), _) => {
-            let mut engine = OrderedEngine::new(p.clone(), tables.clone());
+            let mut engine = OrderedEngine::new(p.clone(), tables.clone()).with_format(&format);
             for &rec in &order {
                 match engine.push(&jsons[rec], rec as u64) {
                     Ok(true) => {}
@@ -312,7 +324,8 @@ pub fn check_feed(
             }
         }
         (_, _, Some(n)) => {
-            let out = repartitioned(p, &tables, &jsons, &order, n.max(1));
+            let meta = event_meta_with(p, &jsons, decode);
+            let out = repartitioned(p, &tables, (&jsons, &meta, &format), &order, n.max(1));
             for &rec in &order {
                 let online = match &out[rec] {
                     Ok(row) => Ok(row.as_deref()),
@@ -322,7 +335,7 @@ pub fn check_feed(
             }
         }
         _ => {
-            let mut engine = OnlineEngine::new(p.clone(), tables.clone());
+            let mut engine = OnlineEngine::new(p.clone(), tables.clone()).with_format(&format);
             for &rec in &order {
                 let online = engine.process(&jsons[rec]);
                 cmp.compare(rec, online);
@@ -388,9 +401,21 @@ pub fn arrival_order(
     sorted: &[usize],
     seed: u64,
 ) -> (Vec<usize>, DisorderReport) {
+    let mut d = crate::decode::Decoder::new(p);
+    arrival_order_with(p, jsons, sorted, seed, &mut |b, row| d.decode(b, row))
+}
+
+/// [`arrival_order`] of events in another value format, decoded by `decode`.
+pub fn arrival_order_with(
+    p: &Arc<Pipeline>,
+    events: &[Vec<u8>],
+    sorted: &[usize],
+    seed: u64,
+    decode: &mut Decode,
+) -> (Vec<usize>, DisorderReport) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let meta = event_meta(p, jsons);
+    let meta = event_meta_with(p, events, decode);
     let lateness = p.lateness_ms.max(0);
     let past = lateness.max(3_600_000);
     let mut delayed_past_lateness = 0;
@@ -602,19 +627,28 @@ impl<'a> Comparer<'a> {
 }
 
 /// The online outcome of every record when the scorer repartitions (see [`check_with`]).
+type Events<'a> = (
+    &'a [Vec<u8>],
+    &'a [(Option<String>, Option<i64>)],
+    &'a Format,
+);
+
 fn repartitioned(
     p: &Arc<Pipeline>,
     tables: &Arc<Tables>,
-    jsons: &[Vec<u8>],
+    (jsons, keys, format): Events<'_>,
     order: &[usize],
     partitions: u32,
 ) -> Vec<Result<Option<Row>, EventError>> {
     let n = partitions as usize;
-    let keys = event_meta(p, jsons);
     let mut out: Vec<Result<Option<Row>, EventError>> =
         (0..jsons.len()).map(|_| Ok(None)).collect();
     let mut upstream: Vec<OnlineEngine> = (0..n)
-        .map(|_| OnlineEngine::new(p.clone(), tables.clone()).with_split(Split::Upstream))
+        .map(|_| {
+            OnlineEngine::new(p.clone(), tables.clone())
+                .with_split(Split::Upstream)
+                .with_format(format)
+        })
         .collect();
     let mut next = vec![0usize; n];
     let mut merged: Vec<(i64, Option<Key>, usize, usize, usize)> = Vec::new();

@@ -124,6 +124,34 @@ impl Schemas {
     }
 }
 
+/// The schema id [`container_records`] gives the records of a file.
+pub const FILE_SCHEMA_ID: u32 = 0;
+
+/// The records of an Avro object container file (`.avro`), each in the wire format under
+/// [`FILE_SCHEMA_ID`], and the file's writer schema under that id: so that a history file goes
+/// through the decoder a topic's records go through. Blocks compressed with `null` or
+/// `deflate` are read; other codecs are refused, naming the file.
+pub fn container_records(path: &std::path::Path) -> Result<(Arc<Schemas>, Vec<Vec<u8>>), String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = apache_avro::Reader::new(std::io::BufReader::new(f))
+        .map_err(|e| format!("not an Avro object container file: {e}"))?;
+    let schema = reader.writer_schema().clone();
+    let mut records = Vec::new();
+    for (i, value) in reader.enumerate() {
+        let value = value.map_err(|e| format!("record {}: {e}", i + 1))?;
+        let mut framed = vec![0];
+        framed.extend_from_slice(&FILE_SCHEMA_ID.to_be_bytes());
+        framed.extend(
+            apache_avro::to_avro_datum(&schema, value)
+                .map_err(|e| format!("record {}: {e}", i + 1))?,
+        );
+        records.push(framed);
+    }
+    let schemas = Schemas::new();
+    schemas.put(FILE_SCHEMA_ID, Known::Avro(Arc::new(schema)));
+    Ok((schemas, records))
+}
+
 /// How the declared fields are found in one writer schema: the position of each in the
 /// writer's record.
 #[derive(Clone, Debug)]
@@ -219,14 +247,27 @@ pub struct AvroDecoder {
 impl AvroDecoder {
     /// A decoder for the event fields of `p`, reading writer schemas from `schemas`.
     pub fn new(p: &Pipeline, schemas: Arc<Schemas>) -> Self {
-        let fields: Vec<(String, FieldType)> =
-            p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
-        let mut from_strings = vec![false; fields.len()];
-        for &i in &p.numbers_from_strings {
-            if let Some(f) = from_strings.get_mut(i) {
-                *f = true;
-            }
-        }
+        let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty));
+        let strings: Vec<&str> = p
+            .numbers_from_strings
+            .iter()
+            .filter_map(|&i| p.fields().get(i).map(|c| c.name.as_str()))
+            .collect();
+        Self::for_fields(fields, &strings, schemas)
+    }
+
+    /// A decoder for these fields, in this order (the offline engine reads Avro history with
+    /// it); the int and float fields named in `from_strings` also take strings holding numbers.
+    pub fn for_fields(
+        fields: impl IntoIterator<Item = (String, FieldType)>,
+        from_strings: &[&str],
+        schemas: Arc<Schemas>,
+    ) -> Self {
+        let fields: Vec<(String, FieldType)> = fields.into_iter().collect();
+        let from_strings = fields
+            .iter()
+            .map(|(n, _)| from_strings.contains(&n.as_str()))
+            .collect();
         Self {
             schemas,
             strings: vec![Set::default(); fields.len()],

@@ -21,9 +21,9 @@ pub struct ExportArgs {
     /// then every input slot.
     #[arg(long)]
     out: PathBuf,
-    /// History: CSV, Parquet (.parquet) or JSON lines (.jsonl, .ndjson, .json), a local path or
-    /// an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the pipeline's
-    /// `[events] path`.
+    /// History: CSV, Parquet (.parquet), JSON lines (.jsonl, .ndjson, .json) or Avro (.avro), a
+    /// local path or an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the
+    /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     #[command(flatten)]

@@ -26,8 +26,8 @@ pub struct FitArgs {
     /// (credentials from the environment), or memory://.
     #[arg(long, env = "KML_STORE", default_value = "file://./model-store")]
     store: String,
-    /// History to train on: CSV, Parquet (.parquet) or JSON lines (.jsonl, .ndjson, .json), a
-    /// local path or an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the
+    /// History to train on: CSV, Parquet (.parquet), JSON lines (.jsonl, .ndjson, .json) or an
+    /// Avro object container file (.avro), a local path or an object in a store (s3://BUCKET/KEY, gs://, az://); defaults to the
     /// pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,

@@ -14,8 +14,8 @@ pub struct ParityArgs {
     /// The pipeline file.
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
-    /// History to replay (CSV or JSON lines; a local path or s3://, gs://, az://); defaults to
-    /// the pipeline's `[events] path`.
+    /// History to replay (CSV, JSON lines, or an Avro object container file `.avro`; a local
+    /// path or s3://, gs://, az://); defaults to the pipeline's `[events] path`.
     #[arg(long)]
     events: Option<PathBuf>,
     /// History from a topic range instead (`--topic T --from --to`): each partition's engine

@@ -318,6 +318,8 @@ pub(super) fn read_part(
         read_parquet(path, columns, slice, &part.hive)?
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
         read_json_lines(path, columns, from_strings)?
+    } else if ext == "avro" {
+        read_avro(path, columns, from_strings)?
     } else {
         read_csv_file(path, columns)?
     };
@@ -366,6 +368,90 @@ pub(super) fn read_part(
     Ok(df)
 }
 
+/// Read an Avro object container file with the decoder a topic's Avro records go through
+/// ([`crate::wire`]), so that a history file and a topic of the same records give the same
+/// values. A record that does not fit the declared fields is an error naming its number and
+/// field.
+fn read_avro(
+    path: &Path,
+    columns: &[(String, FieldType)],
+    from_strings: &[&str],
+) -> Result<DataFrame, DataError> {
+    use crate::value::Value;
+    let file = path.display().to_string();
+    let (schemas, records) =
+        crate::wire::container_records(path).map_err(|m| DataError::file(&file, m))?;
+    if let Some(crate::wire::Known::Avro(schema)) = schemas.get(crate::wire::FILE_SCHEMA_ID) {
+        crate::wire::resolve_fields(&schema, columns).map_err(|why| {
+            DataError::file(
+                &file,
+                format!("its schema does not fit the pipeline: {why}"),
+            )
+        })?;
+    }
+    let mut decoder =
+        crate::wire::AvroDecoder::for_fields(columns.iter().cloned(), from_strings, schemas);
+    let mut row = vec![Value::Null; columns.len()];
+    let mut cols = Columns::new(columns.len());
+    for (i, record) in records.iter().enumerate() {
+        decoder.decode(record, &mut row).map_err(|e| {
+            let field = crate::decode::Decoder::field_of(&e).unwrap_or("");
+            DataError::at(&file, i + 1, field, format!("record {}: {e}", i + 1))
+        })?;
+        cols.push(columns, &row);
+    }
+    cols.frame(path, columns)
+}
+
+/// Typed columns built row by row.
+struct Columns {
+    height: usize,
+    ints: Vec<Vec<Option<i64>>>,
+    floats: Vec<Vec<Option<f64>>>,
+    strs: Vec<Vec<Option<String>>>,
+}
+
+impl Columns {
+    fn new(n: usize) -> Self {
+        Self {
+            height: 0,
+            ints: vec![Vec::new(); n],
+            floats: vec![Vec::new(); n],
+            strs: vec![Vec::new(); n],
+        }
+    }
+
+    fn push(&mut self, columns: &[(String, FieldType)], row: &[crate::value::Value]) {
+        self.height += 1;
+        for (i, ((_, ty), v)) in columns.iter().zip(row).enumerate() {
+            match ty {
+                FieldType::Int | FieldType::Timestamp => self.ints[i].push(v.as_i64()),
+                FieldType::Float => self.floats[i].push(v.as_f64()),
+                FieldType::Str => self.strs[i].push(v.as_str().map(str::to_string)),
+            }
+        }
+    }
+
+    fn frame(
+        mut self,
+        path: &Path,
+        columns: &[(String, FieldType)],
+    ) -> Result<DataFrame, DataError> {
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, (name, ty)) in columns.iter().enumerate() {
+            let name = name.as_str().into();
+            out.push(match ty {
+                FieldType::Int | FieldType::Timestamp => {
+                    Column::new(name, std::mem::take(&mut self.ints[i]))
+                }
+                FieldType::Float => Column::new(name, std::mem::take(&mut self.floats[i])),
+                FieldType::Str => Column::new(name, std::mem::take(&mut self.strs[i])),
+            });
+        }
+        DataFrame::new(self.height, out).map_err(|e| polars_err(path, e))
+    }
+}
+
 /// Read JSON lines (one event object per line, as on a topic) with the online decoder, so a
 /// history file and a topic of the same events give the same values. Blank lines are skipped; a
 /// bad line is an error naming its line and field.
@@ -383,12 +469,10 @@ fn read_json_lines(
     let mut decoder = Decoder::for_fields(columns.iter().cloned())
         .with_numbers_from_strings(from_strings.iter().copied());
     let mut row = vec![Value::Null; columns.len()];
-    let mut ints: Vec<Vec<Option<i64>>> = vec![Vec::new(); columns.len()];
-    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); columns.len()];
-    let mut strs: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.len()];
+    let mut cols = Columns::new(columns.len());
     let mut line = Vec::new();
     let mut reader = std::io::BufReader::new(f);
-    let (mut number, mut height) = (0, 0);
+    let mut number = 0;
     loop {
         line.clear();
         let n = reader
@@ -405,27 +489,9 @@ fn read_json_lines(
         decoder
             .decode(&line, &mut row)
             .map_err(|e| json_line_error(&file, number, &e))?;
-        height += 1;
-        for (i, ((_, ty), v)) in columns.iter().zip(&row).enumerate() {
-            match ty {
-                FieldType::Int | FieldType::Timestamp => ints[i].push(v.as_i64()),
-                FieldType::Float => floats[i].push(v.as_f64()),
-                FieldType::Str => strs[i].push(v.as_str().map(str::to_string)),
-            }
-        }
+        cols.push(columns, &row);
     }
-    let mut out = Vec::with_capacity(columns.len());
-    for (i, (name, ty)) in columns.iter().enumerate() {
-        let name = name.as_str().into();
-        out.push(match ty {
-            FieldType::Int | FieldType::Timestamp => {
-                Column::new(name, std::mem::take(&mut ints[i]))
-            }
-            FieldType::Float => Column::new(name, std::mem::take(&mut floats[i])),
-            FieldType::Str => Column::new(name, std::mem::take(&mut strs[i])),
-        });
-    }
-    DataFrame::new(height, out).map_err(|e| polars_err(path, e))
+    cols.frame(path, columns)
 }
 
 /// An event of a JSON-lines file that cannot be decoded, at the file's line: a syntax error
