@@ -1,4 +1,4 @@
-//! Topics in Avro through a schema registry (Confluent's REST API, which Karapace, Redpanda and
+//! Topics in Avro or Protobuf through a schema registry (Confluent's REST API, which Karapace, Redpanda and
 //! Apicurio's compatibility layer also speak): the `--value-format` and `--schema-registry`
 //! options, and the client that fetches writer schemas by id into the engines' cache
 //! ([`shared_features::wire::Schemas`]).
@@ -18,7 +18,7 @@ use anyhow::{Result, bail};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use shared_features::Pipeline;
-use shared_features::wire::{Format, Known, Schemas, resolve_fields, split_header};
+use shared_features::wire::{Format, Known, Schemas, protobuf, resolve_fields, split_header};
 use tokio_util::sync::CancellationToken;
 
 /// How the input topics' record values are encoded.
@@ -30,17 +30,20 @@ pub enum ValueFormat {
     /// Avro in the schema registry's wire format (a zero byte, the schema id, the record), as
     /// Confluent's serializers write it; needs `--schema-registry`.
     Avro,
+    /// Protobuf in the schema registry's wire format (the schema id, the message indexes, the
+    /// message), as Confluent's serializers write it; needs `--schema-registry`.
+    Protobuf,
 }
 
 /// `--value-format` and `--schema-registry`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FormatArgs {
-    /// How the input topics' record values are encoded: `json`, or `avro` in the schema
-    /// registry's wire format. The features do not depend on it: the same events in either
+    /// How the input topics' record values are encoded: `json`, or `avro` or `protobuf` in the
+    /// schema registry's wire format. The features do not depend on it: the same events in either
     /// format give the same predictions.
     #[arg(long, value_enum, default_value = "json")]
     pub value_format: ValueFormat,
-    /// The schema registry's URL, for `--value-format avro`. Basic auth as
+    /// The schema registry's URL, for `--value-format avro` and `protobuf`. Basic auth as
     /// `https://USER:PASSWORD@host`, or in KML_SCHEMA_REGISTRY_AUTH as `USER:PASSWORD`.
     #[arg(long, env = "KML_SCHEMA_REGISTRY")]
     pub schema_registry: Option<String>,
@@ -59,14 +62,19 @@ impl FormatArgs {
             (ValueFormat::Json, None) => Ok(None),
             (ValueFormat::Json, Some(url)) => bail!(
                 "--schema-registry {url} is given but --value-format is json: give \
-                 --value-format avro to read Avro records through it"
+                 --value-format avro or protobuf to read records through it"
             ),
-            (ValueFormat::Avro, None) => bail!(
-                "--value-format avro needs the schema registry's URL: give --schema-registry URL \
-                 (or set KML_SCHEMA_REGISTRY)"
+            (f, None) => bail!(
+                "--value-format {} needs the schema registry's URL: give --schema-registry URL \
+                 (or set KML_SCHEMA_REGISTRY)",
+                if f == ValueFormat::Avro {
+                    "avro"
+                } else {
+                    "protobuf"
+                }
             ),
-            (ValueFormat::Avro, Some(url)) => Ok(Some(Arc::new(SchemaRegistry::new(
-                url, rt, token, failures,
+            (kind, Some(url)) => Ok(Some(Arc::new(SchemaRegistry::new(
+                url, kind, rt, token, failures,
             )?))),
         }
     }
@@ -75,6 +83,7 @@ impl FormatArgs {
 /// A schema registry's client and the writer schemas fetched from it.
 #[derive(Debug)]
 pub struct SchemaRegistry {
+    kind: ValueFormat,
     http: reqwest::Client,
     base: String,
     auth: Option<(String, String)>,
@@ -107,6 +116,7 @@ impl SchemaRegistry {
     /// `token` ends waits for a registry that does not answer.
     pub fn new(
         url: &str,
+        kind: ValueFormat,
         rt: tokio::runtime::Handle,
         token: CancellationToken,
         failures: Counter,
@@ -137,6 +147,7 @@ impl SchemaRegistry {
             .build()
             .map_err(|e| anyhow::anyhow!("--schema-registry {url}: {e}"))?;
         Ok(Self {
+            kind,
             http,
             base: parsed.as_str().trim_end_matches('/').to_string(),
             auth,
@@ -147,9 +158,24 @@ impl SchemaRegistry {
         })
     }
 
-    /// The value format the engines read with: Avro, with this registry's schemas.
+    /// The value format the engines read with, with this registry's schemas.
     pub fn format(&self) -> Format {
-        Format::Avro(self.schemas.clone())
+        match self.kind {
+            ValueFormat::Protobuf => Format::Protobuf(self.schemas.clone()),
+            _ => Format::Avro(self.schemas.clone()),
+        }
+    }
+
+    /// The schema `id` as the engines take it: a Protobuf one in the registry's serialized form
+    /// (asked for when the registry gave the .proto text).
+    async fn schema(&self, id: u32) -> Result<SchemaAnswer, Failure> {
+        let a = self.get(&format!("/schemas/ids/{id}")).await?;
+        if a.schema_type.as_deref() == Some("PROTOBUF") && !protobuf::is_serialized(&a.schema) {
+            return self
+                .get(&format!("/schemas/ids/{id}?format=serialized"))
+                .await;
+        }
+        Ok(a)
     }
 
     /// The registry's URL, without credentials.
@@ -167,7 +193,7 @@ impl SchemaRegistry {
         if self.schemas.get(id).is_some() {
             return Ok(());
         }
-        match self.rt.block_on(self.get(&format!("/schemas/ids/{id}"))) {
+        match self.rt.block_on(self.schema(id)) {
             Ok(a) => {
                 if let Known::Refused(why) =
                     self.schemas.insert(id, a.schema_type.as_deref(), &a.schema)
@@ -231,13 +257,44 @@ impl SchemaRegistry {
             };
             let id = a.id.unwrap_or_default();
             let version = a.version.unwrap_or_default();
-            let schema = match self.schemas.insert(id, a.schema_type.as_deref(), &a.schema) {
-                Known::Avro(s) => s,
+            let a = if a.schema_type.as_deref() == Some("PROTOBUF")
+                && !protobuf::is_serialized(&a.schema)
+            {
+                crate::retry_until_cancelled(&self.token, "schema registry not answering", || {
+                    self.rt
+                        .block_on(self.schema(id))
+                        .map_err(|(Failure::Down(w) | Failure::NotFound(w))| anyhow::anyhow!(w))
+                })?
+            } else {
+                a
+            };
+            let fits = match self.schemas.insert(id, a.schema_type.as_deref(), &a.schema) {
+                Known::Avro(s) if self.kind == ValueFormat::Avro => resolve_fields(&s, &fields),
+                Known::Protobuf(file) if self.kind == ValueFormat::Protobuf => {
+                    // The subject names a file; the topic's records are one of its messages.
+                    let mut first = None;
+                    let fits =
+                        file.messages()
+                            .find_map(|m| match protobuf::resolve_fields(&m, &fields) {
+                                Ok(_) => Some(()),
+                                Err(e) => {
+                                    first.get_or_insert(e);
+                                    None
+                                }
+                            });
+                    fits.ok_or_else(|| first.unwrap_or_else(|| "no message".into()))
+                        .map(|()| Vec::new())
+                }
                 Known::Refused(why) => bail!(
                     "--input {topic}: subject {subject} (version {version}, schema id {id}): {why}"
                 ),
+                _ => bail!(
+                    "--input {topic}: subject {subject} (version {version}, schema id {id}) is a \
+                     {} schema, not the --value-format given",
+                    a.schema_type.as_deref().unwrap_or("AVRO")
+                ),
             };
-            if let Err(why) = resolve_fields(&schema, &fields) {
+            if let Err(why) = fits {
                 bail!(
                     "--input {topic}: the latest schema of subject {subject} (version {version}, \
                      schema id {id}) does not fit pipeline {}: {why}",

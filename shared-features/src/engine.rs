@@ -456,6 +456,8 @@ pub(crate) enum EventDecoder {
     Json(Decoder),
     #[cfg(feature = "avro")]
     Avro(crate::wire::AvroDecoder),
+    #[cfg(feature = "protobuf")]
+    Protobuf(crate::wire::protobuf::ProtobufDecoder),
 }
 
 impl EventDecoder {
@@ -467,6 +469,10 @@ impl EventDecoder {
             crate::wire::Format::Avro(schemas) => {
                 Self::Avro(crate::wire::AvroDecoder::new(p, schemas.clone()))
             }
+            #[cfg(feature = "protobuf")]
+            crate::wire::Format::Protobuf(schemas) => Self::Protobuf(
+                crate::wire::protobuf::ProtobufDecoder::new(p, schemas.clone()),
+            ),
         }
     }
 
@@ -475,6 +481,8 @@ impl EventDecoder {
             Self::Json(d) => d.decode(bytes, row),
             #[cfg(feature = "avro")]
             Self::Avro(d) => d.decode(bytes, row),
+            #[cfg(feature = "protobuf")]
+            Self::Protobuf(d) => d.decode(bytes, row),
         }
     }
 }

@@ -167,9 +167,9 @@ pub enum EventError {
         /// Why.
         message: String,
     },
-    /// A record that does not decode with the schema it names.
+    /// A record (Avro or Protobuf) that does not decode with the schema it names.
     #[error("the record does not decode with its schema (id {id}): {message}")]
-    Avro {
+    Record {
         /// The schema id from the record's header.
         id: u32,
         /// The decoder's message.
@@ -180,7 +180,7 @@ pub enum EventError {
 impl EventError {
     /// A short name of the kind of error, for counts and metrics labels: `malformed`,
     /// `not_utf8`, `duplicate`, `missing`, `wrong_type`, `time`, `future`, `late`, or for the
-    /// registry's wire format `wire`, `schema` and `avro`.
+    /// registry's wire format `wire`, `schema` and `record`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Malformed { .. } => "malformed",
@@ -193,7 +193,7 @@ impl EventError {
             Self::Late { .. } | Self::LateInPartition { .. } => "late",
             Self::Wire { .. } => "wire",
             Self::Schema { .. } => "schema",
-            Self::Avro { .. } => "avro",
+            Self::Record { .. } => "record",
         }
     }
 }

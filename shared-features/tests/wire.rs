@@ -254,7 +254,7 @@ fn malformed_records_are_refused_naming_what_is_wrong() {
     // union's index, apache-avro alone would read the field as null.)
     for cut in 5..good.len() {
         let said = refused(&mut e, &good[..cut]);
-        assert_eq!(said.kind(), "avro", "cut at {cut}: {said}");
+        assert_eq!(said.kind(), "record", "cut at {cut}: {said}");
         assert!(said.to_string().contains("(id 1)"), "{said}");
     }
     let mut long = good.clone();

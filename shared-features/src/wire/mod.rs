@@ -1,6 +1,6 @@
 //! Events in the schema registry's wire format, as Confluent's serializers write them: a zero
 //! magic byte, the writer schema's id (4 bytes, big-endian), then the record in Avro's binary
-//! encoding.
+//! encoding (this module) or as a Protobuf message ([`protobuf`], feature `protobuf`).
 //!
 //! The value format is a property of the topic, not of the features: the pipeline declares its
 //! fields by name and type once, and an Avro record is resolved to them by name, as Avro's schema
@@ -26,6 +26,9 @@ use crate::error::EventError;
 use crate::spec::Pipeline;
 use crate::value::{FieldType, Map, Set, Value};
 
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
+
 /// Bytes before the record: the magic byte and the schema id.
 pub const HEADER_BYTES: usize = 5;
 
@@ -37,6 +40,9 @@ pub enum Format {
     Json,
     /// Avro in the schema registry's wire format, with the writer schemas met so far.
     Avro(Arc<Schemas>),
+    /// Protobuf in the schema registry's wire format, with the writer schemas met so far.
+    #[cfg(feature = "protobuf")]
+    Protobuf(Arc<Schemas>),
 }
 
 /// The schema id of a record in the wire format, and the record's bytes after the header.
@@ -72,6 +78,9 @@ pub struct Schemas {
 pub enum Known {
     /// The writer schema, parsed.
     Avro(Arc<Schema>),
+    /// A Protobuf writer schema: its file, whose messages the records' indexes name.
+    #[cfg(feature = "protobuf")]
+    Protobuf(Arc<prost_reflect::FileDescriptor>),
     /// No usable schema: the registry does not know the id, or its schema is not Avro or does not
     /// parse. Events written with it are refused with this reason.
     Refused(Arc<str>),
@@ -102,10 +111,9 @@ impl Schemas {
                     Known::Refused(format!("schema id {id} does not parse as Avro: {e}").into())
                 }
             },
-            other => Known::Refused(
-                format!("schema id {id} is a {other} schema; the topic's value format is avro")
-                    .into(),
-            ),
+            #[cfg(feature = "protobuf")]
+            "PROTOBUF" => protobuf::parse(id, text),
+            other => Known::Refused(format!("schema id {id} is a {other} schema").into()),
         };
         self.put(id, known.clone());
         known
@@ -294,6 +302,10 @@ impl AvroDecoder {
                     Some(Known::Avro(schema)) => resolve_fields(&schema, &self.fields)
                         .map(|positions| Plan { schema, positions })
                         .map_err(Arc::from),
+                    #[cfg(feature = "protobuf")]
+                    Some(Known::Protobuf(_)) => Err(Arc::from(format!(
+                        "schema id {id} is a PROTOBUF schema; the topic's value format is avro"
+                    ))),
                 };
                 self.plans.entry(id).or_insert(plan)
             }
@@ -313,7 +325,7 @@ impl AvroDecoder {
             short: false,
         };
         let record = apache_avro::from_avro_datum(&plan.schema, &mut input, None).map_err(|e| {
-            EventError::Avro {
+            EventError::Record {
                 id,
                 message: e.to_string(),
             }
@@ -322,14 +334,14 @@ impl AvroDecoder {
         // (lenient to writers that leave trailing optional fields out): a truncated record
         // would decode with nulls. Any read past the end refuses the record instead.
         if input.short {
-            return Err(EventError::Avro {
+            return Err(EventError::Record {
                 id,
                 message: format!("truncated: the record's {size} bytes end before its last field"),
             });
         }
         let payload = input.rest;
         if !payload.is_empty() {
-            return Err(EventError::Avro {
+            return Err(EventError::Record {
                 id,
                 message: format!(
                     "{} bytes left over after the record's {} (the record does not match its schema)",
@@ -339,7 +351,7 @@ impl AvroDecoder {
             });
         }
         let Avro::Record(values) = record else {
-            return Err(EventError::Avro {
+            return Err(EventError::Record {
                 id,
                 message: "not a record".to_string(),
             });
