@@ -48,10 +48,11 @@ pub(super) fn parse(id: u32, text: &str) -> Known {
         }
     };
     let name = proto.name().to_string();
-    let mut pool = DescriptorPool::new();
+    // With the well-known types (google/protobuf/timestamp.proto, wrappers.proto, ...) to import.
+    let mut pool = DescriptorPool::global();
     if let Err(e) = pool.add_file_descriptor_proto(proto) {
         return Known::Refused(
-            format!("schema id {id}: {e} (schemas that import other files are not supported yet)")
+            format!("schema id {id}: {e} (schemas that import files other than the well-known types are not supported yet)")
                 .into(),
         );
     }
