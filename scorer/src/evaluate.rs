@@ -22,6 +22,8 @@ pub struct EvaluateArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    format: crate::schema_registry::FormatArgs,
     /// The topic the events were scored from.
     #[arg(long)]
     input: String,
@@ -71,6 +73,10 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     let consumer = reader(&args.kafka)?;
     let token = tokio_util::sync::CancellationToken::new();
+    let (_rt, registry) = args.format.open_blocking(token.clone())?;
+    let format = registry
+        .as_ref()
+        .map_or(shared_features::wire::Format::Json, |r| r.format());
     let mut scores: HashMap<(i32, i64), f64> = HashMap::new();
     let (mut predictions, mut repeated) = (0u64, 0u64);
     for part in kafka::partitions(&consumer, &args.predictions)? {
@@ -112,7 +118,8 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         let (low, high) = consumer
             .fetch_watermarks(&args.input, part, Duration::from_secs(30))
             .context("cannot read offsets of the input topic")?;
-        let mut engine = OnlineEngine::new(servable.pipeline.clone(), servable.tables.clone());
+        let mut engine = OnlineEngine::new(servable.pipeline.clone(), servable.tables.clone())
+            .with_format(&format);
         each_message(
             &consumer,
             &args.input,
@@ -121,6 +128,9 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             End::Tail(high),
             &token,
             |m| {
+                if let Some(r) = &registry {
+                    r.prepare_waiting(m.payload());
+                }
                 let Ok(Some(row)) = engine.process(m.payload().unwrap_or_default()) else {
                     return Ok(());
                 };

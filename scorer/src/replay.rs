@@ -118,14 +118,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .transpose()?;
     let servable = model::load_blocking(&args.model)?;
     let token = CancellationToken::new();
-    // The registry client's requests run here; the replay blocks on them.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let registry = args
-        .format
-        .open(rt.handle().clone(), token.clone(), Default::default())?;
+    let (_rt, registry) = args.format.open_blocking(token.clone())?;
     if let Some(r) = &registry {
         r.check_topics(std::slice::from_ref(&args.input), &servable.pipeline)?;
     }

@@ -80,6 +80,25 @@ impl FormatArgs {
     }
 }
 
+/// A runtime of its own for a command that blocks on the registry (replay, evaluate), and the
+/// client (both `None` for JSON). Keep the runtime as long as the client is used.
+pub type Blocking = (Option<tokio::runtime::Runtime>, Option<Arc<SchemaRegistry>>);
+
+impl FormatArgs {
+    /// [`FormatArgs::open`] for a command without a runtime of its own.
+    pub fn open_blocking(&self, token: CancellationToken) -> Result<Blocking> {
+        if self.value_format == ValueFormat::Json && self.schema_registry.is_none() {
+            return Ok((None, None));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let registry = self.open(rt.handle().clone(), token, Counter::default())?;
+        Ok((Some(rt), registry))
+    }
+}
+
 /// A schema registry's client and the writer schemas fetched from it.
 #[derive(Debug)]
 pub struct SchemaRegistry {
