@@ -7,31 +7,14 @@
 
 use std::sync::Arc;
 
+mod departures;
+
 use apache_avro::Schema;
 use apache_avro::types::Value as Avro;
+use departures::{AIRPORTS, Dep, bits, deps, engine, json, pipeline};
 use proptest::prelude::*;
 use shared_features::wire::{Format, Schemas, resolve_fields, split_header};
-use shared_features::{EventError, FieldType, OnlineEngine, Pipeline, Tables, Value};
-
-const DEPARTURES: &str = r#"
-[pipeline]
-name = "departures"
-
-[events]
-key = "tailnum"
-lateness = "1h"
-fields = { dep_at = "timestamp", dep_time = "int", dep_delay = "float", tailnum = "str", origin = "str" }
-time = { fn = "field", field = "dep_at" }
-
-[[window]]
-name = "ac"
-key = "tailnum"
-length = "24h"
-aggs = [{ name = "ac_n", fn = "count" }, { name = "ac_mean", fn = "mean", field = "dep_delay" }, { name = "ac_origins", fn = "distinct_count", field = "origin" }]
-
-[features]
-numeric = ["dep_delay", "dep_time", "ac_n", "ac_mean", "ac_origins"]
-"#;
+use shared_features::{EventError, FieldType, OnlineEngine};
 
 /// The schema a producer of these events would register: every field nullable, and a field the
 /// pipeline does not read.
@@ -54,37 +37,6 @@ const V2: &str = r#"{"type": "record", "name": "Departure", "namespace": "flight
   {"name": "dep_time", "type": ["null", "long"]},
   {"name": "dep_at", "type": {"type": "long", "logicalType": "timestamp-millis"}}
 ]}"#;
-
-fn pipeline() -> Arc<Pipeline> {
-    Arc::new(Pipeline::parse(DEPARTURES, "departures.toml").unwrap())
-}
-
-fn engine(format: &Format) -> OnlineEngine {
-    let p = pipeline();
-    let t = Tables::load(&p, |_| Err("no tables".into())).unwrap();
-    OnlineEngine::new(p, Arc::new(t)).with_format(format)
-}
-
-/// One departure, as its fields.
-#[derive(Clone, Debug)]
-struct Dep {
-    at: i64,
-    time: Option<i32>,
-    delay: Option<f64>,
-    tail: String,
-    origin: Option<usize>,
-}
-
-const AIRPORTS: [&str; 3] = ["EWR", "JFK", "LGA"];
-
-fn json(d: &Dep) -> Vec<u8> {
-    serde_json::json!({
-        "dep_at": d.at, "dep_time": d.time, "dep_delay": d.delay, "tailnum": d.tail,
-        "origin": d.origin.map(|i| AIRPORTS[i]), "gate": "B7",
-    })
-    .to_string()
-    .into_bytes()
-}
 
 fn nullable(v: Option<Avro>) -> Avro {
     match v {
@@ -132,49 +84,6 @@ fn avro_v2(d: &Dep, schema: &Schema) -> Vec<u8> {
         ("dep_at".into(), Avro::TimestampMillis(d.at)),
     ]);
     framed(2, schema, r)
-}
-
-fn deps() -> impl Strategy<Value = Vec<Dep>> {
-    let dep = (
-        0i64..3_600_000,
-        proptest::option::of(0i32..2400),
-        proptest::option::of(prop_oneof![
-            -60.0f64..600.0,
-            any::<f64>().prop_filter("finite", |x| x.is_finite())
-        ]),
-        0usize..4,
-        proptest::option::of(0usize..3),
-    )
-        .prop_map(|(dt, time, delay, tail, origin)| Dep {
-            at: dt,
-            time,
-            delay,
-            tail: format!("N{tail}"),
-            origin,
-        });
-    proptest::collection::vec(dep, 1..60).prop_map(|mut v| {
-        // Increasing times, so that no event is refused as late on either path.
-        let mut t = 1_356_998_400_000;
-        for d in &mut v {
-            t += d.at;
-            d.at = t;
-        }
-        v
-    })
-}
-
-fn bits(row: &[Value]) -> Vec<(u8, u64)> {
-    row.iter()
-        .map(|v| match v {
-            Value::Null => (0, 0),
-            Value::Int(i) => (1, *i as u64),
-            Value::Float(x) => (2, x.to_bits()),
-            Value::Str(s) => (
-                3,
-                s.len() as u64 ^ s.bytes().map(u64::from).sum::<u64>() << 8,
-            ),
-        })
-        .collect()
 }
 
 fn schemas() -> (Arc<Schemas>, Schema, Schema) {

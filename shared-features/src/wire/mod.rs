@@ -119,6 +119,15 @@ impl Schemas {
         known
     }
 
+    /// What is known of `id`, or the error of a record naming an id nobody looked up (the
+    /// caller is to fetch each id before the engine meets it).
+    pub(crate) fn known(&self, id: u32) -> Result<Known, EventError> {
+        self.get(id).ok_or_else(|| EventError::Schema {
+            id,
+            message: "not fetched from the schema registry".to_string(),
+        })
+    }
+
     /// Record that `id` cannot be used, and why.
     pub fn refuse(&self, id: u32, why: &str) {
         self.put(id, Known::Refused(why.into()));
@@ -291,19 +300,13 @@ impl AvroDecoder {
         let plan = match self.plans.get(&id) {
             Some(p) => p,
             None => {
-                let plan = match self.schemas.get(id) {
-                    None => {
-                        return Err(EventError::Schema {
-                            id,
-                            message: "not fetched from the schema registry".to_string(),
-                        });
-                    }
-                    Some(Known::Refused(why)) => Err(why),
-                    Some(Known::Avro(schema)) => resolve_fields(&schema, &self.fields)
+                let plan = match self.schemas.known(id)? {
+                    Known::Refused(why) => Err(why),
+                    Known::Avro(schema) => resolve_fields(&schema, &self.fields)
                         .map(|positions| Plan { schema, positions })
                         .map_err(Arc::from),
                     #[cfg(feature = "protobuf")]
-                    Some(Known::Protobuf(_)) => Err(Arc::from(format!(
+                    Known::Protobuf(_) => Err(Arc::from(format!(
                         "schema id {id} is a PROTOBUF schema; the topic's value format is avro"
                     ))),
                 };

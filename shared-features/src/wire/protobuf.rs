@@ -242,18 +242,12 @@ impl ProtobufDecoder {
         let at = match plans.iter().position(|(p, _)| p == path) {
             Some(i) => i,
             None => {
-                let plan = match self.schemas.get(id) {
-                    None => {
-                        return Err(EventError::Schema {
-                            id,
-                            message: "not fetched from the schema registry".to_string(),
-                        });
-                    }
-                    Some(Known::Refused(why)) => Err(why),
-                    Some(Known::Avro(_)) => Err(Arc::from(format!(
+                let plan = match self.schemas.known(id)? {
+                    Known::Refused(why) => Err(why),
+                    Known::Avro(_) => Err(Arc::from(format!(
                         "schema id {id} is an AVRO schema; the topic's value format is protobuf"
                     ))),
-                    Some(Known::Protobuf(file)) => message_at(&file, path)
+                    Known::Protobuf(file) => message_at(&file, path)
                         .and_then(|message| {
                             resolve_fields(&message, &self.fields)
                                 .map(|fields| Plan { message, fields })
