@@ -174,7 +174,8 @@ pub struct Live {
     remote: Option<Remote>,
     /// A prediction being written (model-server answers).
     pred: Vec<u8>,
-    /// `--value-format avro`: the schema registry the scorers read writer schemas from.
+    /// `--value-format avro` or `protobuf`: the schema registry the scorers read writer schemas
+    /// from.
     registry: Option<Arc<SchemaRegistry>>,
     /// The wait before reading a record again after the registry did not answer.
     registry_wait: Duration,
@@ -248,7 +249,7 @@ impl Live {
         }
     }
 
-    /// Read the input topics' records in Avro through this schema registry.
+    /// Read the input topics' records in Avro or Protobuf through this schema registry.
     pub fn with_registry(mut self, registry: Option<Arc<SchemaRegistry>>) -> Self {
         self.registry = registry;
         self
