@@ -1057,11 +1057,6 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
         .is_some_and(|p| p.scorer.is_none())
     {
         live.rebuild(slot, offset)?;
-        if live.token.is_cancelled() {
-            // A warm-up cut short by the shutdown (waiting for the schema registry, say) may
-            // have left the state incomplete: score nothing with it; the event is not committed.
-            return Ok(());
-        }
     }
     let seq = live.tracker.begin(slot, offset, now);
     if live.cfg.exactly_once() && live.txn.started.is_none() {
