@@ -450,12 +450,16 @@ impl OnlineEngine {
     }
 }
 
-/// The engine's decoder for its topic's value format.
+/// A decoder of events in a topic's value format: the engines' own, for readers that must
+/// decode as they do (the trainer's topic reader, the offline engine's history files).
 #[derive(Debug, Clone)]
-pub(crate) enum EventDecoder {
+pub enum EventDecoder {
+    /// JSON objects.
     Json(Decoder),
+    /// Avro in the wire format.
     #[cfg(feature = "avro")]
     Avro(crate::wire::AvroDecoder),
+    /// Protobuf in the wire format.
     #[cfg(feature = "protobuf")]
     Protobuf(crate::wire::protobuf::ProtobufDecoder),
 }
@@ -463,7 +467,7 @@ pub(crate) enum EventDecoder {
 impl EventDecoder {
     /// A decoder of `p`'s fields in `format`.
     #[cfg(feature = "avro")]
-    pub(crate) fn new(p: &Pipeline, format: &crate::wire::Format) -> Self {
+    pub fn new(p: &Pipeline, format: &crate::wire::Format) -> Self {
         match format {
             crate::wire::Format::Json => Self::Json(Decoder::new(p)),
             crate::wire::Format::Avro(schemas) => {
@@ -476,7 +480,37 @@ impl EventDecoder {
         }
     }
 
-    pub(crate) fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
+    /// A decoder of these fields, in this order, in `format`; the int and float fields named in
+    /// `from_strings` also take strings holding numbers (the offline engine reads history so).
+    #[cfg(feature = "avro")]
+    pub fn for_fields(
+        fields: &[(String, crate::value::FieldType)],
+        from_strings: &[&str],
+        format: &crate::wire::Format,
+    ) -> Self {
+        let fields = fields.iter().cloned();
+        match format {
+            crate::wire::Format::Json => Self::Json(
+                Decoder::for_fields(fields).with_numbers_from_strings(from_strings.iter().copied()),
+            ),
+            crate::wire::Format::Avro(schemas) => Self::Avro(crate::wire::AvroDecoder::for_fields(
+                fields,
+                from_strings,
+                schemas.clone(),
+            )),
+            #[cfg(feature = "protobuf")]
+            crate::wire::Format::Protobuf(schemas) => {
+                Self::Protobuf(crate::wire::protobuf::ProtobufDecoder::for_fields(
+                    fields,
+                    from_strings,
+                    schemas.clone(),
+                ))
+            }
+        }
+    }
+
+    /// Decode one event into `row[..n_fields]`.
+    pub fn decode(&mut self, bytes: &[u8], row: &mut [Value]) -> Result<(), EventError> {
         match self {
             Self::Json(d) => d.decode(bytes, row),
             #[cfg(feature = "avro")]

@@ -52,7 +52,7 @@ pub mod window;
 #[cfg(feature = "avro")]
 pub mod wire;
 
-pub use engine::{Admission, OnlineEngine, Split, Stages};
+pub use engine::{Admission, EventDecoder, OnlineEngine, Split, Stages};
 pub use error::{DataError, EventError};
 pub use fitted::{FittedState, fingerprint};
 pub use ordered::{Order, OrderedEngine};

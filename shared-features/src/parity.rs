@@ -199,23 +199,28 @@ pub fn check_feed(
             "the parity check reads a CSV or JSON-lines file, not a directory of Parquet files",
         ));
     }
-    let bytes = std::fs::read(events).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::file(&file, offline::missing_file(events)),
-        _ => DataError::file(&file, e.to_string()),
-    })?;
+    let read = || {
+        std::fs::read(events).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DataError::file(&file, offline::missing_file(events)),
+            _ => DataError::file(&file, e.to_string()),
+        })
+    };
     // The online side sees each event as JSON (a CSV row converted, or a JSON line as it is) or,
     // from an Avro file, as the record a topic would carry. `lines[i]` is the file line (the
     // record number in an Avro file) of record i, for messages.
     let ext = events.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut format = Format::Json;
     let (jsons, lines): (Vec<Vec<u8>>, Vec<usize>) = if ext == "avro" {
-        let (schemas, records) =
+        if !events.exists() {
+            return Err(DataError::file(&file, offline::missing_file(events)));
+        }
+        let (f, records) =
             crate::wire::container_records(events).map_err(|m| DataError::file(&file, m))?;
-        format = Format::Avro(schemas);
+        format = f;
         let lines = (1..=records.len()).collect();
         (records, lines)
     } else if matches!(ext, "jsonl" | "ndjson" | "json") {
-        bytes
+        read()?
             .split(|&b| b == b'\n')
             .enumerate()
             .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
@@ -227,11 +232,10 @@ pub fn check_feed(
             "the parity check reads CSV or JSON-lines history, not Parquet",
         ));
     } else {
-        let jsons = csv_to_json(p, &bytes, &file)?;
+        let jsons = csv_to_json(p, &read()?, &file)?;
         let lines = (2..jsons.len() + 2).collect();
         (jsons, lines)
     };
-    drop(bytes);
     let mut decoder = EventDecoder::new(p, &format);
     let decode: &mut Decode = &mut |b, row| decoder.decode(b, row);
     let sorted = event_order_with(p, &jsons, decode);
@@ -305,7 +309,7 @@ pub fn check_feed(
     let tables = Arc::new(tables);
     let online_started = Instant::now();
     match (&feed.log, feed.disorder.map(|d| d.order), feed.partitions) {
-        (Some(t), ..) => topic_log(p, &tables, &jsons, t, &mut cmp),
+        (Some(t), ..) => topic_log(p, &tables, &jsons, &format, t, &mut cmp),
         (_, Some(Order::Watermark), _) => {
             let mut engine = OrderedEngine::new(p.clone(), tables.clone()).with_format(&format);
             for &rec in &order {
@@ -352,6 +356,7 @@ fn topic_log(
     p: &Arc<Pipeline>,
     tables: &Arc<Tables>,
     jsons: &[Vec<u8>],
+    format: &Format,
     log: &TopicLog,
     cmp: &mut Comparer<'_>,
 ) {
@@ -360,7 +365,7 @@ fn topic_log(
     match log.order {
         Order::Arrival => {
             let mut engines: Vec<OnlineEngine> = (0..n)
-                .map(|_| OnlineEngine::new(p.clone(), tables.clone()))
+                .map(|_| OnlineEngine::new(p.clone(), tables.clone()).with_format(format))
                 .collect();
             for (rec, json) in jsons.iter().enumerate() {
                 let online = engines[part(rec)].process(json);
@@ -369,7 +374,7 @@ fn topic_log(
         }
         Order::Watermark => {
             let mut engines: Vec<OrderedEngine> = (0..n)
-                .map(|_| OrderedEngine::new(p.clone(), tables.clone()))
+                .map(|_| OrderedEngine::new(p.clone(), tables.clone()).with_format(format))
                 .collect();
             let drain = |engine: &mut OrderedEngine, cmp: &mut Comparer<'_>| {
                 while let Some((tag, row)) = engine.next_ready() {

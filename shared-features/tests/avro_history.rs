@@ -1,7 +1,8 @@
 //! Avro object container files as history (issue 17): the fixture flights written as Avro give
 //! the parity check every vector bit-identical, sorted, under disorder and repartitioned, and
 //! the same offline rows as the CSV they came from; a file whose schema does not fit the
-//! pipeline is refused naming the file and the field.
+//! pipeline is refused naming the file and the field. A records file (a topic's Avro records
+//! kept with the writer schemas they name, as the trainer keeps a topic range) reads the same.
 
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -179,6 +180,80 @@ fn an_avro_file_whose_schema_does_not_fit_is_named_with_the_field() {
         said.contains("garbage.avro") && said.contains("not an Avro object container file"),
         "{said}"
     );
+}
+
+/// The flights as a topic's Avro records, the first half written with one schema (id 7) and the
+/// rest with a compatible evolution of it (id 8: fields in reverse order, one added with a
+/// default), kept in a records file: the offline engine reads the CSV's rows from it and the
+/// parity check finds every vector identical, each record decoded under its own schema.
+#[test]
+fn a_records_file_of_two_schema_versions_reads_as_the_csv() {
+    let p = flights_pipeline();
+    let dir = tempfile_dir();
+    let (rows, types) = flights_as_json();
+    let field = |(n, t): &(String, &str)| format!(r#"{{"name": "{n}", "type": ["null", "{t}"]}}"#);
+    let v1: Vec<String> = types.iter().map(field).collect();
+    let mut v2: Vec<String> = types.iter().rev().map(field).collect();
+    v2.push(r#"{"name": "source", "type": "string", "default": "tower"}"#.into());
+    let text = |fields: &[String]| {
+        format!(
+            r#"{{"type": "record", "name": "Flight", "fields": [{}]}}"#,
+            fields.join(", ")
+        )
+    };
+    let schemas = shared_features::wire::Schemas::new();
+    schemas.insert(7, None, &text(&v1));
+    schemas.insert(8, Some("AVRO"), &text(&v2));
+    let (s1, s2) = (
+        Schema::parse_str(&text(&v1)).unwrap(),
+        Schema::parse_str(&text(&v2)).unwrap(),
+    );
+    let half = rows.len() / 2;
+    let records: Vec<Vec<u8>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut fields: Vec<(String, Avro)> = types
+                .iter()
+                .map(|(n, t)| (n.clone(), avro_value(&r[n], t)))
+                .collect();
+            let (id, schema) = if i < half {
+                (7u32, &s1)
+            } else {
+                fields.reverse();
+                fields.push(("source".into(), Avro::String("radar".into())));
+                (8, &s2)
+            };
+            let mut framed = vec![0];
+            framed.extend_from_slice(&id.to_be_bytes());
+            framed.extend(apache_avro::to_avro_datum(schema, Avro::Record(fields)).unwrap());
+            framed
+        })
+        .collect();
+    let file = dir.join("topic.avro");
+    let format = shared_features::wire::Format::Avro(schemas);
+    shared_features::wire::write_records_file(&file, &format, records.iter().map(Vec::as_slice))
+        .unwrap();
+
+    let (back, read) = shared_features::wire::container_records(&file).unwrap();
+    assert!(read == records, "the records file gives back other bytes");
+    assert!(matches!(back, shared_features::wire::Format::Avro(_)));
+
+    let csv = fixtures().join("raw/flights.csv");
+    let r = parity::check(&p, &file, &fixtures()).unwrap();
+    let c = parity::check(&p, &csv, &fixtures()).unwrap();
+    assert!(r.events > 2000, "{} events", r.events);
+    assert_eq!(
+        (r.records, r.events, r.identical),
+        (c.records, c.events, c.events),
+        "{:?}",
+        r.first_mismatch
+    );
+    let a = offline::run(&p, &file, &fixtures()).unwrap();
+    let b = offline::run(&p, &csv, &fixtures()).unwrap();
+    let bits = |rows: &[Vec<shared_features::Value>]| format!("{rows:?}");
+    assert_eq!(a.rows.len(), b.rows.len());
+    assert_eq!(bits(&a.rows), bits(&b.rows));
 }
 
 /// A fresh directory under the target's temporary directory.

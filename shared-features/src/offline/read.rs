@@ -368,20 +368,24 @@ pub(super) fn read_part(
     Ok(df)
 }
 
-/// Read an Avro object container file with the decoder a topic's Avro records go through
+/// Read an Avro object container file with the decoder a topic's records go through
 /// ([`crate::wire`]), so that a history file and a topic of the same records give the same
-/// values. A record that does not fit the declared fields is an error naming its number and
-/// field.
+/// values: a plain Avro data file, or a records file of a topic's Avro or Protobuf records
+/// ([`crate::wire::write_records_file`]). A record that does not fit the declared fields is an
+/// error naming its number and field.
 fn read_avro(
     path: &Path,
     columns: &[(String, FieldType)],
     from_strings: &[&str],
 ) -> Result<DataFrame, DataError> {
     use crate::value::Value;
+    use crate::wire::{FILE_SCHEMA_ID, Format, Known};
     let file = path.display().to_string();
-    let (schemas, records) =
+    let (format, records) =
         crate::wire::container_records(path).map_err(|m| DataError::file(&file, m))?;
-    if let Some(crate::wire::Known::Avro(schema)) = schemas.get(crate::wire::FILE_SCHEMA_ID) {
+    if let Format::Avro(schemas) = &format
+        && let Some(Known::Avro(schema)) = schemas.get(FILE_SCHEMA_ID)
+    {
         crate::wire::resolve_fields(&schema, columns).map_err(|why| {
             DataError::file(
                 &file,
@@ -389,8 +393,7 @@ fn read_avro(
             )
         })?;
     }
-    let mut decoder =
-        crate::wire::AvroDecoder::for_fields(columns.iter().cloned(), from_strings, schemas);
+    let mut decoder = crate::EventDecoder::for_fields(columns, from_strings, &format);
     let mut row = vec![Value::Null; columns.len()];
     let mut cols = Columns::new(columns.len());
     for (i, record) in records.iter().enumerate() {

@@ -71,6 +71,9 @@ pub fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), EventError> {
 #[derive(Debug, Default)]
 pub struct Schemas {
     known: RwLock<Map<u32, Known>>,
+    /// The registry's text of each schema inserted, with its type: what a records file keeps
+    /// ([`write_records_file`]).
+    texts: RwLock<Map<u32, (Option<String>, String)>>,
 }
 
 /// What is known of one schema id.
@@ -116,6 +119,10 @@ impl Schemas {
             other => Known::Refused(format!("schema id {id} is a {other} schema").into()),
         };
         self.put(id, known.clone());
+        self.texts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (schema_type.map(str::to_string), text.to_string()));
         known
     }
 
@@ -141,18 +148,76 @@ impl Schemas {
     }
 }
 
-/// The schema id [`container_records`] gives the records of a file.
+/// The schema id [`container_records`] gives the records of a plain Avro data file.
 pub const FILE_SCHEMA_ID: u32 = 0;
 
-/// The records of an Avro object container file (`.avro`), each in the wire format under
-/// [`FILE_SCHEMA_ID`], and the file's writer schema under that id: so that a history file goes
-/// through the decoder a topic's records go through. Blocks compressed with `null` or
-/// `deflate` are read; other codecs are refused, naming the file.
-pub fn container_records(path: &std::path::Path) -> Result<(Arc<Schemas>, Vec<Vec<u8>>), String> {
+/// The metadata key of a records file ([`write_records_file`]): the records' value format.
+const RECORDS_FORMAT: &str = "kml.wire.format";
+/// The metadata key of a records file: the writer schemas the records name, as JSON.
+const RECORDS_SCHEMAS: &str = "kml.wire.schemas";
+/// The schema of a records file: one field, the record's value as it was on the topic.
+const RECORDS_SCHEMA: &str = r#"{"type": "record", "name": "Record", "namespace": "kml.wire",
+    "fields": [{"name": "value", "type": "bytes"}]}"#;
+
+/// One writer schema in a records file's metadata, as the registry gave it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredSchema {
+    id: u32,
+    schema_type: Option<String>,
+    schema: String,
+}
+
+/// The records of an Avro object container file (`.avro`) in the wire format, and the value
+/// format to decode them with: so that a history file goes through the decoder a topic's records
+/// go through. Two kinds of file:
+///
+/// - an Avro data file (any writer): each record framed under [`FILE_SCHEMA_ID`], the file's
+///   writer schema under that id;
+/// - a records file ([`write_records_file`]): the records as they were on a topic, Avro or
+///   Protobuf, each naming its own writer schema, all of which the file's metadata holds.
+///
+/// Blocks compressed with `null` or `deflate` are read; other codecs are refused.
+pub fn container_records(path: &std::path::Path) -> Result<(Format, Vec<Vec<u8>>), String> {
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let reader = apache_avro::Reader::new(std::io::BufReader::new(f))
         .map_err(|e| format!("not an Avro object container file: {e}"))?;
     let schema = reader.writer_schema().clone();
+    let meta = reader.user_metadata();
+    if let Some(kind) = meta.get(RECORDS_FORMAT) {
+        let kind = String::from_utf8_lossy(kind).into_owned();
+        let stored: Vec<StoredSchema> = meta
+            .get(RECORDS_SCHEMAS)
+            .map(|b| serde_json::from_slice(b))
+            .transpose()
+            .map_err(|e| format!("a records file whose schemas do not read: {e}"))?
+            .unwrap_or_default();
+        let schemas = Schemas::new();
+        for s in &stored {
+            schemas.insert(s.id, s.schema_type.as_deref(), &s.schema);
+        }
+        let format = match kind.as_str() {
+            "avro" => Format::Avro(schemas),
+            #[cfg(feature = "protobuf")]
+            "protobuf" => Format::Protobuf(schemas),
+            other => {
+                return Err(format!(
+                    "a records file of value format `{other}`, not read here"
+                ));
+            }
+        };
+        let mut records = Vec::new();
+        for (i, value) in reader.enumerate() {
+            match value.map_err(|e| format!("record {}: {e}", i + 1))? {
+                Avro::Record(fields) => match fields.into_iter().next() {
+                    Some((_, Avro::Bytes(b))) => records.push(b),
+                    _ => return Err(format!("record {}: no `value` bytes", i + 1)),
+                },
+                _ => return Err(format!("record {}: not a record", i + 1)),
+            }
+        }
+        return Ok((format, records));
+    }
     let mut records = Vec::new();
     for (i, value) in reader.enumerate() {
         let value = value.map_err(|e| format!("record {}: {e}", i + 1))?;
@@ -166,7 +231,62 @@ pub fn container_records(path: &std::path::Path) -> Result<(Arc<Schemas>, Vec<Ve
     }
     let schemas = Schemas::new();
     schemas.put(FILE_SCHEMA_ID, Known::Avro(Arc::new(schema)));
-    Ok((schemas, records))
+    Ok((Format::Avro(schemas), records))
+}
+
+/// Write `records` (values in the wire format, as on a topic) to a records file at `path`: an
+/// Avro object container file (deflate blocks) of the values as they are, with the writer
+/// schemas `schemas` holds in its metadata, which [`container_records`] reads back with the
+/// decoder of `format`. A topic range read for training is kept so.
+pub fn write_records_file<'a>(
+    path: &std::path::Path,
+    format: &Format,
+    records: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), String> {
+    let (kind, schemas) = match format {
+        Format::Json => return Err("a records file holds Avro or Protobuf records".to_string()),
+        Format::Avro(s) => ("avro", s),
+        #[cfg(feature = "protobuf")]
+        Format::Protobuf(s) => ("protobuf", s),
+    };
+    let stored: Vec<StoredSchema> = {
+        let texts = schemas.texts.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<StoredSchema> = texts
+            .iter()
+            .map(|(id, (t, text))| StoredSchema {
+                id: *id,
+                schema_type: t.clone(),
+                schema: text.clone(),
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    };
+    let schema = Schema::parse_str(RECORDS_SCHEMA).map_err(|e| e.to_string())?;
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w = apache_avro::Writer::with_codec(
+        &schema,
+        std::io::BufWriter::new(file),
+        apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),
+    );
+    let err = |e: apache_avro::Error| format!("{}: {e}", path.display());
+    w.add_user_metadata(RECORDS_FORMAT.to_string(), kind)
+        .map_err(err)?;
+    let stored = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
+    w.add_user_metadata(RECORDS_SCHEMAS.to_string(), stored)
+        .map_err(err)?;
+    for r in records {
+        w.append(Avro::Record(vec![(
+            "value".to_string(),
+            Avro::Bytes(r.to_vec()),
+        )]))
+        .map_err(err)?;
+    }
+    w.into_inner()
+        .map_err(err)?
+        .into_inner()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
 }
 
 /// How the declared fields are found in one writer schema: the position of each in the

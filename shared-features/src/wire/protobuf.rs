@@ -223,10 +223,26 @@ pub struct ProtobufDecoder {
 impl ProtobufDecoder {
     /// A decoder for the event fields of `p`, reading writer schemas from `schemas`.
     pub fn new(p: &Pipeline, schemas: Arc<Schemas>) -> Self {
-        let fields: Vec<(String, FieldType)> =
-            p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
-        let from_strings = (0..fields.len())
-            .map(|i| p.numbers_from_strings.contains(&i))
+        let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty));
+        let strings: Vec<&str> = p
+            .numbers_from_strings
+            .iter()
+            .filter_map(|&i| p.fields().get(i).map(|c| c.name.as_str()))
+            .collect();
+        Self::for_fields(fields, &strings, schemas)
+    }
+
+    /// A decoder for these fields, in this order (the offline engine reads records files with
+    /// it); the int and float fields named in `from_strings` also take strings holding numbers.
+    pub fn for_fields(
+        fields: impl IntoIterator<Item = (String, FieldType)>,
+        from_strings: &[&str],
+        schemas: Arc<Schemas>,
+    ) -> Self {
+        let fields: Vec<(String, FieldType)> = fields.into_iter().collect();
+        let from_strings = fields
+            .iter()
+            .map(|(n, _)| from_strings.contains(&n.as_str()))
             .collect();
         Self {
             schemas,
