@@ -22,17 +22,14 @@ pub mod parquet_out;
 pub mod remote;
 pub mod replay;
 pub mod run;
-pub mod schema_registry;
+pub use shared_models::schema_registry;
 pub mod score;
 pub mod serve;
 pub mod sink;
 pub mod source;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Result;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -124,34 +121,4 @@ async fn wait_for_signal() {
     }
 }
 
-/// Retry `f` with exponential backoff (each failure logged with `what`) until it succeeds or
-/// `token` is cancelled: a broker that is down at start is waited for, not a crash.
-pub fn retry_until_cancelled<T>(
-    token: &CancellationToken,
-    what: &str,
-    mut f: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if token.is_cancelled() => return Err(e),
-            Err(e) => {
-                let wait = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(
-                    error = %format!("{e:#}"), backoff_ms = wait.as_millis() as u64,
-                    "{what}; retrying"
-                );
-                // Sleep in slices so that a shutdown request is honoured promptly.
-                let until = std::time::Instant::now() + wait;
-                while std::time::Instant::now() < until && !token.is_cancelled() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-}
+pub use shared_models::wait::retry_until_cancelled;

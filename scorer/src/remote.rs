@@ -34,6 +34,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use shared_models::Servable;
+pub(crate) use shared_models::schema_registry::transport_error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -660,18 +661,6 @@ async fn exchange(
         .await
         .map_err(|e| Failure::Down(transport_error(&e)))?;
     Ok((status, body))
-}
-
-pub(crate) fn transport_error(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 fn status_text(s: &tonic::Status) -> String {

@@ -20,8 +20,12 @@ pub mod prediction;
 mod predictor;
 #[cfg(feature = "registry")]
 mod registry;
+#[cfg(feature = "schema-registry")]
+pub mod schema_registry;
 mod serving;
 mod tree;
+#[cfg(feature = "schema-registry")]
+pub mod wait;
 
 pub use bundle::{Bundle, FORMAT, MANIFEST, Manifest};
 pub use error::RegistryError;

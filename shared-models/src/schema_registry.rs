@@ -206,13 +206,31 @@ impl SchemaRegistry {
     /// that the engine can decode it. `Err`: the registry did not answer; the record must wait.
     /// A record without a readable header passes: the engine refuses it, naming why.
     pub fn prepare(&self, payload: Option<&[u8]>) -> Result<(), String> {
-        let Some(Ok((id, _))) = payload.map(split_header) else {
-            return Ok(());
-        };
-        if self.schemas.get(id).is_some() {
-            return Ok(());
+        match self.unknown(payload) {
+            Some(id) => self.rt.block_on(self.fetch(id)),
+            None => Ok(()),
         }
-        match self.rt.block_on(self.schema(id)) {
+    }
+
+    /// [`SchemaRegistry::prepare`] from async code (a server's request handler).
+    pub async fn prepare_async(&self, payload: Option<&[u8]>) -> Result<(), String> {
+        match self.unknown(payload) {
+            Some(id) => self.fetch(id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The schema id a record names, if it has not been looked up yet.
+    fn unknown(&self, payload: Option<&[u8]>) -> Option<u32> {
+        let Some(Ok((id, _))) = payload.map(split_header) else {
+            return None;
+        };
+        self.schemas.get(id).is_none().then_some(id)
+    }
+
+    /// Look `id` up and record the answer (see [`SchemaRegistry::prepare`]).
+    async fn fetch(&self, id: u32) -> Result<(), String> {
+        match self.schema(id).await {
             Ok(a) => {
                 if let Known::Refused(why) =
                     self.schemas.insert(id, a.schema_type.as_deref(), &a.schema)
@@ -241,9 +259,11 @@ impl SchemaRegistry {
     /// [`SchemaRegistry::prepare`], waiting for a registry that does not answer until it does
     /// or the run is cancelled (a replay, a warm-up: no other partition to get on with).
     pub fn prepare_waiting(&self, payload: Option<&[u8]>) {
-        let _ = crate::retry_until_cancelled(&self.token, "schema registry not answering", || {
-            self.prepare(payload).map_err(anyhow::Error::msg)
-        });
+        let _ = crate::wait::retry_until_cancelled(
+            &self.token,
+            "schema registry not answering",
+            || self.prepare(payload).map_err(anyhow::Error::msg),
+        );
     }
 
     /// Check each input topic's subject (`<topic>-value`): its latest schema must give every
@@ -255,17 +275,18 @@ impl SchemaRegistry {
         for topic in topics {
             let subject = format!("{topic}-value");
             let path = format!("/subjects/{subject}/versions/latest");
-            let answer =
-                crate::retry_until_cancelled(&self.token, "schema registry not answering", || {
-                    match self.rt.block_on(self.get(&path)) {
-                        Ok(a) => Ok(Some(a)),
-                        Err(Failure::NotFound(_)) => Ok(None),
-                        Err(Failure::Down(why)) => {
-                            self.failures.inc();
-                            Err(anyhow::anyhow!("{}: {why}", self.base))
-                        }
+            let answer = crate::wait::retry_until_cancelled(
+                &self.token,
+                "schema registry not answering",
+                || match self.rt.block_on(self.get(&path)) {
+                    Ok(a) => Ok(Some(a)),
+                    Err(Failure::NotFound(_)) => Ok(None),
+                    Err(Failure::Down(why)) => {
+                        self.failures.inc();
+                        Err(anyhow::anyhow!("{}: {why}", self.base))
                     }
-                })?;
+                },
+            )?;
             let Some(a) = answer else {
                 tracing::warn!(
                     topic, subject, registry = %self.base,
@@ -279,11 +300,15 @@ impl SchemaRegistry {
             let a = if a.schema_type.as_deref() == Some("PROTOBUF")
                 && !protobuf::is_serialized(&a.schema)
             {
-                crate::retry_until_cancelled(&self.token, "schema registry not answering", || {
-                    self.rt
-                        .block_on(self.schema(id))
-                        .map_err(|(Failure::Down(w) | Failure::NotFound(w))| anyhow::anyhow!(w))
-                })?
+                crate::wait::retry_until_cancelled(
+                    &self.token,
+                    "schema registry not answering",
+                    || {
+                        self.rt
+                            .block_on(self.schema(id))
+                            .map_err(|(Failure::Down(w) | Failure::NotFound(w))| anyhow::anyhow!(w))
+                    },
+                )?
             } else {
                 a
             };
@@ -305,17 +330,17 @@ impl SchemaRegistry {
                         .map(|()| Vec::new())
                 }
                 Known::Refused(why) => bail!(
-                    "--input {topic}: subject {subject} (version {version}, schema id {id}): {why}"
+                    "topic {topic}: subject {subject} (version {version}, schema id {id}): {why}"
                 ),
                 _ => bail!(
-                    "--input {topic}: subject {subject} (version {version}, schema id {id}) is a \
+                    "topic {topic}: subject {subject} (version {version}, schema id {id}) is a \
                      {} schema, not the --value-format given",
                     a.schema_type.as_deref().unwrap_or("AVRO")
                 ),
             };
             if let Err(why) = fits {
                 bail!(
-                    "--input {topic}: the latest schema of subject {subject} (version {version}, \
+                    "topic {topic}: the latest schema of subject {subject} (version {version}, \
                      schema id {id}) does not fit pipeline {}: {why}",
                     p.name
                 );
@@ -339,12 +364,12 @@ impl SchemaRegistry {
         let resp = req
             .send()
             .await
-            .map_err(|e| Failure::Down(crate::remote::transport_error(&e)))?;
+            .map_err(|e| Failure::Down(transport_error(&e)))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Failure::Down(crate::remote::transport_error(&e)))?;
+            .map_err(|e| Failure::Down(transport_error(&e)))?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(Failure::NotFound(error_message(&body, status)));
         }
@@ -371,4 +396,17 @@ fn error_message(body: &[u8], status: reqwest::StatusCode) -> String {
         }) => format!("error {code}: {m}"),
         _ => format!("HTTP {status}"),
     }
+}
+
+/// A reqwest error with its causes (the connection refused, the timeout), for messages.
+pub fn transport_error(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
