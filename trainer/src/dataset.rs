@@ -146,8 +146,8 @@ impl Input {
             && self.history.is_none()
         {
             let (dir, guard) = temp_dir()?;
-            let path = dir.join("topic.jsonl");
-            let history = t.read(&self.pipeline, &path)?;
+            let history = t.read(&self.pipeline, &dir)?;
+            let path = history.file.clone();
             if history.refused > 0 {
                 eprintln!(
                     "{}: {} events the scorer would dead-letter left out (first: {})",

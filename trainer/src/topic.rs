@@ -3,12 +3,16 @@
 //! Every partition is read from its beginning (the events before the range warm the windows,
 //! as `scorer replay` warms them) up to the range's end. Each payload goes through the
 //! scorer's decoder; one that does not decode is left out and counted, as the scorer would
-//! dead-letter it. The events are written, partition by partition in offset order, to a JSON
-//! lines file that the offline engine reads as a log (`offline::Log`): admitted per partition
-//! in offset order, then sorted, exactly as the scorer in watermark order processes them.
+//! dead-letter it. The events are written, partition by partition in offset order, to a file
+//! that the offline engine reads as a log (`offline::Log`): admitted per partition in offset
+//! order, then sorted, exactly as the scorer in watermark order processes them. JSON events go
+//! to a JSON lines file; Avro and Protobuf records (`--value-format`, through the schema
+//! registry) to a records file that keeps each record's bytes as they were on the topic, with
+//! the writer schemas they name (`wire::write_records_file`), so that the offline engine and the
+//! parity check decode them with the scorer's decoder too.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,8 +20,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{Message, TopicPartitionList as Tpl};
-use shared_features::decode::Decoder;
-use shared_features::{Pipeline, Value};
+use shared_features::wire::Format;
+use shared_features::{EventDecoder, Pipeline, Value};
+use shared_models::schema_registry::FormatArgs;
+use tokio_util::sync::CancellationToken;
 
 /// Where the history's topic is, and which part of it to train on.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +46,9 @@ pub struct TopicArgs {
     /// Any librdkafka property, e.g. `-X security.protocol=SASL_SSL`; repeatable.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    /// The topic's value format, and its schema registry (as for `scorer run`).
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -143,6 +152,8 @@ pub struct TopicHistory {
     pub partitions: Vec<(i32, i64, i64)>,
     /// The range.
     pub range: Range,
+    /// The file the events were written to.
+    pub file: PathBuf,
 }
 
 impl TopicArgs {
@@ -174,13 +185,21 @@ impl TopicArgs {
         Ok(Range { from, to })
     }
 
-    /// Read the topic up to the range's end into `out` as JSON lines, in log order, partition
-    /// by partition.
-    pub fn read(&self, p: &Pipeline, out: &Path) -> anyhow::Result<TopicHistory> {
+    /// Read the topic up to the range's end into a file in `dir`, in log order, partition by
+    /// partition: JSON lines, or a records file for Avro and Protobuf.
+    pub fn read(&self, p: &Pipeline, dir: &Path) -> anyhow::Result<TopicHistory> {
         let Some(topic) = self.topic.as_deref() else {
             bail!("no --topic");
         };
         let range = self.range()?;
+        // A batch job: a registry that does not answer is an error at once, not waited for.
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        let (_rt, registry) = self.format.open_blocking(cancelled)?;
+        if let Some(r) = &registry {
+            r.check_topics(&[topic.to_string()], p)?;
+        }
+        let format = registry.as_ref().map_or(Format::Json, |r| r.format());
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -214,13 +233,17 @@ impl TopicArgs {
                 self.brokers
             );
         }
-        let file = std::fs::File::create(out)
+        let json = matches!(format, Format::Json);
+        let out = dir.join(if json { "topic.jsonl" } else { "topic.avro" });
+        let file = std::fs::File::create(&out)
             .with_context(|| format!("cannot create {}", out.display()))?;
         let mut w = std::io::BufWriter::new(file);
-        let mut decoder = Decoder::new(p);
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut decoder = EventDecoder::new(p, &format);
         let mut row = vec![Value::Null; p.layout.len()];
         let mut h = TopicHistory {
             range,
+            file: out.clone(),
             ..TopicHistory::default()
         };
         let mut line = Vec::new();
@@ -267,22 +290,32 @@ impl TopicArgs {
                     last.2 = last.2.max(msg.offset() + 1);
                 }
                 let payload = msg.payload().unwrap_or_default();
+                if let Some(r) = &registry {
+                    r.prepare(Some(payload))
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("cannot decode {topic}/{q}@{}", msg.offset()))?;
+                }
+                row.iter_mut().for_each(|v| *v = Value::Null);
                 if let Err(e) = decoder.decode(payload, &mut row) {
                     h.refused += 1;
                     h.first_refusal
                         .get_or_insert_with(|| format!("{topic}/{q}@{}: {e}", msg.offset()));
                     continue;
                 }
-                // A JSON line per event: raw line breaks can only be whitespace between
-                // tokens in valid JSON (inside strings they must be escaped).
-                line.clear();
-                line.extend(
-                    payload
-                        .iter()
-                        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
-                );
-                line.push(b'\n');
-                w.write_all(&line)?;
+                if json {
+                    // A JSON line per event: raw line breaks can only be whitespace between
+                    // tokens in valid JSON (inside strings they must be escaped).
+                    line.clear();
+                    line.extend(
+                        payload
+                            .iter()
+                            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                    );
+                    line.push(b'\n');
+                    w.write_all(&line)?;
+                } else {
+                    records.push(payload.to_vec());
+                }
                 h.positions.push((q, msg.offset()));
                 h.times
                     .push(shared_features::eval::event_time(p, &row).ok());
@@ -293,6 +326,15 @@ impl TopicArgs {
             consumer.unassign()?;
         }
         w.flush()?;
+        drop(w);
+        if !json {
+            shared_features::wire::write_records_file(
+                &out,
+                &format,
+                records.iter().map(Vec::as_slice),
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
         if h.positions.is_empty() {
             let spans: Vec<String> = h
                 .partitions
