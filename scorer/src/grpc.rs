@@ -176,11 +176,12 @@ impl GrpcInferenceService for Service {
                 let n = rows_of(&t, &[&[-1], &[-1, 1]]).map_err(status)?;
                 if t.datatype != "BYTES" {
                     return Err(Status::invalid_argument(format!(
-                        "input `event` is BYTES (one JSON event per element), not {}",
+                        "input `event` is BYTES (one event per element), not {}",
                         t.datatype
                     )));
                 }
                 let events = crate::oip::bytes_elements(&t, Some(raw), n).map_err(status)?;
+                app.prepare(&events).await.map_err(Status::unavailable)?;
                 score_events(app, &events).await
             }
             Entry::Features => {

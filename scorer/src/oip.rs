@@ -4,7 +4,9 @@
 //! Two models per bundle, both in the model metadata:
 //!
 //! - **`<bundle name>`** (e.g. `flights_delay`), raw events in: one input `event`, `BYTES`,
-//!   shape `[n]` (or `[n, 1]`), each element one JSON event exactly as on the topic. Features
+//!   shape `[n]` (or `[n, 1]`), each element one event exactly as on the topic (JSON, or with
+//!   `--value-format avro` or `protobuf` a record in the schema registry's wire format, best sent
+//!   as binary tensor data; a registry that does not answer gets 503, nothing scored). Features
 //!   are computed here by the same engine as live scoring, window state advancing as with
 //!   `/v1/score` (one state for the server, events in request order).
 //! - **`<bundle name>_features`**, encoded feature vectors in: one input `features`, `FP64` or
@@ -176,7 +178,7 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Result<Response, Re
             "fingerprint": m.fingerprint,
             "feature_names": m.fitted.names(),
             "inputs_accepted": match e {
-                Entry::Events => "event: BYTES [n] or [n, 1], one JSON event per element, as on the topic",
+                Entry::Events => "event: BYTES [n] or [n, 1], one event per element, as on the topic",
                 Entry::Features => "features: FP64 or FP32 [n, d], d the bundle's input width, in feature_names order",
             },
             "rows_refused": "score NaN (null in JSON), decision false, error names why; `filtered` for an event a filter dropped",
@@ -371,11 +373,14 @@ async fn run_infer(
             let n = rows_of(input, &[&[-1], &[-1, 1]])?;
             if input.datatype != "BYTES" {
                 return Err(bad(format!(
-                    "input `event` is BYTES (one JSON event per element), not {}",
+                    "input `event` is BYTES (one event per element), not {}",
                     input.datatype
                 )));
             }
             let events = bytes_elements(input, raw, n)?;
+            app.prepare(&events)
+                .await
+                .map_err(|why| Refusal(StatusCode::SERVICE_UNAVAILABLE, why))?;
             score_events(app, &events).await
         }
         Entry::Features => {

@@ -3,7 +3,9 @@
 //! replay: the same decoder, joins, windows, encoding and model, so an event scored over HTTP
 //! gets the score it would get on a topic.
 //!
-//! - `POST /v1/score`: the body is one JSON event, or several as JSON lines. The answer has one
+//! - `POST /v1/score`: the body is one JSON event, or several as JSON lines (with
+//!   `--value-format avro` or `protobuf`: one record in the schema registry's wire format, the
+//!   bytes a producer writes to the topic). The answer has one
 //!   JSON line per event line, in order: the prediction (as on the output topic; its lineage
 //!   names topic `http`, partition 0 and the server's running event number as offset),
 //!   `{"line": n, "filtered": true}`, or `{"line": n, "error": "..."}` for an event that cannot be
@@ -11,6 +13,10 @@
 //!   filtered, 422 when any was refused. Window state is the server's: events update it in the
 //!   order they are handled. A large request is scored in slices of [`SLICE`] lines, the lock
 //!   released between them, so that a small request never waits behind a whole large one.
+//! - Avro and Protobuf events (`--value-format`, `--schema-registry`) are read as on a topic: the
+//!   writer schema each record names is fetched from the registry once. A registry that does not
+//!   answer is not the event's fault: the request gets 503 and no event of it touches the
+//!   window state, so that the client can send it again.
 //! - `GET /v1/model`: the model being served (name, version, kind, fingerprint, inputs, metrics).
 //! - `/metrics`, `/healthz`, `/readyz` as in `scorer run`.
 //!
@@ -36,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, HttpLimits, positive_seconds};
 use crate::metrics::Metrics;
 use crate::model::{self, ModelArgs};
+use crate::schema_registry::{FormatArgs, SchemaRegistry};
 use crate::score::{Outcome, Scorer, SourcePos};
 
 /// Lines scored per hold of the lock.
@@ -48,6 +55,8 @@ pub struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     http: HttpLimits,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Address to listen on (port 0: any free port; the log says which).
     #[arg(long, env = "KML_SERVE_ADDR", default_value = "127.0.0.1:8080")]
     addr: String,
@@ -89,6 +98,8 @@ pub(crate) struct App {
     pub(crate) metrics: Metrics,
     max_event_bytes: usize,
     pass_through: bool,
+    /// The schema registry of Avro or Protobuf events; `None`: JSON.
+    pub(crate) registry: Option<Arc<SchemaRegistry>>,
 }
 
 /// What became of one event scored over HTTP.
@@ -111,11 +122,27 @@ impl App {
                 self.inner.clear_poison();
                 let mut g = poisoned.into_inner();
                 let model = g.scorer.model().clone();
-                g.scorer = Scorer::new(model, self.max_event_bytes);
+                g.scorer = self.fresh(model);
                 tracing::error!("window state reset after a panic");
                 g
             }
         }
+    }
+
+    /// A scorer with empty window state for `model`, reading the server's value format.
+    fn fresh(&self, model: Arc<Servable>) -> Scorer {
+        Scorer::new(model, self.max_event_bytes).with_registry(self.registry.clone())
+    }
+
+    /// Make sure the registry has given the schema of every event (Avro, Protobuf). `Err`: it
+    /// did not answer, and the request is to be sent again (503); no event was scored.
+    pub(crate) async fn prepare(&self, events: &[&[u8]]) -> Result<(), String> {
+        if let Some(r) = &self.registry {
+            for ev in events {
+                r.prepare_async(Some(ev)).await?;
+            }
+        }
+        Ok(())
     }
 
     fn swap(&self, m: Arc<Servable>) {
@@ -136,20 +163,31 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let (registry, r) = args.model.open()?;
     let metrics = Metrics::new();
     metrics.model_version.set(current.version as i64);
-    let app = App {
-        inner: Arc::new(Mutex::new(Inner {
-            scorer: Scorer::new(current.clone(), args.max_event_bytes),
-            next_offset: 0,
-        })),
-        metrics: metrics.clone(),
-        max_event_bytes: args.max_event_bytes,
-        pass_through: args.pass_through,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let token = CancellationToken::new();
+    let schemas = args.format.open(
+        rt.handle().clone(),
+        token.clone(),
+        metrics.schema_registry_failures.clone(),
+    )?;
+    let app = App {
+        inner: Arc::new(Mutex::new(Inner {
+            scorer: Scorer::new(current.clone(), args.max_event_bytes)
+                .with_registry(schemas.clone()),
+            next_offset: 0,
+        })),
+        metrics: metrics.clone(),
+        max_event_bytes: args.max_event_bytes,
+        pass_through: args.pass_through,
+        registry: schemas,
+    };
+    if let Some(r) = &app.registry {
+        tracing::info!(registry = %r.url(), format = ?args.format.value_format,
+                       "events are read through the schema registry");
+    }
     rt.block_on(async move {
         let (listener, addr) = http::bind(&args.addr, "--addr").await?;
         let watcher = app.clone();
@@ -237,6 +275,9 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
 
 /// Score every line of the body, in order, in slices under the lock.
 async fn score(State(app): State<App>, body: Bytes) -> Response {
+    if app.registry.is_some() {
+        return score_record(app, body).await;
+    }
     let started = Instant::now();
     let mut out = Vec::with_capacity(body.len() / 2 + 64);
     let mut refused = false;
@@ -259,6 +300,43 @@ async fn score(State(app): State<App>, body: Bytes) -> Response {
             &json!({"error": "no event in the body: send a JSON object per line"}),
         );
     }
+    app.metrics.latency.observe(started.elapsed().as_secs_f64());
+    let status = if refused {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        out,
+    )
+        .into_response()
+}
+
+/// Score a body that is one record in the schema registry's wire format.
+async fn score_record(app: App, body: Bytes) -> Response {
+    let started = Instant::now();
+    if body.is_empty() {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "no event in the body: send one record in the schema registry's \
+                              wire format"}),
+        );
+    }
+    if let Err(why) = app.prepare(&[&body]).await {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": format!("{why}: send the event again")}),
+        );
+    }
+    let mut out = Vec::with_capacity(512);
+    let refused = {
+        let mut g = app.lock();
+        let refused = score_line(&app, &mut g, 1, &body, &mut out);
+        app.metrics.window_keys.set(g.scorer.state_keys() as i64);
+        refused
+    };
     app.metrics.latency.observe(started.elapsed().as_secs_f64());
     let status = if refused {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -348,7 +426,7 @@ pub(crate) fn score_one(
             "scoring panicked (a bug); window state reset"
         );
         let model = g.scorer.model().clone();
-        g.scorer = Scorer::new(model, app.max_event_bytes);
+        g.scorer = app.fresh(model);
     }
     outcome
 }
