@@ -283,7 +283,10 @@ impl SchemaRegistry {
                     Err(Failure::NotFound(_)) => Ok(None),
                     Err(Failure::Down(why)) => {
                         self.failures.inc();
-                        Err(anyhow::anyhow!("{}: {why}", self.base))
+                        Err(anyhow::anyhow!(
+                            "the schema registry at {} did not answer: {why}",
+                            self.base
+                        ))
                     }
                 },
             )?;
