@@ -332,6 +332,11 @@ pub fn warm(
         Ok(())
     })
     .or_else(|e| if w.panicked.is_some() { Ok(()) } else { Err(e) })?;
+    // Cancelled during the last event (a wait for the schema registry ends so, without the
+    // event): the state may lack it, and must not be used (or checkpointed) as if complete.
+    if token.is_cancelled() {
+        bail!("stopped while reading {topic}/{partition}");
+    }
     if w.events > 0 {
         tracing::info!(
             partition = %format!("{topic}/{partition}"),
