@@ -394,8 +394,15 @@ impl Registry {
         format!("models/{name}/versions/{version}")
     }
 
-    /// Publish a new version of `manifest.name`: every file first, the manifest last. The
-    /// registry assigns the version and creation time and fills in the checksums.
+    /// Publish a new version of `manifest.name`. The registry assigns the version and creation
+    /// time and fills in the checksums.
+    ///
+    /// The version is claimed before anything is written in it: a create-only `claim` object
+    /// in its directory, which only one publisher can create. A publisher that loses the claim
+    /// (another took that number between its listing and its claim) takes the next number, so
+    /// two publishers at once never write into the same version. Then every file, and the
+    /// manifest last (create-only too): a version is visible to readers only once complete, and
+    /// a claimed version whose publisher died is skipped, its number never reused.
     pub async fn publish(
         &self,
         mut manifest: Manifest,
@@ -405,16 +412,19 @@ impl Registry {
         if !valid_name(&name) {
             return Err(RegistryError::BadRef(name));
         }
-        let version = self.highest_version_dir(&name).await?.map_or(1, |v| v + 1);
+        if let Some((file, _)) = files
+            .iter()
+            .find(|(f, _)| !valid_file_name(f) || f == CLAIM)
+        {
+            return Err(RegistryError::Manifest {
+                path: file.clone(),
+                message: "not a usable bundle file name".into(),
+            });
+        }
+        let version = self.claim_version(&name).await?;
         let dir = Self::version_dir(&name, version);
         manifest.files.clear();
         for (file, bytes) in files {
-            if !valid_file_name(&file) {
-                return Err(RegistryError::Manifest {
-                    path: file,
-                    message: "not a usable bundle file name".into(),
-                });
-            }
             manifest.files.insert(file.clone(), sha256_hex(&bytes));
             self.store
                 .put(
@@ -430,13 +440,13 @@ impl Registry {
             path: dir.clone(),
             message: e.to_string(),
         })?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
         match self
             .store
-            .put_opts(&Path::from(format!("{dir}/{MANIFEST}")), body.into(), opts)
+            .put_opts(
+                &Path::from(format!("{dir}/{MANIFEST}")),
+                body.into(),
+                create_only(),
+            )
             .await
         {
             Ok(_) => Ok(manifest),
@@ -445,6 +455,36 @@ impl Registry {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Claim the next free version number of `name` (see [`Registry::publish`]).
+    async fn claim_version(&self, name: &str) -> Result<u64> {
+        let mut version = self.highest_version_dir(name).await?.map_or(1, |v| v + 1);
+        // Each lost claim means another publisher took that number: give up only after many.
+        for _ in 0..CLAIM_ATTEMPTS {
+            let claim = Path::from(format!("{}/{CLAIM}", Self::version_dir(name, version)));
+            let body = format!(
+                "{{\"claimed_at\": \"{}\", \"pid\": {}}}\n",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                std::process::id()
+            );
+            match self
+                .store
+                .put_opts(&claim, body.into(), create_only())
+                .await
+            {
+                Ok(_) => return Ok(version),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let listed = self.highest_version_dir(name).await?.unwrap_or(0);
+                    version = (version + 1).max(listed + 1);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Conflict {
+            name: name.to_string(),
+            version,
+        })
     }
 
     /// The highest version directory, complete or not, so numbers are never reused.
@@ -606,5 +646,19 @@ impl Registry {
             manifest: manifest.clone(),
             files,
         })
+    }
+}
+
+/// The create-only object that claims a version for one publisher ([`Registry::publish`]).
+const CLAIM: &str = "claim";
+
+/// Lost claims before [`Registry::publish`] gives up.
+const CLAIM_ATTEMPTS: usize = 1000;
+
+/// Put options that refuse to overwrite.
+fn create_only() -> PutOptions {
+    PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
     }
 }

@@ -237,6 +237,10 @@ fn fit_list_promote_on_an_s3_compatible_server() {
     let result = std::panic::catch_unwind(|| {
         fit_list_promote("s3://models/flights", &env);
         fit_from_history_in_the_store(&endpoint, &env);
+        let registry =
+            shared_models::Registry::open_with_options("s3://models/race", s3_options(&endpoint))
+                .unwrap();
+        publishes_at_once_never_mix(&registry);
     });
     let _ = Command::new("kill").arg(pid.trim()).status();
     std::fs::remove_dir_all(dir).ok();
@@ -245,23 +249,86 @@ fn fit_list_promote_on_an_s3_compatible_server() {
     }
 }
 
+/// object_store's options for the S3-compatible server at `endpoint`.
+fn s3_options(endpoint: &str) -> [(String, String); 5] {
+    [
+        ("aws_endpoint", endpoint),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+}
+
+#[test]
+fn publishes_at_once_on_file_store_get_a_version_each() {
+    let dir = std::env::temp_dir().join(format!("trainer-cli-race-{}", std::process::id()));
+    let registry =
+        shared_models::Registry::open_to_publish(&format!("file://{}", dir.display())).unwrap();
+    publishes_at_once_never_mix(&registry);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Eight publishers of one model name at once: each gets a version of its own, and every
+/// version holds exactly its publisher's files (each checks against its manifest, none mixed
+/// with another's). The publishes interleave at every store call (all in flight on one
+/// runtime), so they all list the same highest version before any of them writes.
+fn publishes_at_once_never_mix(registry: &shared_models::Registry) {
+    const N: u64 = 8;
+    let content = |file: &str, i: u64| format!("{file} of publisher {i}\n").repeat(2000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let published = rt.block_on(futures::future::join_all((0..N).map(|i| {
+        let manifest = shared_models::Manifest {
+            format: shared_models::FORMAT,
+            name: "race".into(),
+            version: 0,
+            created_at: String::new(),
+            kind: "logistic_regression".into(),
+            hyperparameters: serde_json::json!({ "publisher": i }),
+            feature_fingerprint: format!("publisher {i}"),
+            input_signature: Vec::new(),
+            metrics: Default::default(),
+            training_data_fingerprint: String::new(),
+            files: Default::default(),
+        };
+        let files = ["model.json", "fitted.json", "pipeline.toml"]
+            .map(|f| (f.to_string(), bytes::Bytes::from(content(f, i))))
+            .to_vec();
+        registry.publish(manifest, files)
+    })));
+    let mut versions = Vec::new();
+    for (i, published) in (0..N).zip(published) {
+        let m = published.unwrap_or_else(|e| panic!("publisher {i}: {e}"));
+        assert_eq!(m.feature_fingerprint, format!("publisher {i}"));
+        let bundle = rt
+            .block_on(registry.fetch(&m))
+            .unwrap_or_else(|e| panic!("version {} of publisher {i}: {e}", m.version));
+        assert_eq!(bundle.files.len(), 3);
+        for (file, bytes) in &bundle.files {
+            assert!(
+                bytes.as_ref() == content(file, i).as_bytes(),
+                "version {}: {file} is not publisher {i}'s",
+                m.version
+            );
+        }
+        versions.push(m.version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=N).collect::<Vec<_>>());
+    assert_eq!(rt.block_on(registry.versions("race")).unwrap(), versions);
+}
+
 /// History read from `s3://` trains the same model as the same file read locally.
 fn fit_from_history_in_the_store(endpoint: &str, env: &[(&str, &str)]) {
     use object_store::{ObjectStoreExt, PutPayload, path::Path as Key};
     let history = repo().join("data/flights/fixtures/raw/flights.csv");
     let bytes = std::fs::read(&history).unwrap();
-    let registry = shared_models::Registry::open_with_options(
-        "s3://models",
-        [
-            ("aws_endpoint", endpoint),
-            ("aws_allow_http", "true"),
-            ("aws_access_key_id", "test"),
-            ("aws_secret_access_key", "test"),
-            ("aws_region", "us-east-1"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    )
-    .unwrap();
+    let registry =
+        shared_models::Registry::open_with_options("s3://models", s3_options(endpoint)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
