@@ -182,11 +182,11 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     ];
     files.push((
         "roc.png".to_string(),
-        Bytes::from(plots::roc_png(&scores, &labels)),
+        Bytes::from(plots::roc_png(&scores, &labels, metrics.auc)?),
     ));
     files.push((
         "calibration.png".to_string(),
-        Bytes::from(plots::calibration_png(&scores, &labels)),
+        Bytes::from(plots::calibration_png(&scores, &labels, metrics.brier)?),
     ));
     // The scorer serves from the bundle alone: the lookup and as-of tables travel with it, and
     // their digests are part of the feature fingerprint it checks on load.

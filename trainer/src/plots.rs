@@ -1,124 +1,23 @@
 //! The ROC curve and the calibration plot of the validation split, drawn as PNG images for the
-//! bundle. Plain raster drawing: axes, grid, the diagonal of a useless (ROC) or perfectly
-//! calibrated (calibration) model, and the model's curve; the numbers are in the manifest.
+//! bundle with plotters: axis names and ticks, the figure that sums each up in the title (the AUC;
+//! the Brier score and the events per bin), and the labelled diagonal of a useless (ROC) or a
+//! perfectly calibrated (calibration) model. Text is DejaVu Sans from the `dejavu` crate,
+//! registered with plotters' ab_glyph renderer: no system font is needed, and the same scores
+//! draw the same bytes on every machine.
 
-use std::io::Write;
+use std::sync::Once;
 
-const SIZE: usize = 400;
-const MARGIN: usize = 30;
-const WHITE: [u8; 3] = [255, 255, 255];
-const GRID: [u8; 3] = [225, 225, 225];
-const AXIS: [u8; 3] = [60, 60, 60];
-const REFERENCE: [u8; 3] = [170, 170, 170];
-const CURVE: [u8; 3] = [31, 119, 180];
+use anyhow::{Context, Result};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
-struct Canvas {
-    px: Vec<[u8; 3]>,
-}
-
-impl Canvas {
-    /// A square plot of the unit square with a grid every 0.1.
-    fn unit_square() -> Self {
-        let mut c = Canvas {
-            px: vec![WHITE; SIZE * SIZE],
-        };
-        for k in 0..=10 {
-            let v = k as f64 / 10.0;
-            let color = if k == 0 { AXIS } else { GRID };
-            c.line((v, 0.0), (v, 1.0), color);
-            c.line((0.0, v), (1.0, v), color);
-        }
-        c.line((0.0, 0.0), (1.0, 1.0), REFERENCE);
-        c
-    }
-
-    fn to_px(p: (f64, f64)) -> (i64, i64) {
-        let span = (SIZE - 2 * MARGIN) as f64;
-        let x = MARGIN as f64 + p.0.clamp(0.0, 1.0) * span;
-        let y = (SIZE - MARGIN) as f64 - p.1.clamp(0.0, 1.0) * span;
-        (x.round() as i64, y.round() as i64)
-    }
-
-    fn set(&mut self, x: i64, y: i64, color: [u8; 3]) {
-        if (0..SIZE as i64).contains(&x) && (0..SIZE as i64).contains(&y) {
-            self.px[y as usize * SIZE + x as usize] = color;
-        }
-    }
-
-    /// A line between two points of the unit square (Bresenham), two pixels wide for curves.
-    fn line(&mut self, a: (f64, f64), b: (f64, f64), color: [u8; 3]) {
-        let ((mut x0, mut y0), (x1, y1)) = (Self::to_px(a), Self::to_px(b));
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let mut err = dx + dy;
-        loop {
-            self.set(x0, y0, color);
-            if color == CURVE {
-                self.set(x0 + 1, y0, color);
-                self.set(x0, y0 + 1, color);
-            }
-            if x0 == x1 && y0 == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x0 += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y0 += sy;
-            }
-        }
-    }
-
-    fn polyline(&mut self, pts: &[(f64, f64)]) {
-        for w in pts.windows(2) {
-            self.line(w[0], w[1], CURVE);
-        }
-    }
-
-    fn dot(&mut self, p: (f64, f64)) {
-        let (x, y) = Self::to_px(p);
-        for dx in -3..=3 {
-            for dy in -3..=3 {
-                self.set(x + dx, y + dy, CURVE);
-            }
-        }
-    }
-
-    fn png(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity(SIZE * (SIZE * 3 + 1));
-        for row in self.px.chunks(SIZE) {
-            raw.push(0); // filter: none
-            for p in row {
-                raw.extend_from_slice(p);
-            }
-        }
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        // Writing into a Vec cannot fail.
-        let _ = z.write_all(&raw);
-        let idat = z.finish().unwrap_or_default();
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&(SIZE as u32).to_be_bytes());
-        ihdr.extend_from_slice(&(SIZE as u32).to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &idat);
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
+/// Pixels of a plot.
+const SIZE: (u32, u32) = (640, 560);
+const CURVE: RGBColor = RGBColor(31, 119, 180);
+const REFERENCE: RGBColor = RGBColor(150, 150, 150);
+/// The font family the plots ask for.
+const FONT: &str = "sans-serif";
 
 /// `(false positive rate, true positive rate)` points of the ROC curve, at most ~500.
 pub fn roc_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
@@ -144,9 +43,19 @@ pub fn roc_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
     pts
 }
 
-/// `(mean predicted probability, observed positive rate)` of ten equal-width bins (empty bins
-/// left out).
-pub fn calibration_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
+/// One bin of the calibration plot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bin {
+    /// Mean predicted probability of its events.
+    pub predicted: f64,
+    /// Share of its events that are positive.
+    pub observed: f64,
+    /// Its events.
+    pub events: u64,
+}
+
+/// Ten equal-width bins of the predicted probability (empty bins left out).
+pub fn calibration_bins(scores: &[f64], labels: &[bool]) -> Vec<Bin> {
     let mut bins = [(0.0, 0.0, 0u64); 10];
     for (&s, &y) in scores.iter().zip(labels) {
         let b = ((s * 10.0) as usize).min(9);
@@ -156,26 +65,150 @@ pub fn calibration_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
     }
     bins.iter()
         .filter(|b| b.2 > 0)
-        .map(|b| (b.0 / b.2 as f64, b.1 / b.2 as f64))
+        .map(|b| Bin {
+            predicted: b.0 / b.2 as f64,
+            observed: b.1 / b.2 as f64,
+            events: b.2,
+        })
         .collect()
 }
 
-/// The ROC curve as a PNG.
-pub fn roc_png(scores: &[f64], labels: &[bool]) -> Vec<u8> {
-    let mut c = Canvas::unit_square();
-    c.polyline(&roc_points(scores, labels));
-    c.png()
+/// The ROC curve as a PNG, its AUC in the title.
+pub fn roc_png(scores: &[f64], labels: &[bool], auc: f64) -> Result<Vec<u8>> {
+    let points = roc_points(scores, labels);
+    let positives = labels.iter().filter(|&&y| y).count();
+    let title = format!("ROC curve, validation split: AUC {auc:.4}");
+    let caption = format!("{} events, {} positive", scores.len(), positives);
+    draw(
+        &title,
+        "false positive rate",
+        "true positive rate",
+        |chart| {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 0.0), (1.0, 1.0)],
+                    REFERENCE.stroke_width(1),
+                ))?
+                .label("chance (AUC 0.5)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
+            chart
+                .draw_series(LineSeries::new(points, CURVE.stroke_width(2)))?
+                .label(caption)
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CURVE.stroke_width(2)));
+            Ok(SeriesLabelPosition::LowerRight)
+        },
+    )
 }
 
-/// The calibration plot as a PNG.
-pub fn calibration_png(scores: &[f64], labels: &[bool]) -> Vec<u8> {
-    let mut c = Canvas::unit_square();
-    let pts = calibration_points(scores, labels);
-    c.polyline(&pts);
-    for p in &pts {
-        c.dot(*p);
+/// The calibration plot (reliability diagram) as a PNG: each bin's observed rate against its
+/// mean predicted probability, with its events beside it; the Brier score in the title.
+pub fn calibration_png(scores: &[f64], labels: &[bool], brier: f64) -> Result<Vec<u8>> {
+    let bins = calibration_bins(scores, labels);
+    let title = format!("Calibration, validation split: Brier score {brier:.4}");
+    draw(
+        &title,
+        "mean predicted probability (10 bins)",
+        "observed positive rate",
+        |chart| {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 0.0), (1.0, 1.0)],
+                    REFERENCE.stroke_width(1),
+                ))?
+                .label("perfectly calibrated")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
+            let pts: Vec<(f64, f64)> = bins.iter().map(|b| (b.predicted, b.observed)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), CURVE.stroke_width(2)))?
+                .label("model (labels: events per bin)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CURVE.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, CURVE.filled())))?;
+            let label = (FONT, 13).into_font().color(&BLACK);
+            chart.draw_series(bins.iter().map(|b| {
+                Text::new(
+                    format!("{}", b.events),
+                    (b.predicted + 0.012, b.observed - 0.015),
+                    label.clone(),
+                )
+            }))?;
+            Ok(SeriesLabelPosition::UpperLeft)
+        },
+    )
+}
+
+/// A chart of the unit square with a title, axis names and ticks every 0.1; `series` draws in
+/// it and says where the legend goes.
+fn draw(
+    title: &str,
+    x_name: &str,
+    y_name: &str,
+    series: impl FnOnce(
+        &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    ) -> Result<SeriesLabelPosition, Box<dyn std::error::Error>>,
+) -> Result<Vec<u8>> {
+    register_font()?;
+    let (w, h) = SIZE;
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        let run = || -> Result<(), Box<dyn std::error::Error>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, (FONT, 20))
+                .margin(16)
+                .margin_right(30)
+                .x_label_area_size(48)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_name)
+                .y_desc(y_name)
+                .x_labels(11)
+                .y_labels(11)
+                .x_label_formatter(&|v| format!("{v:.1}"))
+                .y_label_formatter(&|v| format!("{v:.1}"))
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 15))
+                .light_line_style(WHITE)
+                .bold_line_style(RGBColor(225, 225, 225))
+                .draw()?;
+            let legend = series(&mut chart)?;
+            chart
+                .configure_series_labels()
+                .position(legend)
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(200, 200, 200))
+                .label_font((FONT, 13))
+                .draw()?;
+            root.present()?;
+            Ok(())
+        };
+        run().map_err(|e| anyhow::anyhow!("cannot draw `{title}`: {e}"))?;
     }
-    c.png()
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder
+            .write_header()
+            .and_then(|mut writer| writer.write_image_data(&rgb))
+            .with_context(|| format!("cannot encode `{title}` as PNG"))?;
+    }
+    Ok(out)
+}
+
+/// Register DejaVu Sans as the plots' font, once per process.
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut failed = false;
+    ONCE.call_once(|| {
+        failed = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .is_err();
+    });
+    anyhow::ensure!(!failed, "DejaVu Sans does not load as a font");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,13 +230,44 @@ mod tests {
                 (1.0, 1.0)
             ]
         );
-        let cal = calibration_points(&scores, &labels);
+        let cal = calibration_bins(&scores, &labels);
         assert_eq!(cal.len(), 4, "four occupied bins: {cal:?}");
-        assert_eq!(cal[0], (0.2, 0.0));
-        assert_eq!(cal[3], (0.9, 1.0));
-        let png = roc_png(&scores, &labels);
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(&png[12..16], b"IHDR");
-        assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
+        assert_eq!(
+            cal[0],
+            Bin {
+                predicted: 0.2,
+                observed: 0.0,
+                events: 1
+            }
+        );
+        assert_eq!((cal[3].predicted, cal[3].observed), (0.9, 1.0));
+    }
+
+    /// The PNG decodes to an image of the plot's size that is not blank, and the same scores
+    /// draw the same bytes (bundles are compared byte for byte).
+    #[test]
+    fn plots_decode_and_are_reproducible() {
+        let scores: Vec<f64> = (0..200).map(|i| f64::from(i) / 200.0).collect();
+        let labels: Vec<bool> = (0..200).map(|i| (i * 7) % 10 < i / 20).collect();
+        for png in [
+            roc_png(&scores, &labels, 0.75).unwrap(),
+            calibration_png(&scores, &labels, 0.2).unwrap(),
+        ] {
+            let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size()];
+            let info = reader.next_frame(&mut buf).unwrap();
+            assert_eq!((info.width, info.height), SIZE);
+            let pixels = &buf[..info.buffer_size()];
+            let dark = pixels
+                .chunks(3)
+                .filter(|p| p.iter().all(|&c| c < 80))
+                .count();
+            // Text and axes are dark; a plot without them would have almost none.
+            assert!(dark > 2000, "{dark} dark pixels");
+        }
+        assert!(
+            roc_png(&scores, &labels, 0.75).unwrap() == roc_png(&scores, &labels, 0.75).unwrap()
+        );
     }
 }
