@@ -16,6 +16,8 @@ mod error;
 mod linear;
 pub mod metrics;
 mod mlp;
+#[cfg(feature = "plots")]
+pub mod plots;
 pub mod prediction;
 mod predictor;
 #[cfg(feature = "registry")]

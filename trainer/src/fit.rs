@@ -12,9 +12,9 @@ use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 
 use crate::dataset::{Dataset, Input};
 use crate::model::ModelSpec;
-use crate::plots;
 use shared_models::bundle_table_file;
 use shared_models::metrics::{Metrics, evaluate};
+use shared_models::plots;
 
 /// Arguments of `trainer fit`.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,6 @@ mod fit;
 mod model;
 mod newton;
 mod parity;
-mod plots;
 mod raw;
 mod registry;
 mod topic;

@@ -1,5 +1,5 @@
-//! The ROC curve and the calibration plot of the validation split, drawn as PNG images for the
-//! bundle with plotters: axis names and ticks, the figure that sums each up in the title (the AUC;
+//! PNG plots: the ROC curve and the calibration plot of the validation split for the bundle, and
+//! models side by side for the replay-as-shadow report, drawn with plotters: axis names and ticks, the figure that sums each up in the title (the AUC;
 //! the Brier score and the events per bin), and the labelled diagonal of a useless (ROC) or a
 //! perfectly calibrated (calibration) model. Text is DejaVu Sans from the `dejavu` crate,
 //! registered with plotters' ab_glyph renderer: no system font is needed, and the same scores
@@ -28,15 +28,20 @@ pub fn roc_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
     let step = (order.len() / 500).max(1);
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut pts = vec![(0.0, 0.0)];
+    // A point at the end of each group of tied scores, at least `step` events after the last
+    // point (a model with few distinct scores, a tree, has a point at every one of them).
+    let mut since = 0;
     for (k, &i) in order.iter().enumerate() {
         if labels[i] {
             tp += 1.0;
         } else {
             fp += 1.0;
         }
+        since += 1;
         let tie = order.get(k + 1).is_some_and(|&j| scores[j] == scores[i]);
-        if !tie && (k % step == 0 || k + 1 == order.len()) {
+        if !tie && (since >= step || k + 1 == order.len()) {
             pts.push((fp / neg, tp / pos));
+            since = 0;
         }
     }
     pts.push((1.0, 1.0));
@@ -73,56 +78,125 @@ pub fn calibration_bins(scores: &[f64], labels: &[bool]) -> Vec<Bin> {
         .collect()
 }
 
+/// One model's scores, named for the legend.
+pub struct Scored<'a> {
+    /// The legend's name for it (e.g. `flights_delay@3 (champion)`).
+    pub name: String,
+    /// Its score for each event, in the order of the labels.
+    pub scores: &'a [f64],
+}
+
 /// The ROC curve as a PNG, its AUC in the title.
 pub fn roc_png(scores: &[f64], labels: &[bool], auc: f64) -> Result<Vec<u8>> {
-    let points = roc_points(scores, labels);
     let positives = labels.iter().filter(|&&y| y).count();
     let title = format!("ROC curve, validation split: AUC {auc:.4}");
-    let caption = format!("{} events, {} positive", scores.len(), positives);
-    draw(
-        &title,
-        "false positive rate",
-        "true positive rate",
-        |chart| {
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, 0.0), (1.0, 1.0)],
-                    REFERENCE.stroke_width(1),
-                ))?
-                .label("chance (AUC 0.5)")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
-            chart
-                .draw_series(LineSeries::new(points, CURVE.stroke_width(2)))?
-                .label(caption)
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CURVE.stroke_width(2)));
-            Ok(SeriesLabelPosition::LowerRight)
-        },
-    )
+    let name = format!("{} events, {} positive", scores.len(), positives);
+    let models = [Scored { name, scores }];
+    render(SIZE, &title, |root| roc_panel(root, "", &models, labels))
 }
 
 /// The calibration plot (reliability diagram) as a PNG: each bin's observed rate against its
 /// mean predicted probability, with its events beside it; the Brier score in the title.
 pub fn calibration_png(scores: &[f64], labels: &[bool], brier: f64) -> Result<Vec<u8>> {
-    let bins = calibration_bins(scores, labels);
     let title = format!("Calibration, validation split: Brier score {brier:.4}");
-    draw(
-        &title,
+    let models = [Scored {
+        name: "model (labels: events per bin)".into(),
+        scores,
+    }];
+    render(SIZE, &title, |root| {
+        calibration_panel(root, "", &models, labels, true)
+    })
+}
+
+/// Models side by side on the same labelled events: their ROC curves (AUC in the legend) and
+/// their calibration curves, one colour each, under `title`.
+pub fn comparison_png(title: &str, models: &[Scored<'_>], labels: &[bool]) -> Result<Vec<u8>> {
+    render((SIZE.0 * 2, SIZE.1), title, |root| {
+        let (left, right) = root.split_horizontally(SIZE.0);
+        let named: Vec<Scored<'_>> = models
+            .iter()
+            .map(|m| Scored {
+                name: format!(
+                    "{}: AUC {:.4}",
+                    m.name,
+                    crate::metrics::roc_auc(m.scores, labels)
+                ),
+                scores: m.scores,
+            })
+            .collect();
+        roc_panel(&left, "ROC curves", &named, labels)?;
+        calibration_panel(&right, "Calibration (10 bins)", models, labels, false)
+    })
+}
+
+/// Colours of the models drawn together, in order.
+const PALETTE: [RGBColor; 4] = [
+    CURVE,
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+/// A ROC panel: the chance diagonal and each model's curve.
+fn roc_panel(area: &Area<'_>, caption: &str, models: &[Scored<'_>], labels: &[bool]) -> Drawn {
+    let mut chart = unit_chart(area, caption, "false positive rate", "true positive rate")?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            REFERENCE.stroke_width(1),
+        ))?
+        .label("chance (AUC 0.5)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
+    for (m, color) in models.iter().zip(PALETTE.iter().cycle()) {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                roc_points(m.scores, labels),
+                color.stroke_width(2),
+            ))?
+            .label(m.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
+}
+
+/// A calibration panel: the diagonal of a perfectly calibrated model and each model's bins
+/// (with their counts of events when `counts`).
+fn calibration_panel(
+    area: &Area<'_>,
+    caption: &str,
+    models: &[Scored<'_>],
+    labels: &[bool],
+    counts: bool,
+) -> Drawn {
+    let mut chart = unit_chart(
+        area,
+        caption,
         "mean predicted probability (10 bins)",
         "observed positive rate",
-        |chart| {
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, 0.0), (1.0, 1.0)],
-                    REFERENCE.stroke_width(1),
-                ))?
-                .label("perfectly calibrated")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
-            let pts: Vec<(f64, f64)> = bins.iter().map(|b| (b.predicted, b.observed)).collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), CURVE.stroke_width(2)))?
-                .label("model (labels: events per bin)")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], CURVE.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, CURVE.filled())))?;
+    )?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            REFERENCE.stroke_width(1),
+        ))?
+        .label("perfectly calibrated")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
+    for (m, color) in models.iter().zip(PALETTE.iter().cycle()) {
+        let color = *color;
+        let bins = calibration_bins(m.scores, labels);
+        let pts: Vec<(f64, f64)> = bins.iter().map(|b| (b.predicted, b.observed)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(m.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        if counts {
             let label = (FONT, 13).into_font().color(&BLACK);
             chart.draw_series(bins.iter().map(|b| {
                 Text::new(
@@ -131,56 +205,66 @@ pub fn calibration_png(scores: &[f64], labels: &[bool], brier: f64) -> Result<Ve
                     label.clone(),
                 )
             }))?;
-            Ok(SeriesLabelPosition::UpperLeft)
-        },
-    )
+        }
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
-/// A chart of the unit square with a title, axis names and ticks every 0.1; `series` draws in
-/// it and says where the legend goes.
-fn draw(
-    title: &str,
+/// A chart of the unit square with axis names and ticks every 0.1.
+fn unit_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
     x_name: &str,
     y_name: &str,
-    series: impl FnOnce(
-        &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
-    ) -> Result<SeriesLabelPosition, Box<dyn std::error::Error>>,
-) -> Result<Vec<u8>> {
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .margin(16)
+        .margin_right(30)
+        .x_label_area_size(48)
+        .y_label_area_size(56);
+    if !caption.is_empty() {
+        builder.caption(caption, (FONT, 16));
+    }
+    let mut chart = builder.build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_name)
+        .y_desc(y_name)
+        .x_labels(11)
+        .y_labels(11)
+        .x_label_formatter(&|v| format!("{v:.1}"))
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    Ok(chart)
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
+}
+
+/// Draw a `size` image under `title` with `body`, as PNG.
+fn render(size: (u32, u32), title: &str, body: impl FnOnce(&Area<'_>) -> Drawn) -> Result<Vec<u8>> {
     register_font()?;
-    let (w, h) = SIZE;
+    let (w, h) = size;
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
-        let run = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let run = || -> Drawn {
             root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, (FONT, 20))
-                .margin(16)
-                .margin_right(30)
-                .x_label_area_size(48)
-                .y_label_area_size(56)
-                .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_name)
-                .y_desc(y_name)
-                .x_labels(11)
-                .y_labels(11)
-                .x_label_formatter(&|v| format!("{v:.1}"))
-                .y_label_formatter(&|v| format!("{v:.1}"))
-                .label_style((FONT, 13))
-                .axis_desc_style((FONT, 15))
-                .light_line_style(WHITE)
-                .bold_line_style(RGBColor(225, 225, 225))
-                .draw()?;
-            let legend = series(&mut chart)?;
-            chart
-                .configure_series_labels()
-                .position(legend)
-                .background_style(WHITE.mix(0.9))
-                .border_style(RGBColor(200, 200, 200))
-                .label_font((FONT, 13))
-                .draw()?;
+            let area = root.titled(title, (FONT, 20))?;
+            body(&area)?;
             root.present()?;
             Ok(())
         };
