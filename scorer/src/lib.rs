@@ -25,6 +25,7 @@ pub mod run;
 pub use shared_models::schema_registry;
 pub mod score;
 pub mod serve;
+pub mod shadow;
 pub mod sink;
 pub mod source;
 

@@ -16,6 +16,7 @@ use crate::offsets::Tag;
 use crate::out_file::{Lineage, OutFile, Prediction};
 use crate::schema_registry::FormatArgs;
 use crate::score::{Admitted, Outcome, Scorer, SourcePos};
+use crate::shadow::Comparison;
 use crate::sink::{
     DeadLetter, Sink, To, cut_str, lineage_headers, position_headers, source_headers,
 };
@@ -67,6 +68,16 @@ pub struct ReplayArgs {
     /// Lineage headers on each prediction too, as `scorer run --lineage-headers`.
     #[arg(long)]
     lineage_headers: bool,
+    /// Also score every event with this model (`name@version` or `name@alias`, in the same
+    /// store) as a shadow: its predictions decide and write nothing; the replay ends with a
+    /// report comparing it with `--model` on the range (README, "Replay as shadow").
+    /// Repeatable.
+    #[arg(long, value_name = "MODEL")]
+    shadow: Vec<String>,
+    /// With `--shadow`: also write the report as `report.json` and `report.png` in this
+    /// directory.
+    #[arg(long, requires = "shadow", value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -99,11 +110,14 @@ struct ReplaySummary {
     warmed: u64,
     seconds: f64,
     events_per_second: f64,
+    /// With shadows: the comparison (`events`, `agreement`, `models`, ...).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    comparison: Option<crate::shadow::Report>,
 }
 
 /// Run a replay and print its summary.
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    if args.output.is_none() && args.out.is_none() {
+    if args.output.is_none() && args.out.is_none() && args.shadow.is_empty() {
         bail!("say where the predictions go: --output TOPIC or --out FILE");
     }
     let from = args
@@ -117,10 +131,24 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .map(|t| parse_bound(t, "--to"))
         .transpose()?;
     let servable = model::load_blocking(&args.model)?;
+    let shadows = args
+        .shadow
+        .iter()
+        .map(|m| {
+            model::load_blocking(&model::ModelArgs {
+                store: args.model.store.clone(),
+                model: m.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut cmp = Comparison::new(&servable, &shadows);
     let token = CancellationToken::new();
     let (_rt, registry) = args.format.open_blocking(token.clone())?;
     if let Some(r) = &registry {
         r.check_topics(std::slice::from_ref(&args.input), &servable.pipeline)?;
+        for m in &shadows {
+            r.check_topics(std::slice::from_ref(&args.input), &m.pipeline)?;
+        }
     }
     let consumer = reader(&args.kafka)?;
     let parts = kafka::partitions(&consumer, &args.input)?;
@@ -179,11 +207,16 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             Some(Bound::Offset(o)) if o <= high => End::At(o),
             _ => End::Tail(high),
         };
-        let mut scorer = match args.order {
-            Order::Watermark => Scorer::ordered(servable.clone(), args.max_event_bytes),
-            Order::Arrival => Scorer::new(servable.clone(), args.max_event_bytes),
-        }
-        .with_registry(registry.clone());
+        let make = |m: &std::sync::Arc<shared_models::Servable>| {
+            match args.order {
+                Order::Watermark => Scorer::ordered(m.clone(), args.max_event_bytes),
+                Order::Arrival => Scorer::new(m.clone(), args.max_event_bytes),
+            }
+            .with_registry(registry.clone())
+        };
+        let mut scorer = make(&servable);
+        // Each shadow with window state of its own: its pipeline may differ.
+        let mut shadow_scorers: Vec<Scorer> = shadows.iter().map(make).collect();
         let in_offsets = |offset: i64| {
             !matches!(from, Some(Bound::Offset(o)) if offset < o)
                 && !matches!(to, Some(Bound::Offset(o)) if offset >= o)
@@ -192,10 +225,12 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             !matches!(from, Some(Bound::Time(f)) if t < f)
                 && !matches!(to, Some(Bound::Time(e)) if t >= e)
         };
+        let in_range = |offset: i64, t: i64| in_offsets(offset) && in_time(t);
         // A scored event in the range is written; anything else before or after it warmed the
         // windows.
         let scored = |s: &mut ReplaySummary,
                       out: &mut Outputs<'_>,
+                      cmp: &mut Comparison,
                       scorer: &Scorer,
                       outcome: Outcome,
                       pos: SourcePos<'_>,
@@ -204,6 +239,11 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             match outcome {
                 Outcome::Scored { event_time } if in_offsets(pos.offset) && in_time(event_time) => {
                     s.replayed += 1;
+                    cmp.champion(
+                        (pos.partition, pos.offset),
+                        scorer.last_score(),
+                        scorer.last_label(),
+                    );
                     out.prediction(scorer, pos, event_time)
                 }
                 Outcome::Dead(why) if in_offsets(pos.offset) => {
@@ -228,9 +268,12 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                 offset: msg.offset(),
             };
             scorer.prepare_waiting(msg.payload());
+            for (i, shadow) in shadow_scorers.iter_mut().enumerate() {
+                shadow_event(shadow, i, msg.payload(), pos, &mut cmp, &in_range);
+            }
             if !scorer.is_ordered() {
                 let outcome = scorer.score(msg.payload(), pos);
-                return scored(&mut s, &mut out, &scorer, outcome, pos, Some(msg));
+                return scored(&mut s, &mut out, &mut cmp, &scorer, outcome, pos, Some(msg));
             }
             // Watermark order: held until the watermark passes it, then scored in event-time
             // order; refused on arrival as the arrival order refuses.
@@ -241,6 +284,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                     scored(
                         &mut s,
                         &mut out,
+                        &mut cmp,
                         &scorer,
                         Outcome::Dead(why),
                         pos,
@@ -251,7 +295,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             let mut done = Ok(());
             scorer.release(topic, pos.partition, |scorer, r| {
                 if let (Ok(()), Some(outcome)) = (&done, r.outcome) {
-                    done = scored(&mut s, &mut out, scorer, outcome, r.pos, None);
+                    done = scored(&mut s, &mut out, &mut cmp, scorer, outcome, r.pos, None);
                 }
             });
             done
@@ -261,10 +305,14 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             let mut done = Ok(());
             scorer.release(topic, p, |scorer, r| {
                 if let (Ok(()), Some(outcome)) = (&done, r.outcome) {
-                    done = scored(&mut s, &mut out, scorer, outcome, r.pos, None);
+                    done = scored(&mut s, &mut out, &mut cmp, scorer, outcome, r.pos, None);
                 }
             });
             done?;
+            for (i, shadow) in shadow_scorers.iter_mut().enumerate() {
+                shadow.finish();
+                release_shadow(shadow, i, topic, p, &mut cmp, &in_range);
+            }
         }
     }
     if let Some(sink) = &mut out.sink {
@@ -281,6 +329,16 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     }
     s.seconds = t0.elapsed().as_secs_f64();
     s.events_per_second = s.read as f64 / s.seconds.max(1e-9);
+    if !shadows.is_empty() {
+        let (report, scores, labels) = cmp.report();
+        if let Some(dir) = &args.report {
+            crate::shadow::write(dir, &report, &scores, &labels)?;
+        }
+        if !args.json {
+            crate::shadow::print(&report);
+        }
+        s.comparison = Some(report);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
@@ -304,6 +362,46 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Score one event with shadow `i` (arrival order: at once; watermark order: held, and what the
+/// watermark releases), recording what it scored in the range.
+fn shadow_event(
+    shadow: &mut Scorer,
+    i: usize,
+    payload: Option<&[u8]>,
+    pos: SourcePos<'_>,
+    cmp: &mut Comparison,
+    in_range: &dyn Fn(i64, i64) -> bool,
+) {
+    if !shadow.is_ordered() {
+        if let Outcome::Scored { event_time } = shadow.score(payload, pos)
+            && in_range(pos.offset, event_time)
+        {
+            cmp.shadow(i, (pos.partition, pos.offset), shadow.last_score());
+        }
+        return;
+    }
+    let _ = shadow.push(payload, pos.offset, Some(0));
+    release_shadow(shadow, i, pos.topic, pos.partition, cmp, in_range);
+}
+
+/// Record what the watermark releases from shadow `i`.
+fn release_shadow(
+    shadow: &mut Scorer,
+    i: usize,
+    topic: &str,
+    partition: i32,
+    cmp: &mut Comparison,
+    in_range: &dyn Fn(i64, i64) -> bool,
+) {
+    shadow.release(topic, partition, |scorer, r| {
+        if let Some(Outcome::Scored { event_time }) = r.outcome
+            && in_range(r.pos.offset, event_time)
+        {
+            cmp.shadow(i, (r.pos.partition, r.pos.offset), scorer.last_score());
+        }
+    });
 }
 
 /// Where replayed predictions and dead letters go.

@@ -46,6 +46,8 @@ pub struct Scorer {
     key: Vec<u8>,
     /// The score and decision of the last prediction.
     last: (f64, bool),
+    /// The label of the last scored event, when the pipeline declares one and the event has it.
+    label: Option<f64>,
     broken: bool,
     /// Encode only: the score comes from a model server ([`crate::remote`]).
     remote: bool,
@@ -69,6 +71,7 @@ impl Scorer {
             out: Vec::with_capacity(512),
             key: Vec::with_capacity(32),
             last: (f64::NAN, false),
+            label: None,
             broken: false,
             remote: false,
             upstream: None,
@@ -240,6 +243,7 @@ impl Scorer {
             x: &mut self.x,
             out: &mut self.out,
             last: &mut self.last,
+            label: &mut self.label,
             remote: self.remote,
         };
         predict(m, row, pos, bufs)
@@ -253,6 +257,7 @@ impl Scorer {
             x: &mut self.x,
             out: &mut self.out,
             last: &mut self.last,
+            label: &mut self.label,
             remote: self.remote,
         };
         let model = &self.model;
@@ -293,6 +298,12 @@ impl Scorer {
         self.last
     }
 
+    /// The label of the last scored event (1 or 0), when the pipeline declares one and the
+    /// event carries it: what a replay's report measures the models against.
+    pub fn last_label(&self) -> Option<f64> {
+        self.label
+    }
+
     /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]).
     pub fn save_state(&self) -> Vec<u8> {
         match &self.ordered {
@@ -318,12 +329,18 @@ struct Bufs<'a> {
     x: &'a mut Vec<f64>,
     out: &'a mut Vec<u8>,
     last: &'a mut (f64, bool),
+    label: &'a mut Option<f64>,
     remote: bool,
 }
 
 /// Encode, predict and write the prediction of a full feature row (encode only, for a model
 /// server, when `b.remote`).
 fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
+    *b.label = m
+        .pipeline
+        .label
+        .as_ref()
+        .and_then(|l| shared_features::eval::label(l, row));
     if b.remote {
         let event_time = shared_models::prediction::encode(m, row, b.key, b.x);
         b.out.clear();
