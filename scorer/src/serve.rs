@@ -300,18 +300,7 @@ async fn score(State(app): State<App>, body: Bytes) -> Response {
             &json!({"error": "no event in the body: send a JSON object per line"}),
         );
     }
-    app.metrics.latency.observe(started.elapsed().as_secs_f64());
-    let status = if refused {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        out,
-    )
-        .into_response()
+    answered(&app, started, refused, out)
 }
 
 /// Score a body that is one record in the schema registry's wire format.
@@ -337,6 +326,11 @@ async fn score_record(app: App, body: Bytes) -> Response {
         app.metrics.window_keys.set(g.scorer.state_keys() as i64);
         refused
     };
+    answered(&app, started, refused, out)
+}
+
+/// The answer to a scoring request: one JSON line per event; 422 when any was refused.
+fn answered(app: &App, started: Instant, refused: bool, out: Vec<u8>) -> Response {
     app.metrics.latency.observe(started.elapsed().as_secs_f64());
     let status = if refused {
         StatusCode::UNPROCESSABLE_ENTITY

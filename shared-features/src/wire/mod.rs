@@ -370,6 +370,26 @@ fn kind_name(s: &Schema) -> String {
     }
 }
 
+/// The pipeline's event fields with their types, and the names of those whose numbers may come
+/// as strings: what a decoder of its events needs.
+pub(crate) fn declared(p: &Pipeline) -> (Vec<(String, FieldType)>, Vec<&str>) {
+    let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty)).collect();
+    let strings = p
+        .numbers_from_strings
+        .iter()
+        .filter_map(|&i| p.fields().get(i).map(|c| c.name.as_str()))
+        .collect();
+    (fields, strings)
+}
+
+/// For each field, whether it is named in `from_strings`.
+pub(crate) fn string_mask(fields: &[(String, FieldType)], from_strings: &[&str]) -> Vec<bool> {
+    fields
+        .iter()
+        .map(|(n, _)| from_strings.contains(&n.as_str()))
+        .collect()
+}
+
 /// Decodes records in the wire format into the event fields of a pipeline (see the module
 /// documentation for the rules).
 #[derive(Debug, Clone)]
@@ -384,12 +404,7 @@ pub struct AvroDecoder {
 impl AvroDecoder {
     /// A decoder for the event fields of `p`, reading writer schemas from `schemas`.
     pub fn new(p: &Pipeline, schemas: Arc<Schemas>) -> Self {
-        let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty));
-        let strings: Vec<&str> = p
-            .numbers_from_strings
-            .iter()
-            .filter_map(|&i| p.fields().get(i).map(|c| c.name.as_str()))
-            .collect();
+        let (fields, strings) = declared(p);
         Self::for_fields(fields, &strings, schemas)
     }
 
@@ -401,10 +416,7 @@ impl AvroDecoder {
         schemas: Arc<Schemas>,
     ) -> Self {
         let fields: Vec<(String, FieldType)> = fields.into_iter().collect();
-        let from_strings = fields
-            .iter()
-            .map(|(n, _)| from_strings.contains(&n.as_str()))
-            .collect();
+        let from_strings = string_mask(&fields, from_strings);
         Self {
             schemas,
             strings: vec![Set::default(); fields.len()],

@@ -223,12 +223,7 @@ pub struct ProtobufDecoder {
 impl ProtobufDecoder {
     /// A decoder for the event fields of `p`, reading writer schemas from `schemas`.
     pub fn new(p: &Pipeline, schemas: Arc<Schemas>) -> Self {
-        let fields = p.fields().iter().map(|c| (c.name.clone(), c.ty));
-        let strings: Vec<&str> = p
-            .numbers_from_strings
-            .iter()
-            .filter_map(|&i| p.fields().get(i).map(|c| c.name.as_str()))
-            .collect();
+        let (fields, strings) = super::declared(p);
         Self::for_fields(fields, &strings, schemas)
     }
 
@@ -240,10 +235,7 @@ impl ProtobufDecoder {
         schemas: Arc<Schemas>,
     ) -> Self {
         let fields: Vec<(String, FieldType)> = fields.into_iter().collect();
-        let from_strings = fields
-            .iter()
-            .map(|(n, _)| from_strings.contains(&n.as_str()))
-            .collect();
+        let from_strings = super::string_mask(&fields, from_strings);
         Self {
             schemas,
             strings: vec![Set::default(); fields.len()],
