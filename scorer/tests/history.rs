@@ -9,13 +9,18 @@ use std::path::Path;
 
 use common::*;
 
-/// Every file of a bundle but its manifest (which names when and from what it was trained).
+/// Every file of a bundle but its manifest (which names when and from what it was trained) and
+/// its version's claim (who published it).
 fn bundle_files(store: &Path) -> Vec<(String, Vec<u8>)> {
     let dir = store.join("models/flights_delay/versions/1");
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.file_name().unwrap() != "manifest.json")
+        // The manifest names when and from what it was trained; the claim, who published it.
+        .filter(|p| {
+            p.is_file()
+                && !["manifest.json", "claim"].contains(&p.file_name().unwrap().to_str().unwrap())
+        })
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             (name, std::fs::read(&p).unwrap())
