@@ -12,6 +12,7 @@
 //! That is what the WebAssembly build (`wasm/`) takes.
 
 mod bundle;
+pub mod drift;
 mod error;
 mod linear;
 pub mod metrics;
@@ -38,5 +39,5 @@ pub use predictor::{MAX_ABS_WEIGHT, Predictor};
 pub use registry::{
     ModelRef, Registry, download_prefix, get_url, is_bucket_url, put_url_from_file,
 };
-pub use serving::{Servable, bundle_table_file};
+pub use serving::{REFERENCE, Servable, bundle_table_file};
 pub use tree::{TreeModel, TreeNode};

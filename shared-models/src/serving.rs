@@ -9,6 +9,9 @@ use crate::bundle::{Bundle, FORMAT};
 use crate::error::RegistryError;
 use crate::predictor::Predictor;
 
+/// The bundle file of the reference distributions ([`crate::drift::Reference`]).
+pub const REFERENCE: &str = "reference.json";
+
 /// The bundle file that carries the table `name` (a `[[lookup]]` or `[[asof]]` of the pipeline).
 pub fn bundle_table_file(name: &str) -> String {
     format!("table-{name}.csv")
@@ -35,6 +38,9 @@ pub struct Servable {
     pub model: Predictor,
     /// Validation metrics recorded at training time (`auc`, ...).
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The training split's distributions of the inputs and the score (`reference.json`);
+    /// `None` for a bundle published before there were any (drift is then unavailable).
+    pub reference: Option<crate::drift::Reference>,
 }
 
 impl Servable {
@@ -111,6 +117,21 @@ impl Servable {
         }
         check_signature(&fitted.names(), &m.input_signature, &model)
             .map_err(|e| bad(format!("input signature: {e}")))?;
+        let reference = match b.file(REFERENCE) {
+            None => None,
+            Some(bytes) => {
+                let r: crate::drift::Reference =
+                    serde_json::from_slice(bytes).map_err(|e| bad(format!("{REFERENCE}: {e}")))?;
+                let names: Vec<&str> = r.inputs.iter().map(|d| d.name.as_str()).collect();
+                if names != m.input_signature {
+                    return Err(bad(format!(
+                        "{REFERENCE}: its inputs {names:?} are not the input signature {:?}",
+                        m.input_signature
+                    )));
+                }
+                Some(r)
+            }
+        };
         Ok(Self {
             name: m.name.clone(),
             version: m.version,
@@ -121,6 +142,7 @@ impl Servable {
             fitted,
             model,
             metrics: m.metrics.clone(),
+            reference,
         })
     }
 }

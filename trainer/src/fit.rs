@@ -13,6 +13,7 @@ use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 use crate::dataset::{Dataset, Input};
 use crate::model::ModelSpec;
 use shared_models::bundle_table_file;
+use shared_models::drift::Reference;
 use shared_models::metrics::{Metrics, evaluate};
 use shared_models::plots;
 
@@ -141,6 +142,19 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let labels = y_valid.to_vec();
     let metrics = evaluate(&scores, &labels, spec.threshold());
+    // What drift is measured against: the training split's inputs and scores.
+    let (x_reference, _) = data.matrix(&p, &data.train);
+    let copied: Vec<f64>;
+    let flat = match x_reference.as_slice() {
+        Some(flat) => flat,
+        None => {
+            copied = x_reference.iter().copied().collect();
+            &copied
+        }
+    };
+    let rows: Vec<&[f64]> = flat.chunks(x_reference.ncols().max(1)).collect();
+    let train_scores: Vec<f64> = rows.iter().map(|x| model.predict_proba(x)).collect();
+    let reference = Reference::fit(&fitted.names(), &rows, &train_scores);
 
     let mut data_fp = history_digest(&input.events)?;
     for (_, d) in &data.run.table_digests {
@@ -180,6 +194,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
             Bytes::from(serde_json::to_vec(&model)?),
         ),
     ];
+    files.push((
+        shared_models::REFERENCE.to_string(),
+        Bytes::from(serde_json::to_vec(&reference)?),
+    ));
     files.push((
         "roc.png".to_string(),
         Bytes::from(plots::roc_png(&scores, &labels, metrics.auc)?),
