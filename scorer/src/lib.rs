@@ -4,6 +4,7 @@
 //! feeds topics for demos.
 
 pub mod checkpoint;
+pub mod drift;
 pub mod evaluate;
 pub mod feed;
 pub(crate) mod grpc;

@@ -78,6 +78,11 @@ pub struct ReplayArgs {
     /// directory.
     #[arg(long, requires = "shadow", value_name = "DIR")]
     report: Option<std::path::PathBuf>,
+    /// Also measure the drift of the range's inputs and scores against the training split's
+    /// reference distributions in the bundle (PSI and Jensen-Shannon per input; README,
+    /// "Drift").
+    #[arg(long)]
+    drift: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -113,11 +118,14 @@ struct ReplaySummary {
     /// With shadows: the comparison (`events`, `agreement`, `models`, ...).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     comparison: Option<crate::shadow::Report>,
+    /// With `--drift`: the range's drift against the training split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<crate::drift::Report>,
 }
 
 /// Run a replay and print its summary.
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    if args.output.is_none() && args.out.is_none() && args.shadow.is_empty() {
+    if args.output.is_none() && args.out.is_none() && args.shadow.is_empty() && !args.drift {
         bail!("say where the predictions go: --output TOPIC or --out FILE");
     }
     let from = args
@@ -142,6 +150,15 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut cmp = Comparison::new(&servable, &shadows);
+    let reference = match (&servable.reference, args.drift) {
+        (Some(r), true) => Some(r),
+        (None, true) => bail!(
+            "--drift: model {} has no reference distributions (reference.json): it was published \
+             before trainer fit stored them; fit it again to measure drift",
+            servable.id
+        ),
+        _ => None,
+    };
     let token = CancellationToken::new();
     let (_rt, registry) = args.format.open_blocking(token.clone())?;
     if let Some(r) = &registry {
@@ -191,6 +208,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         dlq: args.dlq.is_some(),
         model: servable.id.clone(),
         token: &token,
+        drift: reference.map(|r| (r, crate::drift::Window::new(r))),
     };
     let mut s = ReplaySummary {
         model: servable.id.clone(),
@@ -329,6 +347,13 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     }
     s.seconds = t0.elapsed().as_secs_f64();
     s.events_per_second = s.read as f64 / s.seconds.max(1e-9);
+    if let Some((r, w)) = &out.drift {
+        let report = w.report(r);
+        if !args.json {
+            crate::drift::print(&report);
+        }
+        s.drift = Some(report);
+    }
     if !shadows.is_empty() {
         let (report, scores, labels) = cmp.report();
         if let Some(dir) = &args.report {
@@ -412,11 +437,16 @@ struct Outputs<'a> {
     dlq: bool,
     model: String,
     token: &'a CancellationToken,
+    /// With `--drift`: the reference and the window counted against it.
+    drift: Option<(&'a shared_models::drift::Reference, crate::drift::Window)>,
 }
 
 impl Outputs<'_> {
     /// The prediction `scorer` just made for the event at `pos`.
     fn prediction(&mut self, scorer: &Scorer, pos: SourcePos<'_>, event_time: i64) -> Result<()> {
+        if let Some((r, w)) = &mut self.drift {
+            w.add(r, scorer.features(), scorer.last_score().0);
+        }
         if let Some(f) = &mut self.file {
             f.write(&Prediction::of(scorer, pos, event_time))?;
         }

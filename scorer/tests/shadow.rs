@@ -1,5 +1,6 @@
-//! Replay as shadow (`scorer replay --shadow`), against tansu: the report's figures are those of
-//! each model replayed alone.
+//! Operating a model, against tansu: replay as shadow (`scorer replay --shadow`), whose report's
+//! figures are those of each model replayed alone, and drift against the training split
+//! (`scorer replay --drift`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -128,5 +129,131 @@ fn replay_as_shadow_reports_each_model_as_replayed_alone() {
     assert_eq!(written["models"], r["models"]);
     let png = std::fs::read(report_dir.join("report.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `scorer replay --drift` on the validation days of the fixture flights, and on the same
+/// flights with every departure delay 60 minutes later: the delay inputs and the score drift past
+/// the thresholds only in the second; a model without reference distributions is refused,
+/// saying why.
+#[test]
+fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
+    let broker = Broker::start();
+    let dir = tempdir("drift");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    feed(&broker, "flights");
+    let shifted: Vec<(String, Vec<u8>)> = read_all(&broker, "flights")
+        .iter()
+        .map(|r| {
+            let mut v = r.json();
+            if let Some(d) = v["dep_delay"].as_f64() {
+                v["dep_delay"] = serde_json::json!(d + 60.0);
+            }
+            (
+                String::from_utf8(r.key.clone()).unwrap(),
+                serde_json::to_vec(&v).unwrap(),
+            )
+        })
+        .collect();
+    create_topic(&broker, "flights-late", 1);
+    produce_raw(&broker, "flights-late", &shifted);
+    let drift = |topic: &str| {
+        let out = replay_with(
+            &broker,
+            &store,
+            "flights_delay@champion",
+            topic,
+            &["--from", "2013-01-03", "--drift", "--json"],
+        );
+        json_out(&out)["drift"].clone()
+    };
+    let (usual, late) = (drift("flights"), drift("flights-late"));
+    let psi = |r: &serde_json::Value, name: &str| {
+        r["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no input {name}: {r}"))["psi"]
+            .as_f64()
+            .unwrap()
+    };
+    let threshold = usual["psi_threshold"].as_f64().unwrap();
+    assert!(usual["events"].as_u64().unwrap() > 1000, "{usual}");
+    assert_eq!(usual["events"], late["events"]);
+    for name in ["dep_delay", "ac24_mean_dep_delay", "or1_mean_dep_delay"] {
+        assert!(psi(&usual, name) < threshold, "{name}: {usual}");
+        assert!(psi(&late, name) > threshold, "{name}: {late}");
+        assert!(
+            late["drifted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == name),
+            "{name}: {late}"
+        );
+    }
+    assert!(
+        usual["score"]["psi"].as_f64().unwrap() < threshold,
+        "{usual}"
+    );
+    assert!(late["score"]["drifted"].as_bool().unwrap(), "{late}");
+
+    // A bundle published before reference distributions existed (version 1 copied as version 2
+    // without reference.json): it is served, and drift is refused, saying why.
+    let versions = store.join("models/flights_delay/versions");
+    let (v1, v2) = (versions.join("1"), versions.join("2"));
+    std::fs::create_dir_all(&v2).unwrap();
+    for e in std::fs::read_dir(&v1).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != "reference.json" && name != "manifest.json" {
+            std::fs::copy(&path, v2.join(&name)).unwrap();
+        }
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = serde_json::json!(2);
+    manifest["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove("reference.json")
+        .expect("version 1 has reference distributions");
+    std::fs::write(
+        v2.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    replay_with(
+        &broker,
+        &store,
+        "flights_delay@2",
+        "flights",
+        &["--out", dir.join("old.jsonl").to_str().unwrap()],
+    );
+    let refused = scorer()
+        .current_dir(repo())
+        .args([
+            "replay",
+            "--brokers",
+            &broker.addr,
+            "--store",
+            &store_url(&store),
+        ])
+        .args([
+            "--model",
+            "flights_delay@2",
+            "--input",
+            "flights",
+            "--drift",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("has no reference distributions"),
+        "{said}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
