@@ -455,6 +455,7 @@ fn fit_list_promote(store: &str, env: &[(&str, &str)]) {
         "model.json",
         "roc.png",
         "calibration.png",
+        "reference.json",
     ] {
         assert!(
             manifest["files"][file]
