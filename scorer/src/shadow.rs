@@ -100,13 +100,17 @@ impl Comparison {
         }
     }
 
-    /// The champion scored the event at `pos` (in the range).
+    /// The champion scored the event at `pos` (in the range). Kept only when there are
+    /// shadows to compare it with.
     pub fn champion(
         &mut self,
         pos: (i32, i64),
         (score, decision): (f64, bool),
         label: Option<f64>,
     ) {
+        if self.shadows.is_empty() {
+            return;
+        }
         self.champion.push(Seen {
             pos,
             score,
