@@ -295,7 +295,6 @@ impl TopicArgs {
                         .map_err(anyhow::Error::msg)
                         .with_context(|| format!("cannot decode {topic}/{q}@{}", msg.offset()))?;
                 }
-                row.iter_mut().for_each(|v| *v = Value::Null);
                 if let Err(e) = decoder.decode(payload, &mut row) {
                     h.refused += 1;
                     h.first_refusal
