@@ -358,6 +358,11 @@ impl Live {
             if self.sink.backlogged() > 0 {
                 break;
             }
+            // A transaction holds at most `--transaction-max-events`: the batch ends there, and
+            // the caller commits before the next event.
+            if self.cfg.exactly_once() && self.txn.events >= self.cfg.transaction_max_events {
+                break;
+            }
         }
         Ok(n)
     }
