@@ -129,6 +129,140 @@ pub fn comparison_png(title: &str, models: &[Scored<'_>], labels: &[bool]) -> Re
     })
 }
 
+/// One column of a drift report, for [`drift_png`].
+pub struct Drifted {
+    /// The input's name, or `score`.
+    pub name: String,
+    /// Its PSI against the reference.
+    pub psi: f64,
+    /// Past a threshold.
+    pub drifted: bool,
+}
+
+/// A drift report as a PNG: left, the PSI of the score and of the inputs with the largest
+/// (at most 20), largest first, drifted ones in red, with the threshold as a line; right, the
+/// score's share of events per reference bin, training split beside the window.
+pub fn drift_png(
+    title: &str,
+    columns: &[Drifted],
+    threshold: f64,
+    score_reference: &[f64],
+    score_window: &[f64],
+) -> Result<Vec<u8>> {
+    let mut shown: Vec<&Drifted> = columns.iter().collect();
+    shown.sort_by(|a, b| b.psi.total_cmp(&a.psi));
+    shown.truncate(20);
+    render((SIZE.0 * 2, SIZE.1), title, |root| {
+        let (left, right) = root.split_horizontally(SIZE.0);
+        psi_panel(&left, &shown, threshold)?;
+        shares_panel(&right, score_reference, score_window)
+    })
+}
+
+const DRIFTED: RGBColor = RGBColor(214, 39, 40);
+
+/// Horizontal bars of PSI by column, the threshold a dashed vertical line.
+fn psi_panel(area: &Area<'_>, columns: &[&Drifted], threshold: f64) -> Drawn {
+    let top = columns
+        .iter()
+        .map(|c| c.psi)
+        .fold(threshold * 2.0, f64::max)
+        * 1.05;
+    let n = columns.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .margin(16)
+        .margin_right(30)
+        .caption("PSI by column, largest first", (FONT, 16))
+        .x_label_area_size(48)
+        .y_label_area_size(170)
+        .build_cartesian_2d(0f64..top, 0f64..n as f64)?;
+    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    chart
+        .configure_mesh()
+        .x_desc("population stability index")
+        .y_labels(n)
+        .y_label_formatter(&|v| {
+            // Row i (from the top) is centred at n - i - 0.5.
+            let i = n as f64 - v - 0.5;
+            let k = i.round();
+            if (i - k).abs() < 1e-6 && k >= 0.0 {
+                names.get(k as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_formatter(&|v| format!("{v:.2}"))
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 15))
+        .disable_y_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    chart.draw_series(columns.iter().enumerate().map(|(i, c)| {
+        let y = (n - i) as f64;
+        let color = if c.drifted { DRIFTED } else { CURVE };
+        Rectangle::new([(0.0, y - 0.8), (c.psi, y - 0.2)], color.filled())
+    }))?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(threshold, 0.0), (threshold, n as f64)],
+            6,
+            4,
+            BLACK.stroke_width(1),
+        ))?
+        .label(format!("threshold {threshold}"))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
+}
+
+/// The score's share of events per reference bin: training split and window side by side.
+fn shares_panel(area: &Area<'_>, reference: &[f64], window: &[f64]) -> Drawn {
+    let bins = reference.len().max(window.len()).max(1);
+    let top = reference
+        .iter()
+        .chain(window)
+        .copied()
+        .fold(0.0, f64::max)
+        .max(0.01)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .margin(16)
+        .margin_right(30)
+        .caption("Score: share of events per reference bin", (FONT, 16))
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..bins as f64, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("bin of the training split's score (deciles)")
+        .y_desc("share of events")
+        .x_labels(bins + 1)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.2}"))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    for (k, (shares, color, name)) in [
+        (reference, REFERENCE, "training split"),
+        (window, PALETTE[1], "window"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let offset = 0.1 + 0.4 * k as f64;
+        chart
+            .draw_series(shares.iter().enumerate().map(|(i, &v)| {
+                let x = i as f64 + offset;
+                Rectangle::new([(x, 0.0), (x + 0.4, v)], color.filled())
+            }))?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
 /// Colours of the models drawn together, in order.
 const PALETTE: [RGBColor; 4] = [
     CURVE,
@@ -353,5 +487,38 @@ mod tests {
         assert!(
             roc_png(&scores, &labels, 0.75).unwrap() == roc_png(&scores, &labels, 0.75).unwrap()
         );
+    }
+
+    /// The drift plot: the drifted column's bar is the only red on it.
+    #[test]
+    fn the_drift_plot_shows_the_drifted_columns_in_red() {
+        let red = |drifted: bool| {
+            let columns = [
+                Drifted {
+                    name: "score".into(),
+                    psi: 0.02,
+                    drifted: false,
+                },
+                Drifted {
+                    name: "dep_delay".into(),
+                    psi: 0.4,
+                    drifted,
+                },
+            ];
+            let shares = [0.1; 10];
+            let window = [0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2];
+            let png = drift_png("drift", &columns, 0.1, &shares, &window).unwrap();
+            let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size()];
+            let info = reader.next_frame(&mut buf).unwrap();
+            assert_eq!((info.width, info.height), (SIZE.0 * 2, SIZE.1));
+            buf[..info.buffer_size()]
+                .chunks(3)
+                .filter(|p| p == &[DRIFTED.0, DRIFTED.1, DRIFTED.2])
+                .count()
+        };
+        assert!(red(true) > 1000, "{} red pixels", red(true));
+        assert_eq!(red(false), 0);
     }
 }
