@@ -92,22 +92,7 @@ pub fn feed(args: FeedArgs) -> Result<()> {
             args.pipeline.display()
         ),
     };
-    let bytes = std::fs::read(&events_path)
-        .with_context(|| format!("cannot read {}", events_path.display()))?;
-    // CSV rows become JSON events; JSON lines are events already (blank lines skipped).
-    let ext = events_path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("");
-    let events: Vec<Vec<u8>> = if matches!(ext, "jsonl" | "ndjson" | "json") {
-        bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .map(<[u8]>::to_vec)
-            .collect()
-    } else {
-        csv_to_json(&p, &bytes, &events_path.display().to_string())?
-    };
+    let events = read_events(&p, &events_path)?;
     let meta = event_meta(&p, &events);
     let bound = |t: &Option<String>, flag: &str| {
         t.as_deref()
@@ -170,6 +155,23 @@ pub fn feed(args: FeedArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The events of a history file as JSON payloads, in file order: CSV rows typed by the
+/// pipeline's fields, or JSON lines (by the .jsonl/.ndjson/.json extension; blank lines
+/// skipped).
+pub(crate) fn read_events(p: &Pipeline, path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    Ok(if matches!(ext, "jsonl" | "ndjson" | "json") {
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        csv_to_json(p, &bytes, &path.display().to_string())?
+    })
 }
 
 /// Publish `events` in `order`, keyed, with their event time as the Kafka timestamp.

@@ -64,6 +64,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Join predictions with the labels of the events they scored; report online ROC AUC.
     Evaluate(evaluate::EvaluateArgs),
+    /// Measure the drift of a topic range or a history file against the model's training split.
+    Drift(drift::DriftArgs),
 }
 
 /// Parse the command line, run the command, print an error chain on failure (exit code 2).
@@ -78,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Feed(a) => feed::feed(a),
         Command::Evaluate(a) => evaluate::evaluate(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Drift(a) => drift::drift(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

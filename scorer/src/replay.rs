@@ -103,8 +103,39 @@ fn parse_bound(text: &str, flag: &str) -> Result<Bound> {
         .map_err(|e| anyhow::anyhow!("{flag} `{text}`: not an offset nor a time: {e}"))
 }
 
+impl ReplayArgs {
+    /// A replay that only measures drift (`scorer drift --input`): nothing written or printed.
+    pub(crate) fn for_drift(
+        kafka: KafkaArgs,
+        model: ModelArgs,
+        format: FormatArgs,
+        input: String,
+        (from, to): (Option<String>, Option<String>),
+        order: Order,
+    ) -> Self {
+        Self {
+            kafka,
+            model,
+            format,
+            input,
+            from,
+            to,
+            output: None,
+            dlq: None,
+            out: None,
+            max_event_bytes: 1 << 20,
+            order,
+            lineage_headers: false,
+            shadow: Vec::new(),
+            report: None,
+            drift: true,
+            json: true,
+        }
+    }
+}
+
 #[derive(Serialize, Debug, Default)]
-struct ReplaySummary {
+pub(crate) struct ReplaySummary {
     model: String,
     topic: String,
     partitions: usize,
@@ -120,11 +151,43 @@ struct ReplaySummary {
     comparison: Option<crate::shadow::Report>,
     /// With `--drift`: the range's drift against the training split.
     #[serde(skip_serializing_if = "Option::is_none")]
-    drift: Option<crate::drift::Report>,
+    pub(crate) drift: Option<crate::drift::Report>,
+    /// With `--drift`: the range's share of events in each bin of the reference's score.
+    #[serde(skip)]
+    pub(crate) drift_score_shares: Vec<f64>,
 }
 
 /// Run a replay and print its summary.
 pub fn replay(args: ReplayArgs) -> Result<()> {
+    let s = run(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "replayed {} of {} ({} partitions) with {}: {} predictions, {} dead-lettered, {} \
+             filtered, {} warm-up events; {:.1} s, {:.0} events/s",
+            args.input,
+            if args.from.is_some() || args.to.is_some() {
+                "a range"
+            } else {
+                "everything"
+            },
+            s.partitions,
+            s.model,
+            s.replayed,
+            s.dead_lettered,
+            s.filtered,
+            s.warmed,
+            s.seconds,
+            s.events_per_second
+        );
+    }
+    Ok(())
+}
+
+/// Run a replay; return its summary (the tables of the drift and the shadows' report are
+/// printed unless `--json`).
+pub(crate) fn run(args: &ReplayArgs) -> Result<ReplaySummary> {
     if args.output.is_none() && args.out.is_none() && args.shadow.is_empty() && !args.drift {
         bail!("say where the predictions go: --output TOPIC or --out FILE");
     }
@@ -353,6 +416,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             crate::drift::print(&report);
         }
         s.drift = Some(report);
+        s.drift_score_shares = w.score_shares();
     }
     if !shadows.is_empty() {
         let (report, scores, labels) = cmp.report();
@@ -364,29 +428,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         }
         s.comparison = Some(report);
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        println!(
-            "replayed {} of {} ({} partitions) with {}: {} predictions, {} dead-lettered, {} \
-             filtered, {} warm-up events; {:.1} s, {:.0} events/s",
-            args.input,
-            if args.from.is_some() || args.to.is_some() {
-                "a range"
-            } else {
-                "everything"
-            },
-            s.partitions,
-            s.model,
-            s.replayed,
-            s.dead_lettered,
-            s.filtered,
-            s.warmed,
-            s.seconds,
-            s.events_per_second
-        );
-    }
-    Ok(())
+    Ok(s)
 }
 
 /// Score one event with shadow `i` (arrival order: at once; watermark order: held, and what the

@@ -26,6 +26,54 @@ fn predictions(broker: &Broker, topic: &str) -> BTreeMap<i64, (f64, bool)> {
         .collect()
 }
 
+/// Copy the flights of topic `flights` to `flights-late` (one partition) with every departure
+/// delay 60 minutes later.
+fn feed_late(broker: &Broker) {
+    let shifted: Vec<(String, Vec<u8>)> = read_all(broker, "flights")
+        .iter()
+        .map(|r| {
+            let mut v = r.json();
+            if let Some(d) = v["dep_delay"].as_f64() {
+                v["dep_delay"] = serde_json::json!(d + 60.0);
+            }
+            (
+                String::from_utf8(r.key.clone()).unwrap(),
+                serde_json::to_vec(&v).unwrap(),
+            )
+        })
+        .collect();
+    create_topic(broker, "flights-late", 1);
+    produce_raw(broker, "flights-late", &shifted);
+}
+
+/// Publish version 1 of `flights_delay` again as version 2 without `reference.json`: a bundle
+/// from before reference distributions existed.
+fn publish_without_reference(store: &std::path::Path) {
+    let versions = store.join("models/flights_delay/versions");
+    let (v1, v2) = (versions.join("1"), versions.join("2"));
+    std::fs::create_dir_all(&v2).unwrap();
+    for e in std::fs::read_dir(&v1).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != "reference.json" && name != "manifest.json" {
+            std::fs::copy(&path, v2.join(&name)).unwrap();
+        }
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = serde_json::json!(2);
+    manifest["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove("reference.json")
+        .expect("version 1 has reference distributions");
+    std::fs::write(
+        v2.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
 /// A logistic-regression champion and a decision-tree challenger over the fixture flights:
 /// `scorer replay --model champion --shadow challenger` compares them on exactly the events
 /// each scores when replayed alone; the agreement and the score shift are those of the two
@@ -143,21 +191,7 @@ fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
     let store = dir.join("store");
     fit(&store, "champion", &[]);
     feed(&broker, "flights");
-    let shifted: Vec<(String, Vec<u8>)> = read_all(&broker, "flights")
-        .iter()
-        .map(|r| {
-            let mut v = r.json();
-            if let Some(d) = v["dep_delay"].as_f64() {
-                v["dep_delay"] = serde_json::json!(d + 60.0);
-            }
-            (
-                String::from_utf8(r.key.clone()).unwrap(),
-                serde_json::to_vec(&v).unwrap(),
-            )
-        })
-        .collect();
-    create_topic(&broker, "flights-late", 1);
-    produce_raw(&broker, "flights-late", &shifted);
+    feed_late(&broker);
     let drift = |topic: &str| {
         let out = replay_with(
             &broker,
@@ -169,6 +203,41 @@ fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
         json_out(&out)["drift"].clone()
     };
     let (usual, late) = (drift("flights"), drift("flights-late"));
+    // `scorer drift` over the same range, of the topic and of the history file it was fed
+    // from (in the same event order): the same report, every figure; and as JSON and PNG.
+    let report_dir = dir.join("drift-report");
+    let events = format!("{FIXTURES}/raw/flights.csv");
+    for source in [["--input", "flights"], ["--events", events.as_str()]] {
+        let out = run_ok(
+            scorer()
+                .current_dir(repo())
+                .args([
+                    "drift",
+                    "--brokers",
+                    &broker.addr,
+                    "--store",
+                    &store_url(&store),
+                ])
+                .args([
+                    "--model",
+                    "flights_delay@champion",
+                    "--from",
+                    "2013-01-03",
+                    "--json",
+                ])
+                .args(["--report", report_dir.to_str().unwrap()])
+                .args(source),
+        );
+        let r = json_out(&out);
+        for key in ["events", "reference_events", "score", "inputs", "drifted"] {
+            assert_eq!(r[key], usual[key], "{source:?}: {key}");
+        }
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report_dir.join("drift.json")).unwrap()).unwrap();
+        assert_eq!(written, usual, "{source:?}");
+        let png = std::fs::read(report_dir.join("drift.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
     let psi = |r: &serde_json::Value, name: &str| {
         r["inputs"]
             .as_array()
@@ -202,29 +271,7 @@ fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
 
     // A bundle published before reference distributions existed (version 1 copied as version 2
     // without reference.json): it is served, and drift is refused, saying why.
-    let versions = store.join("models/flights_delay/versions");
-    let (v1, v2) = (versions.join("1"), versions.join("2"));
-    std::fs::create_dir_all(&v2).unwrap();
-    for e in std::fs::read_dir(&v1).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name != "reference.json" && name != "manifest.json" {
-            std::fs::copy(&path, v2.join(&name)).unwrap();
-        }
-    }
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
-    manifest["version"] = serde_json::json!(2);
-    manifest["files"]
-        .as_object_mut()
-        .unwrap()
-        .remove("reference.json")
-        .expect("version 1 has reference distributions");
-    std::fs::write(
-        v2.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    publish_without_reference(&store);
     replay_with(
         &broker,
         &store,
