@@ -10,6 +10,7 @@ pub mod feed;
 pub(crate) mod grpc;
 pub mod http;
 pub mod kafka;
+pub mod labels;
 pub mod live;
 pub mod log;
 pub mod merge;
