@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -15,6 +16,47 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Upper bounds of the score histogram's buckets: tenths of the unit interval.
+const SCORE_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+fn score_histogram() -> Histogram {
+    Histogram::new(SCORE_BUCKETS)
+}
+
+/// Labels of the per-model metrics.
+type Labels = Vec<(&'static str, String)>;
+
+/// The per-model metrics of one model in one role ([`Metrics::model`]): handles into the
+/// families, so that scoring an event costs no label look-up.
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    /// Its scores (`kml_model_scores{model,role}`).
+    pub scores: Histogram,
+    /// Its positive decisions (`kml_model_decisions_total{model,role,decision="positive"}`).
+    pub positive: Counter,
+    /// Its negative decisions (`...{decision="negative"}`).
+    pub negative: Counter,
+    /// A shadow: events the champion scored too (`kml_shadow_events_total{model}`).
+    pub compared: Counter,
+    /// A shadow: of those, the ones it decided as the champion did
+    /// (`kml_shadow_agreements_total{model}`).
+    pub agreements: Counter,
+    /// A shadow: events it failed on, a caught panic (`kml_shadow_failures_total{model}`).
+    pub failures: Counter,
+}
+
+impl ModelMetrics {
+    /// Count one score and decision.
+    pub fn observe(&self, (score, decision): (f64, bool)) {
+        self.scores.observe(score);
+        if decision {
+            self.positive.inc();
+        } else {
+            self.negative.inc();
+        }
+    }
+}
 
 /// Counters and gauges of one scorer process. Cloning shares them.
 #[derive(Debug, Clone)]
@@ -90,6 +132,39 @@ pub struct Metrics {
     pub model_server_stalled: Gauge,
     /// Time of one answered request to the model server (`kml_model_server_latency_seconds`).
     pub model_server_latency: Histogram,
+    /// Shadow predictions acknowledged (`kml_shadow_predictions_total`).
+    pub shadow_predictions: Counter,
+    /// Shadow predictions whose delivery failed for good (`kml_shadow_delivery_failures_total`):
+    /// counted and dropped; the champion's partition goes on.
+    pub shadow_delivery_failures: Counter,
+    model_scores: Family<Labels, Histogram, fn() -> Histogram>,
+    model_decisions: Family<Labels, Counter>,
+    shadow_events: Family<Labels, Counter>,
+    shadow_agreements: Family<Labels, Counter>,
+    shadow_failures: Family<Labels, Counter>,
+    /// `--drift-window`: PSI of each input (`column` = its name) and of the score
+    /// (`column="score"`) over the window, against the training split (`kml_drift_psi`).
+    pub drift_psi: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// The Jensen-Shannon distance (base 2) of the same (`kml_drift_js`).
+    pub drift_js: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Scored events in the drift window (`kml_drift_window_events`).
+    pub drift_window_events: Gauge,
+    /// Columns past a threshold, the score included (`kml_drift_drifted_columns`).
+    pub drift_drifted: Gauge,
+    /// 1 when drift is measured; 0 when the model has no reference distributions or the
+    /// window is off (`kml_drift_available`).
+    pub drift_available: Gauge,
+    /// `--labels`: label records by what became of them (`kml_labels_total{outcome}`:
+    /// `joined`, `duplicate`, `unmatched`, `too_late`, `malformed`).
+    pub labels: Family<Labels, Counter>,
+    /// Predictions whose label never came within the horizon
+    /// (`kml_unlabelled_predictions_total`).
+    pub unlabelled: Counter,
+    /// Predictions waiting for their label (`kml_label_pending_predictions`).
+    pub label_pending: Gauge,
+    /// Labels waiting for their prediction (`kml_label_pending_labels`).
+    pub label_early: Gauge,
+    accuracy: [Family<Labels, Gauge<f64, AtomicU64>>; 6],
     /// 1 when serving: a model, an assignment (run) (`kml_ready`); also `/readyz`.
     pub ready_gauge: Gauge<i64, AtomicI64>,
     ready: Arc<AtomicBool>,
@@ -258,6 +333,116 @@ impl Metrics {
             "Time of one answered request to the model server.",
             model_server_latency.clone(),
         );
+        let shadow_predictions = counter(
+            &mut r,
+            "kml_shadow_predictions",
+            "Shadow predictions acknowledged (scorer run --shadow).",
+        );
+        let shadow_delivery_failures = counter(
+            &mut r,
+            "kml_shadow_delivery_failures",
+            "Shadow predictions whose delivery failed for good; dropped.",
+        );
+        let model_scores =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(score_histogram);
+        r.register(
+            "kml_model_scores",
+            "Scores by model and role (champion, shadow).",
+            model_scores.clone(),
+        );
+        let family = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let model_decisions = family(
+            &mut r,
+            "kml_model_decisions",
+            "Decisions by model, role and decision (positive, negative).",
+        );
+        let shadow_events = family(
+            &mut r,
+            "kml_shadow_events",
+            "Events a shadow scored beside the champion, by shadow.",
+        );
+        let shadow_agreements = family(
+            &mut r,
+            "kml_shadow_agreements",
+            "Of those, the events the shadow decided as the champion did.",
+        );
+        let shadow_failures = family(
+            &mut r,
+            "kml_shadow_failures",
+            "Events a shadow failed on (a panic caught); the champion's prediction stands.",
+        );
+        let gauges = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let drift_psi = gauges(
+            &mut r,
+            "kml_drift_psi",
+            "PSI over the drift window against the training split, by column (score: the score).",
+        );
+        let drift_js = gauges(
+            &mut r,
+            "kml_drift_js",
+            "Jensen-Shannon distance (base 2) over the drift window, by column.",
+        );
+        let drift_window_events = gauge(
+            &mut r,
+            "kml_drift_window_events",
+            "Scored events in the drift window.",
+        );
+        let drift_drifted = gauge(
+            &mut r,
+            "kml_drift_drifted_columns",
+            "Columns past a drift threshold (PSI 0.1 or Jensen-Shannon 0.1), the score included.",
+        );
+        let drift_available = gauge(
+            &mut r,
+            "kml_drift_available",
+            "1 when drift is measured (the model has reference distributions).",
+        );
+        let labels = family(
+            &mut r,
+            "kml_labels",
+            "Label records by outcome: joined, duplicate, unmatched, too_late, malformed.",
+        );
+        let unlabelled = counter(
+            &mut r,
+            "kml_unlabelled_predictions",
+            "Predictions whose label never came within --label-horizon.",
+        );
+        let label_pending = gauge(
+            &mut r,
+            "kml_label_pending_predictions",
+            "Predictions waiting for their label.",
+        );
+        let label_early = gauge(
+            &mut r,
+            "kml_label_pending_labels",
+            "Labels waiting for their prediction.",
+        );
+        let accuracy = [
+            (
+                "kml_label_auc",
+                "ROC AUC over the last --label-window labelled predictions.",
+            ),
+            ("kml_label_log_loss", "Log loss over the same."),
+            ("kml_label_brier", "Brier score over the same."),
+            ("kml_label_mean_score", "Mean score over the same."),
+            (
+                "kml_label_positive_rate",
+                "Share of positive labels over the same.",
+            ),
+            (
+                "kml_label_window_events",
+                "Labelled predictions in the window.",
+            ),
+        ]
+        .map(|(name, help)| gauges(&mut r, name, help));
         Self {
             registry: Arc::new(r),
             events_in,
@@ -291,8 +476,70 @@ impl Metrics {
             model_server_in_flight,
             model_server_stalled,
             model_server_latency,
+            shadow_predictions,
+            shadow_delivery_failures,
+            model_scores,
+            model_decisions,
+            shadow_events,
+            shadow_agreements,
+            shadow_failures,
+            drift_psi,
+            drift_js,
+            drift_window_events,
+            drift_drifted,
+            drift_available,
+            labels,
+            unlabelled,
+            label_pending,
+            label_early,
+            accuracy,
             ready_gauge,
             ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The per-model metrics of model `id` (`name@version`) in `role` (`champion`, `shadow`).
+    pub fn model(&self, id: &str, role: &'static str) -> ModelMetrics {
+        let labels: Labels = vec![("model", id.to_string()), ("role", role.to_string())];
+        let decision = |d: &str| {
+            let mut l = labels.clone();
+            l.push(("decision", d.to_string()));
+            self.model_decisions.get_or_create(&l).clone()
+        };
+        // The shadow counters of a champion are not registered: no series of zeros.
+        let shadow: Labels = vec![("model", id.to_string())];
+        let of = |f: &Family<Labels, Counter>| {
+            if role == "shadow" {
+                f.get_or_create(&shadow).clone()
+            } else {
+                Counter::default()
+            }
+        };
+        ModelMetrics {
+            scores: self.model_scores.get_or_create(&labels).clone(),
+            positive: decision("positive"),
+            negative: decision("negative"),
+            compared: of(&self.shadow_events),
+            agreements: of(&self.shadow_agreements),
+            failures: of(&self.shadow_failures),
+        }
+    }
+
+    /// Set the accuracy gauges of one model (`kml_label_auc{model,role}`, ...).
+    pub fn accuracy(&self, a: &crate::labels::ModelAccuracy) {
+        let labels: Labels = vec![("model", a.model.clone()), ("role", a.role.to_string())];
+        let values = [
+            a.auc,
+            a.log_loss,
+            a.brier,
+            a.mean_score,
+            a.positive_rate,
+            Some(a.events as f64),
+        ];
+        for (family, v) in self.accuracy.iter().zip(values) {
+            if let Some(v) = v {
+                family.get_or_create(&labels).set(v);
+            }
         }
     }
 

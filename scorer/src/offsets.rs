@@ -15,8 +15,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Bits of a tag that hold the sequence number.
-const SEQ_BITS: u32 = 47;
+/// Bits of a tag that hold the sequence number (then 15 of the slot, one marking a shadow's
+/// prediction, one a dead letter, one a record for the repartition topic).
+const SEQ_BITS: u32 = 46;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 /// Most partition slots (15 bits).
 pub const MAX_SLOTS: usize = 1 << 15;
@@ -64,6 +65,17 @@ impl Tag {
     /// The same output, re-marked as a dead letter (an output replaced by one).
     pub fn as_dead_letter(self) -> Self {
         Tag((self.0 as u64 | 1 << 62) as usize)
+    }
+
+    /// The same output, marked as a shadow's prediction (`scorer run --shadow`).
+    pub fn as_shadow(self) -> Self {
+        Tag((self.0 as u64 | 1 << 61) as usize)
+    }
+
+    /// Whether the output is a shadow's prediction: its delivery, good or not, only counts
+    /// it off (a shadow never holds up or rewinds the champion's partition).
+    pub fn is_shadow(self) -> bool {
+        (self.0 as u64 >> 61) & 1 == 1
     }
 }
 
@@ -259,6 +271,19 @@ mod tests {
         assert_eq!((t.slot(), t.seq(), t.is_dead_letter()), (3, 12345, false));
         assert!(t.as_dead_letter().is_dead_letter());
         assert_eq!(t.as_dead_letter().slot(), 3);
+        // The marks are independent bits: none changes the slot, the sequence or another mark.
+        let top = Tag::new(MAX_SLOTS - 1, SEQ_MASK, false);
+        for (marked, shadow, forwarded) in [
+            (top.as_shadow(), true, false),
+            (top.as_forwarded(), false, true),
+            (top.as_shadow().as_forwarded(), true, true),
+        ] {
+            assert_eq!((marked.slot(), marked.seq()), (MAX_SLOTS - 1, SEQ_MASK));
+            assert_eq!(marked.is_shadow(), shadow);
+            assert_eq!(marked.is_forwarded(), forwarded);
+            assert!(!marked.is_dead_letter());
+        }
+        assert!(!top.is_shadow() && !top.as_dead_letter().is_shadow());
     }
 
     #[test]

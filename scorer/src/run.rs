@@ -30,6 +30,8 @@ pub struct RunArgs {
     remote: crate::remote::RemoteArgs,
     #[command(flatten)]
     format: crate::schema_registry::FormatArgs,
+    #[command(flatten)]
+    labels: crate::labels::LabelArgs,
     /// Input topics (comma-separated or repeated).
     #[arg(long, required = true, value_delimiter = ',')]
     input: Vec<String>,
@@ -107,6 +109,21 @@ pub struct RunArgs {
     /// held events.
     #[arg(long, default_value = "arrival")]
     order: shared_features::Order,
+    /// Also score every event with this model (`name@version` or `name@alias`, in the same
+    /// store) as a shadow: on the champion's features (its pipeline and tables must be the
+    /// champion's), its predictions going to `--shadow-output` with the same lineage, deciding
+    /// nothing (README, "Shadows"). Repeatable. Resolved at start.
+    #[arg(long, value_name = "MODEL")]
+    shadow: Vec<String>,
+    /// Topic for the shadows' predictions (default: `<output>.shadow`).
+    #[arg(long, value_name = "TOPIC")]
+    shadow_output: Option<String>,
+    /// Measure drift over the champion's last this many scored events against the training
+    /// split's reference distributions in the bundle: per input and for the score, PSI and
+    /// Jensen-Shannon as Prometheus gauges (`kml_drift_psi`, `kml_drift_js`; README, "Drift");
+    /// 0: off.
+    #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
+    drift_window: usize,
     /// Print the summary at exit as one JSON object.
     #[arg(long)]
     json: bool,
@@ -157,6 +174,10 @@ pub struct RunConfig {
     pub idle_after: Duration,
     /// How events reach the windows.
     pub order: shared_features::Order,
+    /// The shadows' predictions topic.
+    pub shadow_output: String,
+    /// Events in the drift window (0: off).
+    pub drift_window: usize,
 }
 
 /// The repartition step of a run ([`crate::merge`]).
@@ -202,6 +223,12 @@ impl RunConfig {
                 a.batch_size
             );
         }
+        if a.drift_window > 1_000_000 {
+            bail!(
+                "--drift-window {} must be at most 1000000 events (each keeps a bin per input)",
+                a.drift_window
+            );
+        }
         if a.transaction_max_events == 0 {
             bail!("--transaction-max-events must be at least 1");
         }
@@ -232,6 +259,38 @@ impl RunConfig {
         if watermark && a.pass_through {
             bail!("--order watermark scores; --pass-through copies events unscored");
         }
+        if let Some(l) = &a.labels.labels
+            && (l.is_empty()
+                || a.input.contains(l)
+                || [&a.output, &a.dlq].contains(&l)
+                || a.shadow_output.as_ref() == Some(l))
+        {
+            bail!("--labels `{l}` must be a topic of its own (not an input or an output)");
+        }
+        let shadow_output = a
+            .shadow_output
+            .clone()
+            .unwrap_or_else(|| format!("{}.shadow", a.output));
+        if !a.shadow.is_empty() {
+            if a.remote.model_server.is_some() {
+                bail!(
+                    "--shadow scores in this process on the champion's features; with \
+                     --model-server the scores come from the model server (drop one)"
+                );
+            }
+            if a.pass_through {
+                bail!("--shadow scores; --pass-through copies events unscored");
+            }
+            if shadow_output.is_empty()
+                || a.input.contains(&shadow_output)
+                || [&a.output, &a.dlq].contains(&&shadow_output)
+            {
+                bail!(
+                    "--shadow-output `{shadow_output}` must differ from --input, --output and \
+                     --dlq"
+                );
+            }
+        }
         Ok(Self {
             kafka: a.kafka.clone(),
             inputs: a.input.clone(),
@@ -259,6 +318,13 @@ impl RunConfig {
             repartition_topic: a.repartition_topic.clone(),
             idle_after: Duration::from_secs_f64(a.idle_after),
             order: a.order,
+            shadow_output,
+            // With a model server the scores are not seen here (yet): no drift window.
+            drift_window: if a.pass_through || a.remote.model_server.is_some() {
+                0
+            } else {
+                a.drift_window
+            },
         })
     }
 
@@ -301,6 +367,17 @@ pub struct Summary {
     pub transactions: u64,
     /// Transactions aborted.
     pub transactions_aborted: u64,
+    /// Shadow predictions acknowledged (`--shadow`).
+    pub shadow_predicted: u64,
+    /// Shadow predictions whose delivery failed for good (dropped).
+    pub shadow_delivery_failures: u64,
+    /// Each shadow: events scored, agreement with the champion, failures.
+    pub shadows: Vec<crate::live::ShadowSummary>,
+    /// The drift of the last window at exit (`--drift-window`); `null` when the model has no
+    /// reference distributions or the window is off.
+    pub drift: Option<crate::drift::Report>,
+    /// `--labels`: what became of the label records, and each model's accuracy at exit.
+    pub labels: Option<crate::live::LabelSummary>,
     /// Seconds from the first event to the last acknowledgement.
     pub busy_seconds: f64,
     /// Seconds from the process's start to the first output acknowledged: model load, group
@@ -337,6 +414,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let current = Arc::new(first);
     metrics.model_version.set(current.version as i64);
     tracing::info!(model = %current.id, fingerprint = %current.fingerprint, "model loaded");
+    let shadows = load_shadows(&rt, &args, &current)?;
+    if let Some(topic) = &args.labels.labels
+        && current.pipeline.label.is_none()
+    {
+        bail!(
+            "--labels `{topic}`: the pipeline {} declares no [label] to read from the label \
+             records",
+            current.pipeline.name
+        );
+    }
 
     if args.metrics_addr != "off" {
         let (listener, addr) = rt.block_on(http::bind(&args.metrics_addr, "--metrics-addr"))?;
@@ -453,6 +540,13 @@ pub fn run(args: RunArgs) -> Result<()> {
                 input = %t, repartition = %topic, by, partitions,
                 "windows keyed by another column: repartitioning"
             );
+            if !shadows.is_empty() {
+                bail!(
+                    "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
+                     need a repartition step; --shadow is not supported with it yet (use one \
+                     partition, or `scorer replay --shadow` on the topic)"
+                );
+            }
             cfg.repartition = Some(crate::run::Repartition {
                 topic,
                 input: t.clone(),
@@ -461,7 +555,11 @@ pub fn run(args: RunArgs) -> Result<()> {
             });
         }
     }
-    kafka::ensure_topics(&cfg.kafka, &[&cfg.output, &cfg.dlq], out_partitions)?;
+    let mut outputs = vec![cfg.output.as_str(), cfg.dlq.as_str()];
+    if !shadows.is_empty() {
+        outputs.push(&cfg.shadow_output);
+    }
+    kafka::ensure_topics(&cfg.kafka, &outputs, out_partitions)?;
     let sink = Sink::new(
         &cfg.kafka,
         &cfg.output,
@@ -477,7 +575,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let sink = match &cfg.repartition {
         Some(r) => sink.with_repartition(&r.topic),
         None => sink,
-    };
+    }
+    .with_shadows(&cfg.shadow_output);
     let mut inputs: Vec<&str> = cfg.inputs.iter().map(String::as_str).collect();
     if let Some(r) = &cfg.repartition {
         inputs.push(&r.topic);
@@ -488,6 +587,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         exactly_once = cfg.exactly_once(), "scoring"
     );
     let reader = source::reader(&cfg.kafka)?;
+    let pipeline = current.pipeline.clone();
     let mut live = Live::new(
         cfg.clone(),
         consumer,
@@ -502,7 +602,22 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(r) = remote {
         live = live.with_remote(r);
     }
-    let mut live = live.with_registry(schemas);
+    let labels = match &args.labels.labels {
+        Some(topic) => {
+            let format = schemas
+                .as_ref()
+                .map_or(shared_features::wire::Format::Json, |r| r.format());
+            let Some(reader) = crate::labels::LabelReader::new(pipeline.clone(), &format) else {
+                bail!("--labels `{topic}`: the pipeline declares no [label]");
+            };
+            crate::live::Labels::open(&args.labels, &cfg.kafka, reader)?
+        }
+        None => None,
+    };
+    let mut live = live
+        .with_registry(schemas)
+        .with_shadows(shadows)
+        .with_labels(labels);
     live.started_at(started);
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());
@@ -512,6 +627,59 @@ pub fn run(args: RunArgs) -> Result<()> {
     token.cancel();
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Load the `--shadow` models. One that cannot be loaded is left out (logged): a shadow
+/// never stops the champion. One that computes other features than the champion is refused:
+/// the live loop shares the champion's window state with its shadows.
+fn load_shadows(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    champion: &shared_models::Servable,
+) -> Result<Vec<Arc<shared_models::Servable>>> {
+    let mut out: Vec<Arc<shared_models::Servable>> = Vec::new();
+    for name in &args.shadow {
+        let m = model::ModelArgs {
+            store: args.model.store.clone(),
+            model: name.clone(),
+        };
+        let loaded = m
+            .open()
+            .and_then(|(registry, r)| rt.block_on(model::load(&registry, &r)));
+        let m = match loaded {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(
+                    shadow = %name, error = %format!("{e:#}"),
+                    "cannot load the shadow; scoring without it"
+                );
+                continue;
+            }
+        };
+        let (fp, champion_fp) = (
+            crate::score::state_fingerprint(&m),
+            crate::score::state_fingerprint(champion),
+        );
+        if fp != champion_fp {
+            bail!(
+                "--shadow {name}: {} computes other features than the champion {} (pipeline or \
+                 tables differ: state fingerprint {fp} against {champion_fp}); `scorer run` \
+                 scores shadows on the champion's features, `scorer replay --shadow` scores \
+                 any model on history",
+                m.id,
+                champion.id
+            );
+        }
+        if out.iter().any(|o| o.id == m.id) || m.id == champion.id {
+            bail!(
+                "--shadow {name}: {} is given twice (or is the champion)",
+                m.id
+            );
+        }
+        tracing::info!(shadow = %m.id, champion = %champion.id, "shadow loaded");
+        out.push(Arc::new(m));
+    }
+    Ok(out)
 }
 
 /// Wait for the model server to answer its metadata (a server that is down at start is waited

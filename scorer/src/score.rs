@@ -57,6 +57,101 @@ pub struct Scorer {
     ordered: Option<ordered::Ordered>,
     /// Avro through a schema registry; `None`: JSON ([`Scorer::with_registry`]).
     registry: Option<Arc<SchemaRegistry>>,
+    /// Challengers scored on the same features ([`Scorer::add_shadow`]).
+    shadows: Vec<Shadow>,
+}
+
+/// A challenger scored on the champion's feature row (`scorer run --shadow`): the window state
+/// is the champion's (their pipelines and tables are the same), the encoding and the model its
+/// own. What becomes of it never changes the champion's outcome.
+#[derive(Debug)]
+pub struct Shadow {
+    model: Arc<Servable>,
+    x: Vec<f64>,
+    out: Vec<u8>,
+    key: Vec<u8>,
+    last: (f64, bool),
+    label: Option<f64>,
+    /// What became of the last event the champion scored: `None` before one, `Some(Err)` when
+    /// this model failed on it (a panic caught).
+    outcome: Option<Result<(), String>>,
+}
+
+impl Shadow {
+    fn new(model: Arc<Servable>) -> Self {
+        Self {
+            model,
+            x: Vec::new(),
+            out: Vec::with_capacity(512),
+            key: Vec::with_capacity(32),
+            last: (f64::NAN, false),
+            label: None,
+            outcome: None,
+        }
+    }
+
+    /// The challenger.
+    pub fn model(&self) -> &Arc<Servable> {
+        &self.model
+    }
+
+    /// What became of the last event the champion scored: `Ok` with the prediction in
+    /// [`Shadow::prediction`], or why this model could not score it. `None` when the champion
+    /// did not score the event (filtered, dead-lettered).
+    pub fn outcome(&self) -> Option<Result<(), &str>> {
+        self.outcome
+            .as_ref()
+            .map(|o| o.as_ref().map(|_| ()).map_err(String::as_str))
+    }
+
+    /// Its prediction of the last event (the JSON value).
+    pub fn prediction(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The key of that prediction.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Its score and decision of the last event.
+    pub fn last_score(&self) -> (f64, bool) {
+        self.last
+    }
+
+    /// Score `row` (the champion just scored it, so the row is complete).
+    fn score(&mut self, row: &[Value], pos: SourcePos<'_>) {
+        let bufs = Bufs {
+            key: &mut self.key,
+            x: &mut self.x,
+            out: &mut self.out,
+            last: &mut self.last,
+            label: &mut self.label,
+            remote: false,
+        };
+        let model = &self.model;
+        self.outcome = Some(
+            match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
+                Ok(_) => Ok(()),
+                Err(panic) => Err(format!(
+                    "internal error while scoring (a bug; please report it): {}",
+                    crate::log::panic_message(&*panic)
+                )),
+            },
+        );
+    }
+}
+
+/// Each shadow scores `row` when the champion scored it (`scored`); otherwise none has an
+/// outcome for this event.
+fn score_shadows(shadows: &mut [Shadow], scored: bool, row: &[Value], pos: SourcePos<'_>) {
+    for s in shadows {
+        if scored {
+            s.score(row, pos);
+        } else {
+            s.outcome = None;
+        }
+    }
 }
 
 impl Scorer {
@@ -77,6 +172,7 @@ impl Scorer {
             upstream: None,
             ordered: None,
             registry: None,
+            shadows: Vec::new(),
         }
     }
 
@@ -146,6 +242,37 @@ impl Scorer {
         self.remote
     }
 
+    /// Score every event with `model` too, on the same features, as a shadow
+    /// ([`Scorer::shadows`]). Refused when its window state would differ (another pipeline or
+    /// other tables: see [`state_fingerprint`]), or when this scorer does not score (upstream of
+    /// a repartition, or encoding for a model server).
+    pub fn add_shadow(&mut self, model: Arc<Servable>) -> Result<(), String> {
+        if self.upstream.is_some() || self.remote {
+            return Err(format!(
+                "shadow {}: this scorer does not score itself (a repartition step or a model \
+                 server does)",
+                model.id
+            ));
+        }
+        if !same_spec(&self.model, &model) {
+            return Err(format!(
+                "shadow {} computes other features than {} (pipeline or tables differ: state \
+                 fingerprint {} against {})",
+                model.id,
+                self.model.id,
+                state_fingerprint(&model),
+                state_fingerprint(&self.model)
+            ));
+        }
+        self.shadows.push(Shadow::new(model));
+        Ok(())
+    }
+
+    /// The shadows, with what they made of the last event.
+    pub fn shadows(&self) -> &[Shadow] {
+        &self.shadows
+    }
+
     /// The encoded features of the last scored event.
     pub fn features(&self) -> &[f64] {
         &self.x
@@ -169,6 +296,18 @@ impl Scorer {
                 self.upstream = crate::merge::Upstream::of(&model.pipeline);
             }
             self.engine = self.online(&model);
+        }
+        if !same {
+            self.shadows.retain(|s| {
+                let keep = same_spec(&model, &s.model);
+                if !keep {
+                    tracing::warn!(
+                        shadow = %s.model.id, champion = %model.id,
+                        "the new champion computes other features: its shadow is dropped"
+                    );
+                }
+                keep
+            });
         }
         self.model = model;
         same
@@ -208,6 +347,9 @@ impl Scorer {
     /// Score one event. On [`Outcome::Scored`], [`Scorer::prediction`] holds the JSON value to
     /// produce and [`Scorer::key`] its key.
     pub fn score(&mut self, payload: Option<&[u8]>, pos: SourcePos<'_>) -> Outcome {
+        for s in &mut self.shadows {
+            s.outcome = None;
+        }
         match catch_unwind(AssertUnwindSafe(|| self.score_event(payload, pos))) {
             Ok(outcome) => outcome,
             Err(panic) => {
@@ -246,7 +388,10 @@ impl Scorer {
             label: &mut self.label,
             remote: self.remote,
         };
-        predict(m, row, pos, bufs)
+        let outcome = predict(m, row, pos, bufs);
+        let scored = matches!(outcome, Outcome::Scored { .. });
+        score_shadows(&mut self.shadows, scored, row, pos);
+        outcome
     }
 
     /// Score a row whose features are all computed (downstream of a repartition, see
@@ -261,13 +406,16 @@ impl Scorer {
             remote: self.remote,
         };
         let model = &self.model;
-        match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
+        let outcome = match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
             Ok(outcome) => outcome,
             Err(panic) => Outcome::Dead(format!(
                 "internal error while scoring (a bug; please report it): {}",
                 crate::log::panic_message(&*panic)
             )),
-        }
+        };
+        let scored = matches!(outcome, Outcome::Scored { .. });
+        score_shadows(&mut self.shadows, scored, row, pos);
+        outcome
     }
 
     /// The key of the last scored event (the output record's key).

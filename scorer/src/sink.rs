@@ -49,6 +49,8 @@ pub enum To {
     DeadLetters,
     /// The repartition topic ([`crate::merge`]), to a given partition or by key.
     Repartition(Option<i32>),
+    /// The shadows' predictions (`scorer run --shadow`).
+    Shadows,
 }
 
 /// A delivery report.
@@ -162,6 +164,7 @@ pub struct Sink {
     output: String,
     dlq: String,
     repartition: String,
+    shadows: String,
     max_message_bytes: usize,
     backlog: VecDeque<Owned>,
     spare: Vec<Report>,
@@ -200,6 +203,7 @@ impl Sink {
             output: output.to_string(),
             dlq: dlq.to_string(),
             repartition: String::new(),
+            shadows: String::new(),
             max_message_bytes,
             backlog: VecDeque::new(),
             spare: Vec::new(),
@@ -209,6 +213,12 @@ impl Sink {
     /// Send [`To::Repartition`] records to `topic`.
     pub fn with_repartition(mut self, topic: &str) -> Self {
         self.repartition = topic.to_string();
+        self
+    }
+
+    /// Send [`To::Shadows`] records to `topic`.
+    pub fn with_shadows(mut self, topic: &str) -> Self {
+        self.shadows = topic.to_string();
         self
     }
 
@@ -268,6 +278,7 @@ impl Sink {
             To::Output => &self.output,
             To::DeadLetters => &self.dlq,
             To::Repartition(_) => &self.repartition,
+            To::Shadows => &self.shadows,
         };
         let mut rec = BaseRecord::with_opaque_to(topic, tag.0)
             .key(key)

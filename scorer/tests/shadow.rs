@@ -304,3 +304,315 @@ fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every prediction of a topic by source offset: the JSON value.
+fn by_offset(broker: &Broker, topic: &str) -> BTreeMap<i64, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for r in read_all(broker, topic) {
+        let v = r.json();
+        let o = v["offset"].as_i64().unwrap();
+        assert!(out.insert(o, v).is_none(), "{topic}: offset {o} twice");
+    }
+    out
+}
+
+/// `scorer run --shadow` in arrival and in watermark order: the champion's predictions are
+/// those of a run without the shadow (a replay of the champion alone), and the shadow topic
+/// holds, for the same events, exactly the predictions a replay of the challenger alone makes,
+/// bit for bit, with the challenger's lineage. The summary's agreement is that of the two
+/// topics joined by offset. A shadow of other features is refused at start, naming both
+/// fingerprints; one that cannot be loaded is left out and the champion scores as usual.
+#[test]
+fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
+    let broker = Broker::start();
+    let dir = tempdir("live-shadow");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    fit(&store, "challenger", &["--set", "kind=decision_tree"]);
+    create_topic(&broker, "flights", 1);
+    feed(&broker, "flights");
+    for order in ["arrival", "watermark"] {
+        let (pred, shadow_topic) = (format!("pred-{order}"), format!("shadow-{order}"));
+        let mut args = run_args(&broker, &store, "flights", &format!("live-{order}"));
+        for (flag, value) in [
+            ("--output", pred.clone()),
+            ("--dlq", format!("dlq-{order}")),
+        ] {
+            let at = args.iter().position(|a| a == flag).unwrap() + 1;
+            args[at] = value;
+        }
+        args.extend(
+            [
+                "--order",
+                order,
+                "--shadow",
+                "flights_delay@challenger",
+                "--shadow-output",
+                &shadow_topic,
+                "--exit-when-idle",
+                "3",
+                "--json",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let s = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+        let alone = |model: &str, topic: &str| {
+            replay_with(
+                &broker,
+                &store,
+                model,
+                "flights",
+                &["--output", topic, "--order", order],
+            );
+            by_offset(&broker, topic)
+        };
+        let champion_alone = alone("flights_delay@champion", &format!("alone-a-{order}"));
+        let challenger_alone = alone("flights_delay@challenger", &format!("alone-b-{order}"));
+        let (champion, shadow) = (by_offset(&broker, &pred), by_offset(&broker, &shadow_topic));
+        assert!(champion.len() > 2000, "{order}: {}", champion.len());
+        let score = |v: &serde_json::Value| v["score"].as_f64().unwrap().to_bits();
+        // The shadow scored exactly the events the champion scored.
+        assert_eq!(
+            champion.keys().collect::<Vec<_>>(),
+            shadow.keys().collect::<Vec<_>>(),
+            "{order}"
+        );
+        for (live, alone, what) in [
+            (&champion, &champion_alone, "champion"),
+            (&shadow, &challenger_alone, "shadow"),
+        ] {
+            // A replay ends the stream and releases every held event; a live run in watermark
+            // order still holds the newest (within the lateness of the last): only those are
+            // missing, and only in watermark order.
+            let missing: Vec<&i64> = alone.keys().filter(|o| !live.contains_key(o)).collect();
+            if order == "arrival" {
+                assert!(missing.is_empty(), "{what}: {missing:?}");
+            } else {
+                let newest = live
+                    .values()
+                    .map(|v| v["event_time_ms"].as_i64().unwrap())
+                    .max();
+                for o in &missing {
+                    let t = alone[o]["event_time_ms"].as_i64().unwrap();
+                    assert!(
+                        Some(t) >= newest.map(|n| n - 3_600_000),
+                        "{what}: {o} at {t}"
+                    );
+                }
+            }
+            assert!(
+                live.keys().all(|o| alone.contains_key(o)),
+                "{order}: {what}"
+            );
+            for (o, v) in live {
+                let a = &alone[o];
+                assert_eq!(score(v), score(a), "{order}: {what} at offset {o}: {v} {a}");
+                assert_eq!(v["version"], a["version"], "{order}: {what} at offset {o}");
+                assert_eq!(v["decision"], a["decision"], "{order}: {what} at {o}");
+            }
+        }
+        assert_ne!(
+            champion.values().next().unwrap()["version"],
+            shadow.values().next().unwrap()["version"],
+            "the shadow's predictions carry its own version"
+        );
+        let agreed = champion
+            .iter()
+            .filter(|(o, v)| shadow[*o]["decision"] == v["decision"])
+            .count();
+        assert!(
+            agreed < shadow.len(),
+            "{order}: models that always agree prove nothing"
+        );
+        let sh = &s["shadows"][0];
+        assert_eq!(
+            sh["scored"].as_u64(),
+            Some(shadow.len() as u64),
+            "{order}: {s}"
+        );
+        assert_eq!(sh["agreed"].as_u64(), Some(agreed as u64), "{order}: {s}");
+        assert_eq!(sh["failed"].as_u64(), Some(0), "{order}: {s}");
+        assert_eq!(
+            s["shadow_predicted"].as_u64(),
+            Some(shadow.len() as u64),
+            "{s}"
+        );
+        assert_eq!(s["predicted"].as_u64(), Some(champion.len() as u64), "{s}");
+    }
+
+    // A challenger of other features (windows by aircraft) is refused before any work.
+    fit_with(
+        "data/flights/pipeline-by-aircraft.toml",
+        &store_url(&store),
+        "other",
+        &[],
+        &[],
+    );
+    let mut args = run_args(&broker, &store, "flights", "refused");
+    args.extend(
+        [
+            "--shadow",
+            "flights_delay_by_aircraft@other",
+            "--exit-when-idle",
+            "3",
+        ]
+        .map(String::from),
+    );
+    let out = scorer().current_dir(repo()).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("computes other features than the champion")
+            && err.contains("state fingerprint"),
+        "{err}"
+    );
+    assert!(
+        !broker_has(&broker, "flights.pred.shadow"),
+        "work was done before the refusal"
+    );
+
+    // A shadow that cannot be loaded: the champion scores every event as usual.
+    let mut args = run_args(&broker, &store, "flights", "missing");
+    args.extend(
+        [
+            "--shadow",
+            "flights_delay@nowhere",
+            "--exit-when-idle",
+            "3",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let s = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    assert_eq!(s["shadows"].as_array().map(Vec::len), Some(0), "{s}");
+    assert_eq!(
+        by_offset(&broker, "flights.pred").len(),
+        by_offset(&broker, "pred-arrival").len()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `scorer run --drift-window N` on the fixture flights and on the same flights with every
+/// departure delay 60 minutes later. The last N events of each topic are its validation days,
+/// which `scorer replay --from 2013-01-03 --drift` measures: the gauges scraped from the running
+/// scorer, and its summary at exit, hold that report's figures bit for bit, every column. On
+/// the usual flights the delay inputs and the score stay below the thresholds; on the late
+/// ones they pass them. A bundle without reference distributions is served, drift unavailable.
+#[test]
+fn live_drift_gauges_are_the_replay_figures_and_move_when_delays_shift() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let broker = Broker::start();
+    let dir = tempdir("live-drift");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    create_topic(&broker, "flights", 1);
+    feed(&broker, "flights");
+    feed_late(&broker);
+    let bits = |v: &serde_json::Value| v.as_f64().map(f64::to_bits);
+    let mut predicted = Vec::new();
+    for topic in ["flights", "flights-late"] {
+        let replayed = json_out(&replay_with(
+            &broker,
+            &store,
+            "flights_delay@champion",
+            topic,
+            &["--from", "2013-01-03", "--drift", "--json"],
+        ))["drift"]
+            .clone();
+        let n = replayed["events"].as_u64().unwrap();
+        let log = dir.join(format!("{topic}.log"));
+        let mut args = run_args(&broker, &store, topic, &format!("drift-{topic}"));
+        let window = n.to_string();
+        args.extend(["--drift-window", &window, "--json"].map(String::from));
+        let mut child = Guard::new(
+            scorer()
+                .current_dir(repo())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let addr = addr_in_log(&log, "metrics and health endpoints");
+        let columns: Vec<&serde_json::Value> = std::iter::once(&replayed["score"])
+            .chain(replayed["inputs"].as_array().unwrap())
+            .collect();
+        let gauge = |text: &str, kind: &str, name: &str| {
+            metric(text, &format!("kml_drift_{kind}{{column=\"{name}\"}}"))
+        };
+        // Wait for every event, then for the gauges to be brought up to date (once a second).
+        let all = read_all(&broker, topic).len() as f64;
+        let t0 = Instant::now();
+        let text = loop {
+            let (_, text) = http_get(&addr, "/metrics");
+            let done = metric(&text, "kml_predictions_total")
+                + metric(&text, "kml_dead_lettered_total")
+                + metric(&text, "kml_filtered_total");
+            if done == all
+                && text.contains("kml_drift_psi{")
+                && gauge(&text, "psi", "score").to_bits()
+                    == bits(&replayed["score"]["psi"]).unwrap()
+            {
+                break text;
+            }
+            let shown: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("kml_drift"))
+                .collect();
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{topic}: the gauges never reached the replay's figures: {replayed}\n{}",
+                shown.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(metric(&text, "kml_drift_available"), 1.0);
+        assert_eq!(metric(&text, "kml_drift_window_events"), n as f64);
+        for c in &columns {
+            let name = c["name"].as_str().unwrap();
+            for kind in ["psi", "js"] {
+                assert_eq!(
+                    Some(gauge(&text, kind, name).to_bits()),
+                    bits(&c[kind]),
+                    "{topic}: {kind} of {name}"
+                );
+            }
+        }
+        let drifted = replayed["drifted"].as_array().unwrap().len()
+            + usize::from(replayed["score"]["drifted"].as_bool().unwrap());
+        assert_eq!(metric(&text, "kml_drift_drifted_columns"), drifted as f64);
+        let pid = child.child().id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let s = json_out(&child.output());
+        assert_eq!(s["drift"], replayed, "{topic}: the summary's drift");
+        predicted.push(s["predicted"].clone());
+
+        let threshold = replayed["psi_threshold"].as_f64().unwrap();
+        let late = topic == "flights-late";
+        for name in [
+            "score",
+            "dep_delay",
+            "ac24_mean_dep_delay",
+            "or1_mean_dep_delay",
+        ] {
+            let psi = gauge(&text, "psi", name);
+            assert_eq!(psi > threshold, late, "{topic}: PSI of {name} {psi}");
+        }
+    }
+
+    // A bundle without reference distributions: served, drift unavailable.
+    publish_without_reference(&store);
+    let mut args = run_args(&broker, &store, "flights", "drift-old");
+    let at = args.iter().position(|a| a == "--model").unwrap() + 1;
+    args[at] = "flights_delay@2".to_string();
+    args.extend(["--exit-when-idle", "3", "--json"].map(String::from));
+    let s = json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    assert!(s["drift"].is_null(), "{s}");
+    assert_eq!(s["predicted"], predicted[0], "{s}");
+    std::fs::remove_dir_all(&dir).ok();
+}

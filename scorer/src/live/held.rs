@@ -55,6 +55,7 @@ pub(super) fn send_released(live: &mut Live, slot: usize, scorer: &Scorer, r: Re
                 &source,
                 To::Output,
             );
+            live.after_champion(slot, seq, scorer, &position, event_time);
         }
         Some(Outcome::Dead(why)) => {
             let tag = live.tracker.expect(slot, seq, true);

@@ -44,10 +44,16 @@ use crate::sink::{
 use crate::source::{Rebalanced, SourceCtx};
 
 mod answers;
+mod drift;
 mod held;
+mod labels;
 mod repartition;
 mod restore;
+mod shadows;
 mod stall;
+
+pub use labels::{LabelSummary, Labels};
+pub use shadows::ShadowSummary;
 
 use held::{dead_letter_message, on_ordered_message, send_released};
 use repartition::{MarkSent, forget_marks, merge_fp_of, on_merge_message};
@@ -179,6 +185,12 @@ pub struct Live {
     registry: Option<Arc<SchemaRegistry>>,
     /// The wait before reading a record again after the registry did not answer.
     registry_wait: Duration,
+    /// `--shadow`: the challengers, and the per-model metrics.
+    shadows: shadows::Shadows,
+    /// `--drift-window`: the champion's last scored events against its reference.
+    drift: drift::Drift,
+    /// `--labels`: the label consumer and the join.
+    labels: Option<Labels>,
 }
 
 fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
@@ -216,6 +228,8 @@ impl Live {
         let state_fp = state_fp_of(&model, &cfg);
         let merge_fp = merge_fp_of(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+        let shadows = shadows::Shadows::new(&model, Vec::new(), &metrics);
+        let drift = drift::Drift::new(&model, cfg.drift_window);
         Self {
             cfg,
             consumer: Arc::new(consumer),
@@ -246,6 +260,9 @@ impl Live {
             pred: Vec::with_capacity(512),
             registry: None,
             registry_wait: stall::FIRST_WAIT,
+            shadows,
+            drift,
+            labels: None,
         }
     }
 
@@ -292,6 +309,8 @@ impl Live {
             self.release_held();
             self.checkpoints_done();
             self.maybe_checkpoint();
+            self.publish_drift(false);
+            self.read_labels();
             if self.cfg.exactly_once() {
                 self.maybe_commit_transaction();
             }
@@ -654,6 +673,11 @@ impl Live {
     }
 
     fn on_report(&mut self, r: &Report, now: Instant) {
+        if r.tag.is_shadow() {
+            let error = r.failure.as_ref().map(|f| f.error.to_string());
+            self.on_shadow_report(r.tag, error.as_deref(), now);
+            return;
+        }
         match &r.failure {
             None => {
                 let a = self.tracker.ack(r.tag, now);
@@ -842,12 +866,14 @@ impl Live {
                 "the new model's features differ: held events rescored",
             );
         }
+        self.shadows.swap_champion(&m, &self.metrics);
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
         self.state_fp = state_fp_of(&m, &self.cfg);
         self.merge_fp = merge_fp_of(&m);
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
+        self.reset_drift();
     }
 
     fn maybe_commit_transaction(&mut self) {
@@ -933,7 +959,8 @@ impl Live {
         let sink = match &self.cfg.repartition {
             Some(r) => sink.with_repartition(&r.topic),
             None => sink,
-        };
+        }
+        .with_shadows(&self.cfg.shadow_output);
         if self.cfg.exactly_once() {
             crate::retry_until_cancelled(&self.token, "cannot initialise transactions", || {
                 sink.init_transactions(Duration::from_secs(10))
@@ -979,6 +1006,10 @@ impl Live {
         self.final_checkpoints(t0);
         let mut s = std::mem::take(&mut self.summary);
         s.model = self.model.id.clone();
+        s.shadows = self.shadows.summary();
+        self.publish_drift(true);
+        s.drift = self.drift_report();
+        s.labels = self.label_summary();
         s.peak_rss_mib = peak_rss_mib();
         if let (Some(t0), Some(t1)) = (self.first_event, self.last_ack) {
             s.busy_seconds = t1.duration_since(t0).as_secs_f64();
@@ -1162,6 +1193,9 @@ fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<()> {
                 &source,
                 to,
             );
+            if to == To::Output {
+                live.after_champion(slot, seq, &scorer, &position, event_time);
+            }
         }
         Outcome::Filtered => {
             live.metrics.filtered.inc();

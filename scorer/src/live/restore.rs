@@ -122,6 +122,12 @@ impl Live {
                 s
             }
             .with_registry(self.registry.clone());
+            for m in self.shadows.models() {
+                // Checked at start (run.rs): every shadow computes the champion's features.
+                if let Err(why) = scorer.add_shadow(m.clone()) {
+                    tracing::error!(error = why, "shadow left out");
+                }
+            }
             let from = restore_snapshot(
                 self.ckpt.as_ref(),
                 (&mut self.summary, &self.metrics),
