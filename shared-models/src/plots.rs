@@ -161,35 +161,35 @@ pub fn drift_png(
 
 const DRIFTED: RGBColor = RGBColor(214, 39, 40);
 
-/// Horizontal bars of PSI by column, the threshold a dashed vertical line.
+/// Horizontal bars of PSI by column (the first on top), the threshold a dashed vertical line.
 fn psi_panel(area: &Area<'_>, columns: &[&Drifted], threshold: f64) -> Drawn {
     let top = columns
         .iter()
         .map(|c| c.psi)
         .fold(threshold * 2.0, f64::max)
         * 1.05;
-    let n = columns.len().max(1);
+    let n = columns.len().max(1) as i32;
+    // Row r (from the bottom) is column n - 1 - r.
+    let name = |r: i32| {
+        usize::try_from(n - 1 - r)
+            .ok()
+            .and_then(|i| columns.get(i))
+            .map_or(String::new(), |c| c.name.clone())
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(16)
         .margin_right(30)
         .caption("PSI by column, largest first", (FONT, 16))
         .x_label_area_size(48)
         .y_label_area_size(170)
-        .build_cartesian_2d(0f64..top, 0f64..n as f64)?;
-    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        .build_cartesian_2d(0f64..top, (0..n).into_segmented())?;
     chart
         .configure_mesh()
         .x_desc("population stability index")
-        .y_labels(n)
-        .y_label_formatter(&|v| {
-            // Row i (from the top) is centred at n - i - 0.5.
-            let i = n as f64 - v - 0.5;
-            let k = i.round();
-            if (i - k).abs() < 1e-6 && k >= 0.0 {
-                names.get(k as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .y_labels(columns.len().max(1))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(r) => name(*r),
+            _ => String::new(),
         })
         .x_label_formatter(&|v| format!("{v:.2}"))
         .label_style((FONT, 12))
@@ -199,20 +199,38 @@ fn psi_panel(area: &Area<'_>, columns: &[&Drifted], threshold: f64) -> Drawn {
         .bold_line_style(RGBColor(225, 225, 225))
         .draw()?;
     chart.draw_series(columns.iter().enumerate().map(|(i, c)| {
-        let y = (n - i) as f64;
+        let r = n - 1 - i as i32;
         let color = if c.drifted { DRIFTED } else { CURVE };
-        Rectangle::new([(0.0, y - 0.8), (c.psi, y - 0.2)], color.filled())
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(r)),
+                (c.psi, SegmentValue::Exact(r + 1)),
+            ],
+            color.filled(),
+        );
+        bar.set_margin(3, 3, 0, 0);
+        bar
     }))?;
     chart
         .draw_series(DashedLineSeries::new(
-            [(threshold, 0.0), (threshold, n as f64)],
+            [
+                (threshold, SegmentValue::Exact(0)),
+                (threshold, SegmentValue::Last),
+            ],
             6,
             4,
             BLACK.stroke_width(1),
         ))?
         .label(format!("threshold {threshold}"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-    legend(&mut chart, SeriesLabelPosition::LowerRight)
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
 }
 
 /// The score's share of events per reference bin: training split and window side by side.
