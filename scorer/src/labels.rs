@@ -133,6 +133,10 @@ pub struct Join {
     /// The newest event time of a prediction: the clock of the horizon.
     newest: i64,
     models: Vec<Rolling>,
+    /// Two model slots whose scores of the same labelled events are kept side by side
+    /// ([`Join::watch`]), and those scores with the label.
+    watch: Option<(usize, usize)>,
+    paired: Vec<(f64, f64, bool)>,
     /// What became of labels and predictions.
     pub counts: Counts,
 }
@@ -152,7 +156,47 @@ impl Join {
             early_order: VecDeque::new(),
             newest: i64::MIN,
             models: Vec::new(),
+            watch: None,
+            paired: Vec::new(),
             counts: Counts::default(),
+        }
+    }
+
+    /// From now on, keep the scores of slots `a` and `b` of every event both scored and that
+    /// is labelled, side by side (a rollout's trial compares them on the same events).
+    pub fn watch(&mut self, a: usize, b: usize) {
+        self.watch = Some((a, b));
+        self.paired.clear();
+    }
+
+    /// Stop [`Join::watch`]ing.
+    pub fn unwatch(&mut self) {
+        self.watch = None;
+        self.paired.clear();
+    }
+
+    /// The ROC AUC of the watched slots `b` and `a` over the labelled events both scored, and
+    /// how many those are; `None` before both classes are seen.
+    pub fn paired_auc(&self) -> Option<(f64, f64, usize)> {
+        self.watch?;
+        let labels: Vec<bool> = self.paired.iter().map(|p| p.2).collect();
+        let a: Vec<f64> = self.paired.iter().map(|p| p.0).collect();
+        let b: Vec<f64> = self.paired.iter().map(|p| p.1).collect();
+        let (auc_a, auc_b) = (
+            shared_models::metrics::roc_auc(&a, &labels),
+            shared_models::metrics::roc_auc(&b, &labels),
+        );
+        (auc_a.is_finite() && auc_b.is_finite()).then_some((auc_b, auc_a, labels.len()))
+    }
+
+    /// Keep the watched pair of `w` if it is complete and labelled.
+    fn pair(watch: Option<(usize, usize)>, paired: &mut Vec<(f64, f64, bool)>, w: &Waiting) {
+        let (Some((a, b)), Some(y)) = (watch, w.label) else {
+            return;
+        };
+        let of = |slot: usize| w.scores.iter().find(|(s, _)| *s == slot).map(|x| x.1);
+        if let (Some(sa), Some(sb)) = (of(a), of(b)) {
+            paired.push((sa, sb, y));
         }
     }
 
@@ -190,6 +234,9 @@ impl Join {
             w.scores.push((slot, score));
             if let Some(y) = w.label {
                 push(&mut self.models, self.window, slot, score, y);
+                if self.watch.is_some_and(|(a, b)| slot == a || slot == b) {
+                    Self::pair(self.watch, &mut self.paired, w);
+                }
             }
             return;
         }
@@ -226,6 +273,7 @@ impl Join {
             for &(slot, score) in &w.scores {
                 push(&mut self.models, self.window, slot, score, label);
             }
+            Self::pair(self.watch, &mut self.paired, w);
             return;
         }
         if self.early.contains_key(&id) {
@@ -463,6 +511,36 @@ mod tests {
         assert_eq!(j.counts.unlabelled, 950);
         assert_eq!(j.counts.unmatched, 950);
         assert_eq!(j.report()[0].events, 0);
+    }
+
+    /// Watched slots are compared on exactly the labelled events both scored, whatever came
+    /// first: a label before, between or after the two scores.
+    #[test]
+    fn watched_models_are_compared_on_the_same_labelled_events() {
+        let mut j = Join::new(i64::MAX / 4, 100, 1000);
+        let (a, b) = (j.model("m@1", "champion"), j.model("m@2", "candidate"));
+        j.predicted(b"before", 1, a, 0.1); // scored by the champion before the watch
+        j.watch(a, b);
+        j.labelled(b"early", 2, true);
+        j.predicted(b"early", 2, a, 0.8);
+        j.predicted(b"early", 2, b, 0.3);
+        j.predicted(b"mid", 3, a, 0.4);
+        j.labelled(b"mid", 3, false);
+        j.predicted(b"mid", 3, b, 0.6);
+        j.predicted(b"late", 4, a, 0.7);
+        j.predicted(b"late", 4, b, 0.2);
+        j.labelled(b"late", 4, true);
+        j.predicted(b"champion only", 5, a, 0.9);
+        j.labelled(b"champion only", 5, false);
+        j.labelled(b"before", 1, false);
+        assert_eq!(
+            j.paired,
+            vec![(0.8, 0.3, true), (0.4, 0.6, false), (0.7, 0.2, true)]
+        );
+        // The candidate ranks both positives below the negative; the champion above it.
+        assert_eq!(j.paired_auc(), Some((0.0, 1.0, 3)));
+        j.unwatch();
+        assert_eq!(j.paired_auc(), None);
     }
 
     /// The window keeps the last labelled predictions, and the figures are those of

@@ -165,6 +165,11 @@ pub struct Metrics {
     /// Labels waiting for their prediction (`kml_label_pending_labels`).
     pub label_early: Gauge,
     accuracy: [Family<Labels, Gauge<f64, AtomicU64>>; 6],
+    /// Guarded rollout: decisions by outcome (`kml_rollouts_total{outcome}`: `promoted`,
+    /// `rolled_back`, `superseded`).
+    pub rollouts: Family<Labels, Counter>,
+    /// The version on trial, 0 when none (`kml_rollout_candidate_version`).
+    pub rollout_candidate: Gauge,
     /// 1 when serving: a model, an assignment (run) (`kml_ready`); also `/readyz`.
     pub ready_gauge: Gauge<i64, AtomicI64>,
     ready: Arc<AtomicBool>,
@@ -443,6 +448,16 @@ impl Metrics {
             ),
         ]
         .map(|(name, help)| gauges(&mut r, name, help));
+        let rollouts = family(
+            &mut r,
+            "kml_rollouts",
+            "Guarded rollout decisions by outcome: promoted, rolled_back, superseded.",
+        );
+        let rollout_candidate = gauge(
+            &mut r,
+            "kml_rollout_candidate_version",
+            "The version on trial beside the champion; 0 when none.",
+        );
         Self {
             registry: Arc::new(r),
             events_in,
@@ -493,6 +508,8 @@ impl Metrics {
             label_pending,
             label_early,
             accuracy,
+            rollouts,
+            rollout_candidate,
             ready_gauge,
             ready: Arc::new(AtomicBool::new(false)),
         }
@@ -509,7 +526,7 @@ impl Metrics {
         // The shadow counters of a champion are not registered: no series of zeros.
         let shadow: Labels = vec![("model", id.to_string())];
         let of = |f: &Family<Labels, Counter>| {
-            if role == "shadow" {
+            if role != "champion" {
                 f.get_or_create(&shadow).clone()
             } else {
                 Counter::default()

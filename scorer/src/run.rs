@@ -32,6 +32,8 @@ pub struct RunArgs {
     format: crate::schema_registry::FormatArgs,
     #[command(flatten)]
     labels: crate::labels::LabelArgs,
+    #[command(flatten)]
+    rollout: crate::live::RolloutArgs,
     /// Input topics (comma-separated or repeated).
     #[arg(long, required = true, value_delimiter = ',')]
     input: Vec<String>,
@@ -178,6 +180,8 @@ pub struct RunConfig {
     pub shadow_output: String,
     /// Events in the drift window (0: off).
     pub drift_window: usize,
+    /// Guarded rollout of new versions.
+    pub rollout: crate::live::RolloutArgs,
 }
 
 /// The repartition step of a run ([`crate::merge`]).
@@ -267,6 +271,13 @@ impl RunConfig {
         {
             bail!("--labels `{l}` must be a topic of its own (not an input or an output)");
         }
+        if a.rollout.rollout_events.is_some() && (a.remote.model_server.is_some() || a.pass_through)
+        {
+            bail!(
+                "--rollout-events scores the candidate here beside the champion: not with \
+                 --model-server or --pass-through"
+            );
+        }
         let shadow_output = a
             .shadow_output
             .clone()
@@ -319,6 +330,7 @@ impl RunConfig {
             idle_after: Duration::from_secs_f64(a.idle_after),
             order: a.order,
             shadow_output,
+            rollout: a.rollout.clone(),
             // With a model server the scores are not seen here (yet): no drift window.
             drift_window: if a.pass_through || a.remote.model_server.is_some() {
                 0
@@ -367,8 +379,12 @@ pub struct Summary {
     pub transactions: u64,
     /// Transactions aborted.
     pub transactions_aborted: u64,
-    /// Shadow predictions acknowledged (`--shadow`).
+    /// Shadow predictions acknowledged (`--shadow`, and candidates on trial).
     pub shadow_predicted: u64,
+    /// Guarded rollout: candidates promoted.
+    pub rollouts_promoted: u64,
+    /// Guarded rollout: candidates rolled back.
+    pub rollouts_rolled_back: u64,
     /// Shadow predictions whose delivery failed for good (dropped).
     pub shadow_delivery_failures: u64,
     /// Each shadow: events scored, agreement with the champion, failures.
@@ -540,10 +556,11 @@ pub fn run(args: RunArgs) -> Result<()> {
                 input = %t, repartition = %topic, by, partitions,
                 "windows keyed by another column: repartitioning"
             );
-            if !shadows.is_empty() {
+            if !shadows.is_empty() || cfg.rollout.rollout_events.is_some() {
                 bail!(
                     "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
-                     need a repartition step; --shadow is not supported with it yet (use one \
+                     need a repartition step; --shadow and --rollout-events are not supported \
+                     with it yet (use one \
                      partition, or `scorer replay --shadow` on the topic)"
                 );
             }
@@ -556,7 +573,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     let mut outputs = vec![cfg.output.as_str(), cfg.dlq.as_str()];
-    if !shadows.is_empty() {
+    if !shadows.is_empty() || cfg.rollout.rollout_events.is_some() {
         outputs.push(&cfg.shadow_output);
     }
     kafka::ensure_topics(&cfg.kafka, &outputs, out_partitions)?;

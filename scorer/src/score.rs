@@ -119,6 +119,11 @@ impl Shadow {
         self.last
     }
 
+    /// Its encoded inputs of the last event.
+    pub fn features(&self) -> &[f64] {
+        &self.x
+    }
+
     /// Score `row` (the champion just scored it, so the row is complete).
     fn score(&mut self, row: &[Value], pos: SourcePos<'_>) {
         let bufs = Bufs {
@@ -271,6 +276,11 @@ impl Scorer {
     /// The shadows, with what they made of the last event.
     pub fn shadows(&self) -> &[Shadow] {
         &self.shadows
+    }
+
+    /// Stop scoring with the shadow `model`.
+    pub fn remove_shadow(&mut self, model: &Arc<Servable>) {
+        self.shadows.retain(|s| !Arc::ptr_eq(&s.model, model));
     }
 
     /// The encoded features of the last scored event.

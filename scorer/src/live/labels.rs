@@ -78,6 +78,25 @@ impl Labels {
         self.join.model(id, role)
     }
 
+    /// Keep the champion's and the candidate's scores of the same labelled events side by side.
+    pub(super) fn watch(&mut self, champion: &str, candidate: &str) {
+        let (a, b) = (
+            self.join.model(champion, "champion"),
+            self.join.model(candidate, "candidate"),
+        );
+        self.join.watch(a, b);
+    }
+
+    /// Stop keeping them.
+    pub(super) fn unwatch(&mut self) {
+        self.join.unwatch();
+    }
+
+    /// The candidate's and the champion's ROC AUC on the same labelled events, and how many.
+    pub(super) fn paired_auc(&self) -> Option<(f64, f64, usize)> {
+        self.join.paired_auc()
+    }
+
     /// A model scored an event.
     pub(super) fn predicted(&mut self, key: &[u8], event_time: i64, slot: usize, score: f64) {
         self.join.predicted(key, event_time, slot, score);

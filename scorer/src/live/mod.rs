@@ -49,10 +49,12 @@ mod held;
 mod labels;
 mod repartition;
 mod restore;
+mod rollout;
 mod shadows;
 mod stall;
 
 pub use labels::{LabelSummary, Labels};
+pub use rollout::RolloutArgs;
 pub use shadows::ShadowSummary;
 
 use held::{dead_letter_message, on_ordered_message, send_released};
@@ -191,6 +193,8 @@ pub struct Live {
     drift: drift::Drift,
     /// `--labels`: the label consumer and the join.
     labels: Option<Labels>,
+    /// `--rollout-events`: the version on trial.
+    candidate: Option<rollout::Candidate>,
 }
 
 fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
@@ -263,6 +267,7 @@ impl Live {
             shadows,
             drift,
             labels: None,
+            candidate: None,
         }
     }
 
@@ -288,7 +293,7 @@ impl Live {
         let mut idle_since = Instant::now();
         while !self.token.is_cancelled() {
             while let Ok(m) = models.try_recv() {
-                self.swap_model(m);
+                self.offer(m);
             }
             self.on_rebalances()?;
             self.settle()?;
@@ -311,6 +316,7 @@ impl Live {
             self.maybe_checkpoint();
             self.publish_drift(false);
             self.read_labels();
+            self.check_rollout();
             if self.cfg.exactly_once() {
                 self.maybe_commit_transaction();
             }

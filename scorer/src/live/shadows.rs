@@ -24,6 +24,8 @@ use crate::sink::{SendError, To, lineage_headers};
 /// The shadows of a run, and the per-model metrics of the champion and of each shadow.
 pub(super) struct Shadows {
     models: Vec<Arc<Servable>>,
+    /// `shadow`, or `candidate` (a version on trial, [`crate::live::rollout`]).
+    roles: Vec<&'static str>,
     champion: ModelMetrics,
     metrics: Vec<ModelMetrics>,
     summary: Vec<ShadowSummary>,
@@ -34,6 +36,8 @@ pub(super) struct Shadows {
 pub struct ShadowSummary {
     /// `name@version`.
     pub model: String,
+    /// `shadow`, or `candidate` (a version on trial).
+    pub role: &'static str,
     /// Events it scored beside the champion (an event scored again after a rewind counts
     /// again).
     pub scored: u64,
@@ -58,9 +62,11 @@ impl Shadows {
                 .iter()
                 .map(|m| ShadowSummary {
                     model: m.id.clone(),
+                    role: "shadow",
                     ..ShadowSummary::default()
                 })
                 .collect(),
+            roles: vec!["shadow"; models.len()],
             models,
         }
     }
@@ -85,6 +91,29 @@ impl Shadows {
         self.models.retain(|_| *k.next().unwrap_or(&false));
         let mut k = keep.iter();
         self.metrics.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        self.roles.retain(|_| *k.next().unwrap_or(&false));
+    }
+
+    /// Score with `m` too, in `role`.
+    pub(super) fn add(&mut self, m: &Arc<Servable>, role: &'static str, metrics: &Metrics) {
+        self.models.push(m.clone());
+        self.metrics.push(metrics.model(&m.id, role));
+        self.roles.push(role);
+        self.summary.push(ShadowSummary {
+            model: m.id.clone(),
+            role,
+            ..ShadowSummary::default()
+        });
+    }
+
+    /// Stop scoring with `m` (its summary stays).
+    pub(super) fn remove(&mut self, m: &Arc<Servable>) {
+        if let Some(i) = self.models.iter().position(|x| Arc::ptr_eq(x, m)) {
+            self.models.remove(i);
+            self.metrics.remove(i);
+            self.roles.remove(i);
+        }
     }
 
     /// The summary of each shadow, with its agreement.
@@ -135,38 +164,46 @@ impl Live {
             else {
                 continue; // dropped with a champion of other features
             };
-            let (Some(metrics), Some(summary)) = (
-                self.shadows.metrics.get(i),
-                self.shadows
-                    .summary
-                    .iter_mut()
-                    .find(|s| s.model == shadow.model().id),
-            ) else {
+            let role = self.shadows.roles[i];
+            let id = &shadow.model().id;
+            let Some(s) = self
+                .shadows
+                .summary
+                .iter_mut()
+                .rev()
+                .find(|s| &s.model == id)
+            else {
                 continue;
             };
-            match shadow.outcome() {
+            let metrics = &self.shadows.metrics[i];
+            let scored = match shadow.outcome() {
                 None => continue,
                 Some(Err(why)) => {
                     metrics.failures.inc();
-                    summary.failed += 1;
-                    tracing::warn!(shadow = %shadow.model().id, error = why, "a shadow failed on an event");
+                    s.failed += 1;
+                    tracing::warn!(shadow = %id, error = why, "a shadow failed on an event");
+                    if role == "candidate" {
+                        self.candidate_scored(None);
+                    }
                     continue;
                 }
-                Some(Ok(())) => {}
-            }
-            let scored = shadow.last_score();
+                Some(Ok(())) => shadow.last_score(),
+            };
             metrics.observe(scored);
-            if let Some(l) = self.labels.as_mut() {
-                let slot = l.model(&shadow.model().id, "shadow");
-                l.predicted(shadow.key(), event_time, slot, scored.0);
-            }
             metrics.compared.inc();
-            summary.scored += 1;
+            s.scored += 1;
             if scored.1 == champion.1 {
                 metrics.agreements.inc();
-                summary.agreed += 1;
+                s.agreed += 1;
             }
-            let all = lineage_headers(position, &shadow.model().id);
+            if let Some(l) = self.labels.as_mut() {
+                let slot = l.model(id, role);
+                l.predicted(shadow.key(), event_time, slot, scored.0);
+            }
+            if role == "candidate" {
+                self.candidate_scored(Some((shadow.features(), scored.0)));
+            }
+            let all = lineage_headers(position, id);
             let headers: &[(&'static str, &[u8])] =
                 if self.cfg.lineage_headers { &all } else { &[] };
             let tag = self.tracker.expect(slot, seq, false).as_shadow();

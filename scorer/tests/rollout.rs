@@ -1,0 +1,207 @@
+//! Guarded rollout (`scorer run --rollout-events`), against tansu: a deliberately bad version
+//! (the champion's weights negated) published under the watched alias is tried beside the
+//! champion and rolled back on its guards; a good one (fitted again with another
+//! regularisation) is promoted. Neither decides anything while on trial.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// Publish version 1 of `flights_delay` again as version 2 with every weight and the intercept
+/// negated (its checksum in the manifest made right), and point `alias` at it.
+fn publish_negated(store: &std::path::Path, alias: &str) {
+    let root = store.join("models/flights_delay");
+    let (v1, v2) = (root.join("versions/1"), root.join("versions/2"));
+    std::fs::create_dir_all(&v2).unwrap();
+    for e in std::fs::read_dir(&v1).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != "manifest.json" && name != "claim" {
+            std::fs::copy(&path, v2.join(&name)).unwrap();
+        }
+    }
+    let mut model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("model.json")).unwrap()).unwrap();
+    for w in model["weights"].as_array_mut().unwrap() {
+        *w = serde_json::json!(-w.as_f64().unwrap());
+    }
+    model["intercept"] = serde_json::json!(-model["intercept"].as_f64().unwrap());
+    let bytes = serde_json::to_vec(&model).unwrap();
+    std::fs::write(v2.join("model.json"), &bytes).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = serde_json::json!(2);
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    manifest["files"]["model.json"] = serde_json::json!(sha);
+    std::fs::write(
+        v2.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(format!("aliases/{alias}")),
+        br#"{"version":2,"set_at":"2026-12-07T00:00:00Z"}"#,
+    )
+    .unwrap();
+}
+
+/// Feed the fixture flights of `[from, to)` (event times) into `topic`.
+fn feed_days(broker: &Broker, topic: &str, from: Option<&str>, to: Option<&str>) {
+    let mut cmd = scorer();
+    cmd.current_dir(repo())
+        .args(["feed", "--brokers", &broker.addr, "--pipeline", PIPELINE])
+        .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+        .args(["--topic", topic, "--json"]);
+    if let Some(f) = from {
+        cmd.args(["--from", f]);
+    }
+    if let Some(t) = to {
+        cmd.args(["--to", t]);
+    }
+    run_ok(&mut cmd);
+}
+
+/// The first JSON log line whose message contains `message` and whose `model` is `model`,
+/// waiting up to 60 s for it.
+fn log_line(log: &std::path::Path, message: &str, model: &str) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(v) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["message"].as_str().is_some_and(|m| m.contains(message)) && v["model"] == model
+            })
+        {
+            return v;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "no `{message}` for {model} in the log:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Day 1 is scored by the champion (version 1). The negated version 2 goes on trial for 300
+/// events of day 2, with the labels flowing: its AUC on the labelled events both scored is far
+/// below the champion's and its scores drift from its training split's, so it is rolled back,
+/// saying so. The good version 3 goes on trial during day 3 and is promoted. The predictions
+/// topic never holds a prediction of version 2; after the promotion, version 3's; the trial's
+/// predictions are on the shadow topic.
+#[test]
+fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
+    let broker = Broker::start();
+    let dir = tempdir("rollout");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    create_topic(&broker, "flights", 1);
+    create_topic(&broker, "labels", 1);
+    feed_days(&broker, "labels", None, None);
+    feed_days(&broker, "flights", None, Some("2013-01-02"));
+    let log = dir.join("scorer.log");
+    let mut args = run_args(&broker, &store, "flights", "rollout");
+    args.extend(
+        [
+            "--rollout-events",
+            "300",
+            "--reload-interval",
+            "0.2",
+            "--labels",
+            "labels",
+            "--labels-from",
+            "beginning",
+            "--shadow-output",
+            "flights.trial",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let mut child = Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = addr_in_log(&log, "metrics and health endpoints");
+    let done = |n: usize| {
+        let text = http_get(&addr, "/metrics").1;
+        metric(&text, "kml_predictions_total")
+            + metric(&text, "kml_dead_lettered_total")
+            + metric(&text, "kml_filtered_total")
+            == n as f64
+    };
+    wait_until("day 1 scored", 120, || {
+        done(read_all(&broker, "flights").len())
+    });
+
+    publish_negated(&store, "champion");
+    log_line(&log, "on trial", "flights_delay@2");
+    feed_days(&broker, "flights", Some("2013-01-02"), Some("2013-01-03"));
+    let back = log_line(&log, "rolled back", "flights_delay@2");
+    let reasons = back["reasons"].as_str().unwrap();
+    assert!(
+        reasons.contains("ROC AUC") && reasons.contains("drifted"),
+        "{back}"
+    );
+    assert!(back["labelled"].as_u64().unwrap() >= 100, "{back}");
+
+    let good = fit(&store, "champion", &["--set", "alpha=0.5"]);
+    assert_eq!(good["version"].as_u64(), Some(3), "{good}");
+    log_line(&log, "on trial", "flights_delay@3");
+    feed_days(&broker, "flights", Some("2013-01-03"), None);
+    let promoted = log_line(&log, "promoted", "flights_delay@3");
+    assert_eq!(promoted["previous"], "flights_delay@1", "{promoted}");
+    eprintln!("rolled back: {back}\npromoted: {promoted}");
+    wait_until("day 3 scored", 120, || {
+        done(read_all(&broker, "flights").len())
+    });
+    let pid = child.child().id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.output();
+    assert!(out.status.success());
+    let s = json_out(&out);
+    assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");
+    assert_eq!(s["rollouts_rolled_back"].as_u64(), Some(1), "{s}");
+    assert_eq!(s["model"], "flights_delay@3", "{s}");
+
+    // What decided: version 1, then version 3; never the rolled-back version 2.
+    let mut by_version: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut last = 0;
+    for r in read_all(&broker, "flights.pred") {
+        let v = r.json()["version"].as_u64().unwrap();
+        assert!(v >= last, "version {v} after {last}: back to an older one");
+        last = v;
+        *by_version.entry(v).or_default() += 1;
+    }
+    assert_eq!(
+        by_version.keys().copied().collect::<Vec<_>>(),
+        vec![1, 3],
+        "{by_version:?}"
+    );
+    // The trials' predictions: at least 300 of version 2 and of version 3 each.
+    let mut trial: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in read_all(&broker, "flights.trial") {
+        *trial
+            .entry(r.json()["version"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert!(trial.get(&2).is_some_and(|n| *n >= 300), "{trial:?}");
+    assert!(trial.get(&3).is_some_and(|n| *n >= 300), "{trial:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
