@@ -189,16 +189,10 @@ pub fn write(
             })
             .collect();
         let title = format!(
-            "Drift of {} events of {source} against {} training events: {} of {} inputs drifted{}",
+            "Drift of {} events of {source} against {} training events: {}",
             report.events,
             report.reference_events,
-            report.drifted.len(),
-            report.inputs.len(),
-            if report.score.drifted {
-                ", and the score"
-            } else {
-                ""
-            }
+            report.headline()
         );
         let png = shared_models::plots::drift_png(
             &title,
@@ -320,6 +314,22 @@ pub struct Report {
     pub inputs: Vec<Column>,
 }
 
+impl Report {
+    /// `k of n inputs drifted`, and whether the score did.
+    pub fn headline(&self) -> String {
+        format!(
+            "{} of {} inputs drifted{}",
+            self.drifted.len(),
+            self.inputs.len(),
+            if self.score.drifted {
+                ", and the score"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 impl Window {
     /// An empty window for `reference`.
     pub fn new(reference: &Reference) -> Self {
@@ -381,19 +391,12 @@ impl Window {
 pub fn print(r: &Report) {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
-        "drift of {} events against {} training events (PSI > {}, Jensen-Shannon > {}): {} of {} \
-         inputs drifted{}",
+        "drift of {} events against {} training events (PSI > {}, Jensen-Shannon > {}): {}",
         r.events,
         r.reference_events,
         r.psi_threshold,
         r.js_threshold,
-        r.drifted.len(),
-        r.inputs.len(),
-        if r.score.drifted {
-            ", and the score"
-        } else {
-            ""
-        }
+        r.headline()
     );
     let mut rows: Vec<&Column> = std::iter::once(&r.score).chain(&r.inputs).collect();
     rows[1..].sort_by(|a, b| b.psi.unwrap_or(0.0).total_cmp(&a.psi.unwrap_or(0.0)));

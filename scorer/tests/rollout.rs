@@ -7,47 +7,25 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 /// Publish version 1 of `flights_delay` again as version 2 with every weight and the intercept
-/// negated (its checksum in the manifest made right), and point `alias` at it.
+/// negated, and point `alias` at it.
 fn publish_negated(store: &std::path::Path, alias: &str) {
-    let root = store.join("models/flights_delay");
-    let (v1, v2) = (root.join("versions/1"), root.join("versions/2"));
-    std::fs::create_dir_all(&v2).unwrap();
-    for e in std::fs::read_dir(&v1).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name != "manifest.json" && name != "claim" {
-            std::fs::copy(&path, v2.join(&name)).unwrap();
+    copy_version(store, "flights_delay", (1, 2), |file, bytes| {
+        if file != "model.json" {
+            return Some(bytes);
         }
-    }
-    let mut model: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(v1.join("model.json")).unwrap()).unwrap();
-    for w in model["weights"].as_array_mut().unwrap() {
-        *w = serde_json::json!(-w.as_f64().unwrap());
-    }
-    model["intercept"] = serde_json::json!(-model["intercept"].as_f64().unwrap());
-    let bytes = serde_json::to_vec(&model).unwrap();
-    std::fs::write(v2.join("model.json"), &bytes).unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
-    manifest["version"] = serde_json::json!(2);
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    manifest["files"]["model.json"] = serde_json::json!(sha);
+        let mut model: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for w in model["weights"].as_array_mut().unwrap() {
+            *w = serde_json::json!(-w.as_f64().unwrap());
+        }
+        model["intercept"] = serde_json::json!(-model["intercept"].as_f64().unwrap());
+        Some(serde_json::to_vec(&model).unwrap())
+    });
     std::fs::write(
-        v2.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join(format!("aliases/{alias}")),
+        store.join(format!("models/flights_delay/aliases/{alias}")),
         br#"{"version":2,"set_at":"2026-12-07T00:00:00Z"}"#,
     )
     .unwrap();
@@ -126,23 +104,9 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
         ]
         .map(String::from),
     );
-    let mut child = Guard::new(
-        scorer()
-            .current_dir(repo())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let child = spawn_scorer(&args, &log);
     let addr = addr_in_log(&log, "metrics and health endpoints");
-    let done = |n: usize| {
-        let text = http_get(&addr, "/metrics").1;
-        metric(&text, "kml_predictions_total")
-            + metric(&text, "kml_dead_lettered_total")
-            + metric(&text, "kml_filtered_total")
-            == n as f64
-    };
+    let done = |n: usize| events_done(&addr) == n as f64;
     wait_until("day 1 scored", 120, || {
         done(read_all(&broker, "flights").len())
     });
@@ -168,12 +132,7 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     wait_until("day 3 scored", 120, || {
         done(read_all(&broker, "flights").len())
     });
-    let pid = child.child().id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.output();
+    let out = child.terminate();
     assert!(out.status.success());
     let s = json_out(&out);
     assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");

@@ -49,29 +49,9 @@ fn feed_late(broker: &Broker) {
 /// Publish version 1 of `flights_delay` again as version 2 without `reference.json`: a bundle
 /// from before reference distributions existed.
 fn publish_without_reference(store: &std::path::Path) {
-    let versions = store.join("models/flights_delay/versions");
-    let (v1, v2) = (versions.join("1"), versions.join("2"));
-    std::fs::create_dir_all(&v2).unwrap();
-    for e in std::fs::read_dir(&v1).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name != "reference.json" && name != "manifest.json" {
-            std::fs::copy(&path, v2.join(&name)).unwrap();
-        }
-    }
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(v1.join("manifest.json")).unwrap()).unwrap();
-    manifest["version"] = serde_json::json!(2);
-    manifest["files"]
-        .as_object_mut()
-        .unwrap()
-        .remove("reference.json")
-        .expect("version 1 has reference distributions");
-    std::fs::write(
-        v2.join("manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    copy_version(store, "flights_delay", (1, 2), |file, bytes| {
+        (file != "reference.json").then_some(bytes)
+    });
 }
 
 /// A logistic-regression champion and a decision-tree challenger over the fixture flights:
@@ -501,7 +481,6 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
 /// ones they pass them. A bundle without reference distributions is served, drift unavailable.
 #[test]
 fn live_drift_gauges_are_the_replay_figures_and_move_when_delays_shift() {
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
     let broker = Broker::start();
     let dir = tempdir("live-drift");
@@ -526,15 +505,7 @@ fn live_drift_gauges_are_the_replay_figures_and_move_when_delays_shift() {
         let mut args = run_args(&broker, &store, topic, &format!("drift-{topic}"));
         let window = n.to_string();
         args.extend(["--drift-window", &window, "--json"].map(String::from));
-        let mut child = Guard::new(
-            scorer()
-                .current_dir(repo())
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let child = spawn_scorer(&args, &log);
         let addr = addr_in_log(&log, "metrics and health endpoints");
         let columns: Vec<&serde_json::Value> = std::iter::once(&replayed["score"])
             .chain(replayed["inputs"].as_array().unwrap())
@@ -583,12 +554,7 @@ fn live_drift_gauges_are_the_replay_figures_and_move_when_delays_shift() {
         let drifted = replayed["drifted"].as_array().unwrap().len()
             + usize::from(replayed["score"]["drifted"].as_bool().unwrap());
         assert_eq!(metric(&text, "kml_drift_drifted_columns"), drifted as f64);
-        let pid = child.child().id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let s = json_out(&child.output());
+        let s = json_out(&child.terminate());
         assert_eq!(s["drift"], replayed, "{topic}: the summary's drift");
         predicted.push(s["predicted"].clone());
 

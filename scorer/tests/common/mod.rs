@@ -109,6 +109,83 @@ impl Guard {
     pub fn output(mut self) -> Output {
         self.0.take().unwrap().wait_with_output().unwrap()
     }
+
+    /// SIGTERM the child (a clean stop), and collect its output.
+    pub fn terminate(mut self) -> Output {
+        let pid = self.child().id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.output()
+    }
+}
+
+/// Start `scorer` with `args`, its stdout piped (for the summary) and its log in `log`.
+pub fn spawn_scorer(args: &[String], log: &Path) -> Guard {
+    Guard::new(
+        scorer()
+            .current_dir(repo())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Events a running scorer has finished with (predicted, dead-lettered or filtered), from its
+/// metrics endpoint `addr`.
+pub fn events_done(addr: &str) -> f64 {
+    let text = http_get(addr, "/metrics").1;
+    metric(&text, "kml_predictions_total")
+        + metric(&text, "kml_dead_lettered_total")
+        + metric(&text, "kml_filtered_total")
+}
+
+/// Copy version `from` of model `name` in the `file://` store at `store` to version `to`,
+/// every file but the manifest and the claim, each through `edit` (which may change its bytes
+/// or, returning `None`, leave it out); the manifest gets the new version and the files'
+/// checksums.
+pub fn copy_version(
+    store: &Path,
+    name: &str,
+    (from, to): (u64, u64),
+    edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>,
+) {
+    use sha2::{Digest, Sha256};
+    let versions = store.join(format!("models/{name}/versions"));
+    let (src, dst) = (
+        versions.join(from.to_string()),
+        versions.join(to.to_string()),
+    );
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = serde_json::json!(to);
+    let files = manifest["files"].as_object_mut().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let path = e.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        if file == "manifest.json" || file == "claim" {
+            continue;
+        }
+        match edit(&file, std::fs::read(&path).unwrap()) {
+            Some(bytes) => {
+                let sha: String = Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                files.insert(file.clone(), serde_json::json!(sha));
+                std::fs::write(dst.join(&file), bytes).unwrap();
+            }
+            None => {
+                files.remove(&file);
+            }
+        }
+    }
+    std::fs::write(
+        dst.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
 }
 
 impl Drop for Guard {
