@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 
 use common::*;
 
@@ -79,21 +78,9 @@ fn delayed_labels_early_late_duplicated_and_never_give_evaluate_s_auc() {
         ]
         .map(String::from),
     );
-    let mut child = Guard::new(
-        scorer()
-            .current_dir(repo())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let child = spawn_scorer(&args, &log);
     let addr = addr_in_log(&log, "metrics and health endpoints");
-    let get = |name: &str| metric(&http_get(&addr, "/metrics").1, name);
-    wait_until("every event scored", 120, || {
-        get("kml_predictions_total") + get("kml_dead_lettered_total") + get("kml_filtered_total")
-            == n as f64
-    });
+    wait_until("every event scored", 120, || events_done(&addr) == n as f64);
     // Late, and the duplicates (of early labels) among them.
     produce_raw(&broker, "labels", &late);
     produce_raw(&broker, "labels", &early[..100]);
@@ -147,12 +134,7 @@ fn delayed_labels_early_late_duplicated_and_never_give_evaluate_s_auc() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let pid = child.child().id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = child.output();
+    let out = child.terminate();
     assert!(
         out.status.success(),
         "{}",
