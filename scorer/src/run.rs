@@ -271,26 +271,18 @@ impl RunConfig {
         {
             bail!("--labels `{l}` must be a topic of its own (not an input or an output)");
         }
-        if a.rollout.rollout_events.is_some() && (a.remote.model_server.is_some() || a.pass_through)
-        {
-            bail!(
-                "--rollout-events scores the candidate here beside the champion: not with \
-                 --model-server or --pass-through"
-            );
-        }
         let shadow_output = a
             .shadow_output
             .clone()
             .unwrap_or_else(|| format!("{}.shadow", a.output));
-        if !a.shadow.is_empty() {
-            if a.remote.model_server.is_some() {
+        // Shadows and rollout candidates are scored here, beside the champion, and write to
+        // the shadow topic.
+        if !a.shadow.is_empty() || a.rollout.rollout_events.is_some() {
+            if a.remote.model_server.is_some() || a.pass_through {
                 bail!(
-                    "--shadow scores in this process on the champion's features; with \
-                     --model-server the scores come from the model server (drop one)"
+                    "--shadow and --rollout-events score beside the champion in this process: \
+                     not with --model-server or --pass-through"
                 );
-            }
-            if a.pass_through {
-                bail!("--shadow scores; --pass-through copies events unscored");
             }
             if shadow_output.is_empty()
                 || a.input.contains(&shadow_output)
@@ -381,12 +373,12 @@ pub struct Summary {
     pub transactions_aborted: u64,
     /// Shadow predictions acknowledged (`--shadow`, and candidates on trial).
     pub shadow_predicted: u64,
+    /// Shadow predictions whose delivery failed for good (dropped).
+    pub shadow_delivery_failures: u64,
     /// Guarded rollout: candidates promoted.
     pub rollouts_promoted: u64,
     /// Guarded rollout: candidates rolled back.
     pub rollouts_rolled_back: u64,
-    /// Shadow predictions whose delivery failed for good (dropped).
-    pub shadow_delivery_failures: u64,
     /// Each shadow: events scored, agreement with the champion, failures.
     pub shadows: Vec<crate::live::ShadowSummary>,
     /// The drift of the last window at exit (`--drift-window`); `null` when the model has no
@@ -560,8 +552,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 bail!(
                     "topic `{t}` has {n} partitions and the pipeline's windows keyed by `{by}` \
                      need a repartition step; --shadow and --rollout-events are not supported \
-                     with it yet (use one \
-                     partition, or `scorer replay --shadow` on the topic)"
+                     with it yet (use one partition, or `scorer replay --shadow` on the topic)"
                 );
             }
             cfg.repartition = Some(crate::run::Repartition {

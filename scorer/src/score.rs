@@ -134,16 +134,10 @@ impl Shadow {
             label: &mut self.label,
             remote: false,
         };
-        let model = &self.model;
-        self.outcome = Some(
-            match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
-                Ok(_) => Ok(()),
-                Err(panic) => Err(format!(
-                    "internal error while scoring (a bug; please report it): {}",
-                    crate::log::panic_message(&*panic)
-                )),
-            },
-        );
+        self.outcome = Some(match predict_caught(&self.model, row, pos, bufs) {
+            Outcome::Dead(why) => Err(why),
+            _ => Ok(()),
+        });
     }
 }
 
@@ -415,14 +409,7 @@ impl Scorer {
             label: &mut self.label,
             remote: self.remote,
         };
-        let model = &self.model;
-        let outcome = match catch_unwind(AssertUnwindSafe(|| predict(model, row, pos, bufs))) {
-            Ok(outcome) => outcome,
-            Err(panic) => Outcome::Dead(format!(
-                "internal error while scoring (a bug; please report it): {}",
-                crate::log::panic_message(&*panic)
-            )),
-        };
+        let outcome = predict_caught(&self.model, row, pos, bufs);
         let scored = matches!(outcome, Outcome::Scored { .. });
         score_shadows(&mut self.shadows, scored, row, pos);
         outcome
@@ -509,6 +496,17 @@ fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outc
         shared_models::prediction::predict(m, row, pos, b.key, b.x, b.out);
     *b.last = (score, decision);
     Outcome::Scored { event_time }
+}
+
+/// [`predict`], a panic caught and turned into a dead letter's reason.
+fn predict_caught(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| predict(m, row, pos, b))) {
+        Ok(outcome) => outcome,
+        Err(panic) => Outcome::Dead(format!(
+            "internal error while scoring (a bug; please report it): {}",
+            crate::log::panic_message(&*panic)
+        )),
+    }
 }
 
 /// What window state depends on: the pipeline spec and the lookup and as-of tables, not the

@@ -232,7 +232,7 @@ impl Live {
         let state_fp = state_fp_of(&model, &cfg);
         let merge_fp = merge_fp_of(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
-        let shadows = shadows::Shadows::new(&model, Vec::new(), &metrics);
+        let shadows = shadows::Shadows::new(&model, &metrics);
         let drift = drift::Drift::new(&model, cfg.drift_window);
         Self {
             cfg,

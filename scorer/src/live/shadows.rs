@@ -23,12 +23,20 @@ use crate::sink::{SendError, To, lineage_headers};
 
 /// The shadows of a run, and the per-model metrics of the champion and of each shadow.
 pub(super) struct Shadows {
-    models: Vec<Arc<Servable>>,
-    /// `shadow`, or `candidate` (a version on trial, [`crate::live::rollout`]).
-    roles: Vec<&'static str>,
+    active: Vec<Active>,
     champion: ModelMetrics,
-    metrics: Vec<ModelMetrics>,
+    /// One per model ever scored beside the champion, in the order added.
     summary: Vec<ShadowSummary>,
+}
+
+/// A model scored beside the champion now.
+struct Active {
+    model: Arc<Servable>,
+    /// `shadow`, or `candidate` (a version on trial, [`crate::live::rollout`]).
+    role: &'static str,
+    metrics: ModelMetrics,
+    /// Its entry in [`Shadows::summary`].
+    summary: usize,
 }
 
 /// What one shadow did in a run (the summary's `shadows`).
@@ -50,56 +58,37 @@ pub struct ShadowSummary {
 }
 
 impl Shadows {
-    /// The champion `champion` with `models` as its shadows.
-    pub(super) fn new(champion: &Servable, models: Vec<Arc<Servable>>, metrics: &Metrics) -> Self {
+    /// The champion `champion`, no shadow yet.
+    pub(super) fn new(champion: &Servable, metrics: &Metrics) -> Self {
         Self {
+            active: Vec::new(),
             champion: metrics.model(&champion.id, "champion"),
-            metrics: models
-                .iter()
-                .map(|m| metrics.model(&m.id, "shadow"))
-                .collect(),
-            summary: models
-                .iter()
-                .map(|m| ShadowSummary {
-                    model: m.id.clone(),
-                    role: "shadow",
-                    ..ShadowSummary::default()
-                })
-                .collect(),
-            roles: vec!["shadow"; models.len()],
-            models,
+            summary: Vec::new(),
         }
     }
 
     /// The shadows a new scorer gets.
-    pub(super) fn models(&self) -> &[Arc<Servable>] {
-        &self.models
+    pub(super) fn models(&self) -> impl Iterator<Item = &Arc<Servable>> {
+        self.active.iter().map(|a| &a.model)
     }
 
     /// A new champion: its metrics, and the shadows that still compute its features (the
     /// others are dropped, as the scorers drop them, see [`Scorer::swap`]).
     pub(super) fn swap_champion(&mut self, champion: &Servable, metrics: &Metrics) {
         self.champion = metrics.model(&champion.id, "champion");
-        let keep: Vec<bool> = self
-            .models
-            .iter()
-            .map(|m| {
-                crate::score::state_fingerprint(m) == crate::score::state_fingerprint(champion)
-            })
-            .collect();
-        let mut k = keep.iter();
-        self.models.retain(|_| *k.next().unwrap_or(&false));
-        let mut k = keep.iter();
-        self.metrics.retain(|_| *k.next().unwrap_or(&false));
-        let mut k = keep.iter();
-        self.roles.retain(|_| *k.next().unwrap_or(&false));
+        let fp = crate::score::state_fingerprint(champion);
+        self.active
+            .retain(|a| crate::score::state_fingerprint(&a.model) == fp);
     }
 
     /// Score with `m` too, in `role`.
     pub(super) fn add(&mut self, m: &Arc<Servable>, role: &'static str, metrics: &Metrics) {
-        self.models.push(m.clone());
-        self.metrics.push(metrics.model(&m.id, role));
-        self.roles.push(role);
+        self.active.push(Active {
+            model: m.clone(),
+            role,
+            metrics: metrics.model(&m.id, role),
+            summary: self.summary.len(),
+        });
         self.summary.push(ShadowSummary {
             model: m.id.clone(),
             role,
@@ -109,11 +98,7 @@ impl Shadows {
 
     /// Stop scoring with `m` (its summary stays).
     pub(super) fn remove(&mut self, m: &Arc<Servable>) {
-        if let Some(i) = self.models.iter().position(|x| Arc::ptr_eq(x, m)) {
-            self.models.remove(i);
-            self.metrics.remove(i);
-            self.roles.remove(i);
-        }
+        self.active.retain(|a| !Arc::ptr_eq(&a.model, m));
     }
 
     /// The summary of each shadow, with its agreement.
@@ -132,7 +117,9 @@ impl Live {
     /// Score every event with these models too, as shadows, and send their predictions to
     /// the shadow topic (`--shadow-output`). Each must compute the champion's features.
     pub fn with_shadows(mut self, models: Vec<Arc<Servable>>) -> Self {
-        self.shadows = Shadows::new(&self.model, models, &self.metrics);
+        for m in &models {
+            self.shadows.add(m, "shadow", &self.metrics);
+        }
         self
     }
 
@@ -156,26 +143,18 @@ impl Live {
         self.shadows.champion.observe(champion);
         self.observe_drift(scorer.features(), champion.0);
         if let Some(l) = self.labels.as_mut() {
-            let slot = l.model(&scorer.model().id, "champion");
-            l.predicted(scorer.key(), event_time, slot, champion.0);
+            let model = l.model(&scorer.model().id, "champion");
+            l.predicted(scorer.key(), event_time, model, champion.0);
         }
         for shadow in scorer.shadows() {
-            let Some(i) = (self.shadows.models.iter()).position(|m| Arc::ptr_eq(m, shadow.model()))
+            let Some(active) =
+                (self.shadows.active.iter()).find(|a| Arc::ptr_eq(&a.model, shadow.model()))
             else {
                 continue; // dropped with a champion of other features
             };
-            let role = self.shadows.roles[i];
+            let (role, metrics) = (active.role, &active.metrics);
+            let s = &mut self.shadows.summary[active.summary];
             let id = &shadow.model().id;
-            let Some(s) = self
-                .shadows
-                .summary
-                .iter_mut()
-                .rev()
-                .find(|s| &s.model == id)
-            else {
-                continue;
-            };
-            let metrics = &self.shadows.metrics[i];
             let scored = match shadow.outcome() {
                 None => continue,
                 Some(Err(why)) => {
@@ -197,8 +176,8 @@ impl Live {
                 s.agreed += 1;
             }
             if let Some(l) = self.labels.as_mut() {
-                let slot = l.model(id, role);
-                l.predicted(shadow.key(), event_time, slot, scored.0);
+                let model = l.model(id, role);
+                l.predicted(shadow.key(), event_time, model, scored.0);
             }
             if role == "candidate" {
                 self.candidate_scored(Some((shadow.features(), scored.0)));
