@@ -638,8 +638,9 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 /// Load the `--shadow` models. One that cannot be loaded is left out (logged): a shadow
-/// never stops the champion. One that computes other features than the champion is refused:
-/// the live loop shares the champion's window state with its shadows.
+/// never stops the champion. One that computes other features than the champion keeps window
+/// state of its own, except in watermark order, where it is refused (a shadow there scores
+/// the rows the champion releases).
 fn load_shadows(
     rt: &tokio::runtime::Runtime,
     args: &RunArgs,
@@ -668,12 +669,13 @@ fn load_shadows(
             crate::score::state_fingerprint(&m),
             crate::score::state_fingerprint(champion),
         );
-        if fp != champion_fp {
+        if fp != champion_fp && args.order == shared_features::Order::Watermark {
             bail!(
                 "--shadow {name}: {} computes other features than the champion {} (pipeline or \
-                 tables differ: state fingerprint {fp} against {champion_fp}); `scorer run` \
-                 scores shadows on the champion's features, `scorer replay --shadow` scores \
-                 any model on history",
+                 tables differ: state fingerprint {fp} against {champion_fp}); in watermark \
+                 order a shadow scores the rows the champion releases, so it must compute the \
+                 same features (use --order arrival, or `scorer replay --shadow`, which scores \
+                 any model on history)",
                 m.id,
                 champion.id
             );
@@ -684,7 +686,10 @@ fn load_shadows(
                 m.id
             );
         }
-        tracing::info!(shadow = %m.id, champion = %champion.id, "shadow loaded");
+        tracing::info!(
+            shadow = %m.id, champion = %champion.id, own_state = fp != champion_fp,
+            "shadow loaded"
+        );
         out.push(Arc::new(m));
     }
     Ok(out)

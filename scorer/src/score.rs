@@ -20,6 +20,10 @@ pub use ordered::Admitted;
 pub use shared_models::prediction::{ServedBy, SourcePos, key_text, write_prediction};
 
 mod ordered;
+mod shadow;
+
+pub use shadow::Shadow;
+use shadow::{WithShadows, score_shadows};
 
 /// What became of one event.
 #[derive(Debug)]
@@ -59,98 +63,6 @@ pub struct Scorer {
     registry: Option<Arc<SchemaRegistry>>,
     /// Challengers scored on the same features ([`Scorer::add_shadow`]).
     shadows: Vec<Shadow>,
-}
-
-/// A challenger scored on the champion's feature row (`scorer run --shadow`): the window state
-/// is the champion's (their pipelines and tables are the same), the encoding and the model its
-/// own. What becomes of it never changes the champion's outcome.
-#[derive(Debug)]
-pub struct Shadow {
-    model: Arc<Servable>,
-    x: Vec<f64>,
-    out: Vec<u8>,
-    key: Vec<u8>,
-    last: (f64, bool),
-    label: Option<f64>,
-    /// What became of the last event the champion scored: `None` before one, `Some(Err)` when
-    /// this model failed on it (a panic caught).
-    outcome: Option<Result<(), String>>,
-}
-
-impl Shadow {
-    fn new(model: Arc<Servable>) -> Self {
-        Self {
-            model,
-            x: Vec::new(),
-            out: Vec::with_capacity(512),
-            key: Vec::with_capacity(32),
-            last: (f64::NAN, false),
-            label: None,
-            outcome: None,
-        }
-    }
-
-    /// The challenger.
-    pub fn model(&self) -> &Arc<Servable> {
-        &self.model
-    }
-
-    /// What became of the last event the champion scored: `Ok` with the prediction in
-    /// [`Shadow::prediction`], or why this model could not score it. `None` when the champion
-    /// did not score the event (filtered, dead-lettered).
-    pub fn outcome(&self) -> Option<Result<(), &str>> {
-        self.outcome
-            .as_ref()
-            .map(|o| o.as_ref().map(|_| ()).map_err(String::as_str))
-    }
-
-    /// Its prediction of the last event (the JSON value).
-    pub fn prediction(&self) -> &[u8] {
-        &self.out
-    }
-
-    /// The key of that prediction.
-    pub fn key(&self) -> &[u8] {
-        &self.key
-    }
-
-    /// Its score and decision of the last event.
-    pub fn last_score(&self) -> (f64, bool) {
-        self.last
-    }
-
-    /// Its encoded inputs of the last event.
-    pub fn features(&self) -> &[f64] {
-        &self.x
-    }
-
-    /// Score `row` (the champion just scored it, so the row is complete).
-    fn score(&mut self, row: &[Value], pos: SourcePos<'_>) {
-        let bufs = Bufs {
-            key: &mut self.key,
-            x: &mut self.x,
-            out: &mut self.out,
-            last: &mut self.last,
-            label: &mut self.label,
-            remote: false,
-        };
-        self.outcome = Some(match predict_caught(&self.model, row, pos, bufs) {
-            Outcome::Dead(why) => Err(why),
-            _ => Ok(()),
-        });
-    }
-}
-
-/// Each shadow scores `row` when the champion scored it (`scored`); otherwise none has an
-/// outcome for this event.
-fn score_shadows(shadows: &mut [Shadow], scored: bool, row: &[Value], pos: SourcePos<'_>) {
-    for s in shadows {
-        if scored {
-            s.score(row, pos);
-        } else {
-            s.outcome = None;
-        }
-    }
 }
 
 impl Scorer {
@@ -241,10 +153,12 @@ impl Scorer {
         self.remote
     }
 
-    /// Score every event with `model` too, on the same features, as a shadow
-    /// ([`Scorer::shadows`]). Refused when its window state would differ (another pipeline or
-    /// other tables: see [`state_fingerprint`]), or when this scorer does not score (upstream of
-    /// a repartition, or encoding for a model server).
+    /// Score every event with `model` too, as a shadow ([`Scorer::shadows`]): on the
+    /// champion's feature row when its window state would be the same ([`state_fingerprint`]),
+    /// else with window state of its own, which starts empty (add such a shadow before the
+    /// scorer takes in events, and warm it with [`Scorer::warm`]). Refused when this scorer
+    /// does not score (upstream of a repartition, or encoding for a model server), and for a
+    /// shadow of other features in watermark order.
     pub fn add_shadow(&mut self, model: Arc<Servable>) -> Result<(), String> {
         if self.upstream.is_some() || self.remote {
             return Err(format!(
@@ -253,17 +167,21 @@ impl Scorer {
                 model.id
             ));
         }
-        if !same_spec(&self.model, &model) {
+        let engine = if same_spec(&self.model, &model) {
+            None
+        } else if self.ordered.is_some() {
             return Err(format!(
-                "shadow {} computes other features than {} (pipeline or tables differ: state \
-                 fingerprint {} against {})",
+                "shadow {} computes other features than {} (state fingerprint {} against {}): \
+                 in watermark order a shadow must compute the champion's features",
                 model.id,
                 self.model.id,
                 state_fingerprint(&model),
                 state_fingerprint(&self.model)
             ));
-        }
-        self.shadows.push(Shadow::new(model));
+        } else {
+            Some(self.online(&model))
+        };
+        self.shadows.push(Shadow::new(model, engine));
         Ok(())
     }
 
@@ -288,33 +206,78 @@ impl Scorer {
     }
 
     /// Swap in another model between batches. When its features are computed the same way
-    /// (same pipeline spec), window state carries over; otherwise it restarts empty, which the
-    /// return value (`false`) reports.
+    /// (same pipeline spec), window state carries over; so does it when a shadow of its
+    /// features kept state of its own (a rollout candidate promoted). Otherwise the state
+    /// restarts empty, which the return value (`false`) reports.
     pub fn swap(&mut self, model: Arc<Servable>) -> bool {
-        let same = same_spec(&self.model, &model);
-        if !same && self.ordered.is_some() {
+        if same_spec(&self.model, &model) {
+            self.model = model;
+            return true;
+        }
+        let arrival = self.ordered.is_none() && self.upstream.is_none();
+        // The state of the old champion's features, for the shadows that compute them.
+        let old = (arrival && self.shadows.iter().any(|s| s.engine.is_none()))
+            .then(|| self.engine.save_state());
+        let inherited = if arrival {
+            (self.shadows.iter_mut())
+                .find(|s| s.engine.is_some() && !s.broken && same_spec(&model, &s.model))
+                .and_then(|s| s.engine.take())
+        } else {
+            None
+        };
+        let kept = inherited.is_some();
+        if self.ordered.is_some() {
             // Held events are dropped with the state: the caller rescores them.
             self.ordered = Some(ordered::Ordered::new(&model, &self.format()));
-        } else if !same {
+        } else {
             if self.upstream.is_some() {
                 self.upstream = crate::merge::Upstream::of(&model.pipeline);
             }
-            self.engine = self.online(&model);
+            self.engine = match inherited {
+                Some(engine) => engine,
+                None => self.online(&model),
+            };
         }
-        if !same {
-            self.shadows.retain(|s| {
-                let keep = same_spec(&model, &s.model);
-                if !keep {
+        self.swap_shadows(&model, old.as_deref());
+        self.model = model;
+        kept
+    }
+
+    /// A champion of other features than the last one: each shadow of the new champion's
+    /// features now scores its rows, each shadow of the old champion's features (`old`, their
+    /// state) goes on with state of its own, and in watermark order, where a shadow cannot
+    /// keep state of its own, a shadow of other features is dropped.
+    fn swap_shadows(&mut self, model: &Servable, old: Option<&[u8]>) {
+        let ordered = self.ordered.is_some();
+        let mut shadows = std::mem::take(&mut self.shadows);
+        shadows.retain_mut(|s| {
+            if same_spec(model, &s.model) {
+                s.engine = None;
+                s.broken = false;
+                return true;
+            }
+            if ordered {
+                tracing::warn!(
+                    shadow = %s.model.id, champion = %model.id,
+                    "the new champion computes other features: its shadow is dropped (watermark \
+                     order)"
+                );
+                return false;
+            }
+            if s.engine.is_none() {
+                let mut engine = self.online(&s.model);
+                if let Some(state) = old
+                    && let Err(why) = engine.load_state(state)
+                {
                     tracing::warn!(
-                        shadow = %s.model.id, champion = %model.id,
-                        "the new champion computes other features: its shadow is dropped"
+                        shadow = %s.model.id, error = why, "shadow state restarts empty"
                     );
                 }
-                keep
-            });
-        }
-        self.model = model;
-        same
+                s.engine = Some(engine);
+            }
+            true
+        });
+        self.shadows = shadows;
     }
 
     /// Update the window state with an event without scoring it (warm-up before a replay
@@ -327,6 +290,9 @@ impl Scorer {
         self.prepare_waiting(Some(payload));
         if self.ordered.is_some() {
             return self.warm_ordered(payload, offset);
+        }
+        for s in &mut self.shadows {
+            s.warm(payload);
         }
         let engine = &mut self.engine;
         if catch_unwind(AssertUnwindSafe(|| {
@@ -374,27 +340,33 @@ impl Scorer {
         fail_point(payload);
         let m = &*self.model;
         let p = &*m.pipeline;
-        match self.engine.process(payload) {
-            Ok(Some(_)) => {}
-            Ok(None) => return Outcome::Filtered,
-            Err(e) => return Outcome::Dead(e.to_string()),
-        }
-        let row = self.engine.row();
-        if let Some(up) = &self.upstream {
-            let progress = self.engine.progress();
-            return up.forward(p, row, pos, progress, &mut self.key, &mut self.out);
-        }
-        let bufs = Bufs {
-            key: &mut self.key,
-            x: &mut self.x,
-            out: &mut self.out,
-            last: &mut self.last,
-            label: &mut self.label,
-            remote: self.remote,
+        let outcome = match self.engine.process(payload) {
+            Ok(Some(_)) => {
+                let row = self.engine.row();
+                if let Some(up) = &self.upstream {
+                    let progress = self.engine.progress();
+                    return up.forward(p, row, pos, progress, &mut self.key, &mut self.out);
+                }
+                let bufs = Bufs {
+                    key: &mut self.key,
+                    x: &mut self.x,
+                    out: &mut self.out,
+                    last: &mut self.last,
+                    label: &mut self.label,
+                    remote: self.remote,
+                };
+                let outcome = predict(m, row, pos, bufs);
+                let scored = matches!(outcome, Outcome::Scored { .. });
+                score_shadows(&mut self.shadows, scored, row, pos);
+                outcome
+            }
+            Ok(None) => Outcome::Filtered,
+            Err(e) => Outcome::Dead(e.to_string()),
         };
-        let outcome = predict(m, row, pos, bufs);
         let scored = matches!(outcome, Outcome::Scored { .. });
-        score_shadows(&mut self.shadows, scored, row, pos);
+        for s in &mut self.shadows {
+            s.score_own(payload, scored, pos);
+        }
         outcome
     }
 
@@ -449,22 +421,69 @@ impl Scorer {
         self.label
     }
 
-    /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]).
+    /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]), with
+    /// the own state of each shadow of other features, in the order they were added.
     pub fn save_state(&self) -> Vec<u8> {
-        match &self.ordered {
+        let champion = match &self.ordered {
             // The windows, the admission and the held events.
             Some(o) => o.engine.save_state(),
             None => self.engine.save_state(),
+        };
+        let own: Vec<Vec<u8>> = (self.shadows.iter())
+            .filter_map(|s| s.engine.as_ref().map(OnlineEngine::save_state))
+            .collect();
+        if own.is_empty() {
+            return champion;
         }
+        let all = WithShadows {
+            champion: &champion,
+            shadows: own.iter().map(Vec::as_slice).collect(),
+        };
+        // Serializing plain bytes into a Vec does not fail.
+        postcard::to_allocvec(&all).unwrap_or_default()
     }
 
-    /// Replace the window state with a saved one (of a model with the same
-    /// [`state_fingerprint`]). On error nothing changes.
+    /// Replace the window state with a saved one (of a scorer whose model and shadows of
+    /// other features have the same [`state_fingerprint`]s, see [`shadows_fingerprint`]). On
+    /// error nothing changes.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        match &mut self.ordered {
-            Some(o) => o.engine.load_state(bytes),
-            None => self.engine.load_state(bytes),
+        let own = self.shadows.iter().filter(|s| s.engine.is_some()).count();
+        let (champion, shadows) = if own == 0 {
+            (bytes, Vec::new())
+        } else {
+            let all: WithShadows<'_> = postcard::from_bytes(bytes)
+                .map_err(|e| format!("state with shadows does not decode: {e}"))?;
+            if all.shadows.len() != own {
+                return Err(format!(
+                    "state of {} shadows of other features, this scorer has {own}",
+                    all.shadows.len()
+                ));
+            }
+            (all.champion, all.shadows)
+        };
+        // Load every part into a fresh engine first, so that an error changes nothing.
+        let mut loaded = Vec::with_capacity(own);
+        for (s, state) in self
+            .shadows
+            .iter()
+            .filter(|s| s.engine.is_some())
+            .zip(shadows)
+        {
+            let mut e = self.online(&s.model);
+            e.load_state(state)
+                .map_err(|why| format!("shadow {}: {why}", s.model.id))?;
+            loaded.push(e);
         }
+        match &mut self.ordered {
+            Some(o) => o.engine.load_state(champion)?,
+            None => self.engine.load_state(champion)?,
+        }
+        let mut loaded = loaded.into_iter();
+        for s in self.shadows.iter_mut().filter(|s| s.engine.is_some()) {
+            s.engine = loaded.next();
+            s.broken = false;
+        }
+        Ok(())
     }
 }
 
@@ -545,6 +564,25 @@ fn slow_warm_up() {
 
 #[cfg(not(feature = "failpoints"))]
 fn slow_warm_up() {}
+
+/// The state fingerprint of a scorer of `champion` with `shadows`: the champion's, and the
+/// fingerprint of each shadow that keeps state of its own (computes other features), in order.
+/// A checkpoint of such a scorer's [`Scorer::save_state`] restores only under the same one.
+pub fn shadows_fingerprint<'a>(
+    champion: &Servable,
+    shadows: impl IntoIterator<Item = &'a Arc<Servable>>,
+) -> String {
+    let fp = state_fingerprint(champion);
+    let mut all = fp.clone();
+    for s in shadows {
+        let own = state_fingerprint(s);
+        if own != fp {
+            all.push_str("+shadow:");
+            all.push_str(&own);
+        }
+    }
+    all
+}
 
 fn same_spec(a: &Servable, b: &Servable) -> bool {
     state_fingerprint(a) == state_fingerprint(b)

@@ -37,7 +37,7 @@ use crate::offsets::{MAX_SLOTS, Tag, Tracker};
 use crate::remote::{self, Remote};
 use crate::run::{RunConfig, Summary, peak_rss_mib};
 use crate::schema_registry::SchemaRegistry;
-use crate::score::{Outcome, Scorer, SourcePos, state_fingerprint};
+use crate::score::{Outcome, Scorer, SourcePos, shadows_fingerprint};
 use crate::sink::{
     DeadLetter, Report, SendError, Sink, To, cut_str, lineage_headers, position_headers,
 };
@@ -169,7 +169,8 @@ pub struct Live {
     latency: Option<hdrhistogram::Histogram<u64>>,
     /// Where window state is checkpointed, if it is.
     ckpt: Option<Checkpoints>,
-    /// [`state_fingerprint`] of the model serving.
+    /// [`crate::score::state_fingerprint`] of the model serving, with its shadows of other
+    /// features ([`shadows_fingerprint`]).
     state_fp: String,
     /// The fingerprint a merge's snapshots are written and restored under.
     merge_fp: String,
@@ -197,8 +198,14 @@ pub struct Live {
     candidate: Option<rollout::Candidate>,
 }
 
-fn state_fp_of(m: &Servable, cfg: &RunConfig) -> String {
-    let fp = state_fingerprint(m);
+/// The fingerprint snapshots of a scorer of `m` are written and restored under: with the
+/// state of each shadow of other features (`shadows`, see [`shadows_fingerprint`]).
+fn state_fp_of<'a>(
+    m: &Servable,
+    shadows: impl IntoIterator<Item = &'a Arc<Servable>>,
+    cfg: &RunConfig,
+) -> String {
+    let fp = shadows_fingerprint(m, shadows);
     if cfg.repartition.is_some() {
         format!("{fp}+upstream")
     } else if cfg.order == shared_features::Order::Watermark {
@@ -229,7 +236,7 @@ impl Live {
         hard: CancellationToken,
         ckpt: Option<Checkpoints>,
     ) -> Self {
-        let state_fp = state_fp_of(&model, &cfg);
+        let state_fp = state_fp_of(&model, [], &cfg);
         let merge_fp = merge_fp_of(&model);
         let latency = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
         let shadows = shadows::Shadows::new(&model, &metrics);
@@ -872,13 +879,14 @@ impl Live {
                 "the new model's features differ: held events rescored",
             );
         }
-        self.shadows.swap_champion(&m, &self.metrics);
+        let own_state = self.cfg.order == shared_features::Order::Arrival;
+        self.shadows.swap_champion(&m, own_state, &self.metrics);
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
-        self.state_fp = state_fp_of(&m, &self.cfg);
         self.merge_fp = merge_fp_of(&m);
         tracing::info!(model = %m.id, window_state_kept = kept, "model swapped in");
         self.model = m;
+        self.refresh_state_fp();
         self.reset_drift();
     }
 

@@ -1,6 +1,6 @@
 //! Guarded rollout (`scorer run --rollout-events N`): a new version under the watched alias
 //! does not replace the champion at once. It starts as a candidate, scored beside the champion
-//! on the same features like a shadow (its predictions go to the shadow topic), and on its
+//! like a shadow (its predictions go to the shadow topic), and on its
 //! `N`-th event its guards are checked over exactly its first `N` events (the decision applies
 //! between batches); it is promoted unless one is breached:
 //!
@@ -14,8 +14,13 @@
 //! A breach rolls back: the candidate is dropped, the champion goes on, and the registry is not
 //! touched (the alias still names the refused version, which the watcher does not offer again
 //! until the alias moves). Every decision is a log line with its figures and a count in
-//! `kml_rollouts_total{outcome}`. A version that computes other features cannot be scored beside
-//! the champion: it is rolled back, saying so.
+//! `kml_rollouts_total{outcome}`.
+//!
+//! A version that computes other features than the champion is scored with window state of
+//! its own: each partition's state is rebuilt with it from the log (no snapshot holds its
+//! state yet) before the next event, and when it is promoted its state becomes the champion's.
+//! In watermark order, where a shadow cannot keep state of its own, such a version is rolled
+//! back, saying so.
 
 use std::sync::Arc;
 
@@ -82,12 +87,13 @@ impl Live {
             );
             self.count_rollout("superseded");
         }
-        if crate::score::state_fingerprint(&m) != self.state_fp_plain() {
+        let other_features = crate::score::state_fingerprint(&m) != self.state_fp_plain();
+        if other_features && self.cfg.order == shared_features::Order::Watermark {
             tracing::warn!(
                 rollout = "rolled_back", model = %m.id, champion = %self.model.id,
-                reasons = "it computes other features than the champion, so it cannot be scored \
-                           beside it; the champion goes on (run without --rollout-events to \
-                           swap such a version in at once)",
+                reasons = "it computes other features than the champion, and in watermark \
+                           order it cannot be scored beside it; the champion goes on (run \
+                           without --rollout-events to swap such a version in at once)",
                 "rollout: rolled back"
             );
             self.count_rollout("rolled_back");
@@ -100,8 +106,12 @@ impl Live {
         );
         self.metrics.rollout_candidate.set(m.version as i64);
         self.shadows.add(&m, "candidate", &self.metrics);
+        self.refresh_state_fp();
         for p in self.parts.iter_mut().flatten() {
-            if let Some(s) = p.scorer.as_mut()
+            if other_features {
+                // Rebuilt before its next event, the candidate's state with the champion's.
+                p.scorer = None;
+            } else if let Some(s) = p.scorer.as_mut()
                 && let Err(why) = s.add_shadow(m.clone())
             {
                 tracing::error!(error = why, "the candidate is not scored in one partition");
@@ -156,7 +166,7 @@ impl Live {
             Some((a, b, n)) => (Some(a), Some(b), n),
             None => (None, None, 0),
         };
-        let Some(c) = self.end_candidate() else {
+        let Some(c) = self.candidate.as_ref().map(|c| c.model.clone()) else {
             return;
         };
         if v.breaches.is_empty() {
@@ -167,8 +177,12 @@ impl Live {
                 "rollout: promoted after its trial"
             );
             self.count_rollout("promoted");
+            // Swapped in while still a shadow: a candidate of other features hands its state
+            // over (see `Scorer::swap`).
             self.swap_model(c);
+            self.end_candidate();
         } else {
+            self.end_candidate();
             tracing::warn!(
                 rollout = "rolled_back", model = %c.id, champion = %self.model.id,
                 reasons = %v.breaches.join("; "), error_rate = v.error_rate,
@@ -229,6 +243,7 @@ impl Live {
         if let Some(l) = self.labels.as_mut() {
             l.unwatch();
         }
+        self.refresh_state_fp();
         self.metrics.rollout_candidate.set(0);
         Some(c.model)
     }

@@ -1,7 +1,9 @@
 //! Shadow challengers in the live loop (`scorer run --shadow`): each event the champion scores
-//! is scored by every shadow on the same feature row (one feature computation: a shadow must
-//! compute the champion's features, see [`Scorer::add_shadow`]), and each shadow's prediction
-//! goes to the shadow topic with the same lineage as the champion's.
+//! is scored by every shadow, and each shadow's prediction goes to the shadow topic with the
+//! same lineage as the champion's. A shadow of the champion's features scores the champion's
+//! feature row (one feature computation); a shadow of other features keeps window state of
+//! its own in each partition's scorer (see [`Scorer::add_shadow`]), checkpointed with the
+//! champion's, so a snapshot restores only into a scorer with the same shadows.
 //!
 //! A shadow decides nothing: its prediction is tracked like any output, so that a commit waits
 //! for it (a restart repeats it rather than loses it), but a delivery that fails for good only
@@ -72,13 +74,21 @@ impl Shadows {
         self.active.iter().map(|a| &a.model)
     }
 
-    /// A new champion: its metrics, and the shadows that still compute its features (the
-    /// others are dropped, as the scorers drop them, see [`Scorer::swap`]).
-    pub(super) fn swap_champion(&mut self, champion: &Servable, metrics: &Metrics) {
+    /// A new champion: its metrics. Without state of their own (`own_state` false: watermark
+    /// order), the shadows of other features are dropped, as the scorers drop them (see
+    /// [`Scorer::swap`]).
+    pub(super) fn swap_champion(
+        &mut self,
+        champion: &Servable,
+        own_state: bool,
+        metrics: &Metrics,
+    ) {
         self.champion = metrics.model(&champion.id, "champion");
-        let fp = crate::score::state_fingerprint(champion);
-        self.active
-            .retain(|a| crate::score::state_fingerprint(&a.model) == fp);
+        if !own_state {
+            let fp = crate::score::state_fingerprint(champion);
+            self.active
+                .retain(|a| crate::score::state_fingerprint(&a.model) == fp);
+        }
     }
 
     /// Score with `m` too, in `role`.
@@ -115,12 +125,20 @@ impl Shadows {
 
 impl Live {
     /// Score every event with these models too, as shadows, and send their predictions to
-    /// the shadow topic (`--shadow-output`). Each must compute the champion's features.
+    /// the shadow topic (`--shadow-output`). In watermark order each must compute the
+    /// champion's features.
     pub fn with_shadows(mut self, models: Vec<Arc<Servable>>) -> Self {
         for m in &models {
             self.shadows.add(m, "shadow", &self.metrics);
         }
+        self.refresh_state_fp();
         self
+    }
+
+    /// The fingerprint snapshots are written and restored under, after the champion or the
+    /// shadows changed.
+    pub(super) fn refresh_state_fp(&mut self) {
+        self.state_fp = super::state_fp_of(&self.model, self.shadows.models(), &self.cfg);
     }
 
     /// Join delayed labels with the predictions (`--labels`, [`crate::labels`]).
