@@ -490,32 +490,6 @@ fn checkpoints_in_an_s3_compatible_store_restore_a_restart() {
     assert_eq!(got, reference);
 }
 
-/// The fixture flights as topic records (key, JSON value), in event order, as `scorer feed`
-/// publishes them.
-fn read_fixture_events() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let out = std::env::temp_dir().join(format!("kml-fixture-events-{}.jsonl", std::process::id()));
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args(["feed", "--pipeline", PIPELINE])
-            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
-            .args(["--out", out.to_str().unwrap()]),
-    );
-    std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let key = v["tailnum"]
-                .as_str()
-                .unwrap_or_default()
-                .as_bytes()
-                .to_vec();
-            (key, Some(l.as_bytes().to_vec()))
-        })
-        .collect()
-}
-
 /// The offline engine's score of every fixture flight that becomes a feature vector, by
 /// (aircraft, event time ms): the bundle's model over `offline::run`'s rows.
 fn offline_scores(store: &std::path::Path, model: &str) -> BTreeMap<(String, i64), u64> {

@@ -164,3 +164,116 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     assert!(trial.get(&3).is_some_and(|n| *n >= 300), "{trial:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A version that computes other features (the aircraft windows only, published as version 2
+/// of `flights_delay`) goes on trial during day 2 with window state of its own: each
+/// partition's state is rebuilt with it from the log (day 1, read once). Promoted, it takes its
+/// state along (nothing is read again): every prediction of version 2, on trial and after the
+/// promotion through day 3, is what a replay of version 2 alone gives, offset for offset and
+/// bit for bit.
+#[test]
+fn a_version_of_other_features_is_tried_on_state_of_its_own_and_keeps_it_when_promoted() {
+    let broker = Broker::start();
+    let dir = tempdir("rollout-other");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    let by_aircraft =
+        std::fs::read_to_string(repo().join("data/flights/pipeline-by-aircraft.toml"))
+            .unwrap()
+            .replace(
+                "name = \"flights_delay_by_aircraft\"",
+                "name = \"flights_delay\"",
+            );
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(&pipeline, by_aircraft).unwrap();
+    create_topic(&broker, "flights", 1);
+    feed_days(&broker, "flights", None, Some("2013-01-02"));
+    let log = dir.join("scorer.log");
+    let mut args = run_args(&broker, &store, "flights", "rollout-other");
+    args.extend(
+        [
+            "--rollout-events",
+            "300",
+            "--reload-interval",
+            "0.2",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let child = spawn_scorer(&args, &log);
+    let addr = addr_in_log(&log, "metrics and health endpoints");
+    let done = |n: usize| events_done(&addr) == n as f64;
+    let day1 = read_all(&broker, "flights").len();
+    wait_until("day 1 scored", 120, || done(day1));
+    let other = fit_with(
+        pipeline.to_str().unwrap(),
+        &store_url(&store),
+        "champion",
+        &[],
+        &[],
+    );
+    assert_eq!(other["version"].as_u64(), Some(2), "{other}");
+    log_line(&log, "on trial", "flights_delay@2");
+    feed_days(&broker, "flights", Some("2013-01-02"), Some("2013-01-03"));
+    let promoted = log_line(&log, "promoted", "flights_delay@2");
+    assert_eq!(promoted["previous"], "flights_delay@1", "{promoted}");
+    feed_days(&broker, "flights", Some("2013-01-03"), None);
+    wait_until("day 3 scored", 120, || {
+        done(read_all(&broker, "flights").len())
+    });
+    let out = child.terminate();
+    assert!(out.status.success());
+    let s = json_out(&out);
+    assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");
+    assert_eq!(s["model"], "flights_delay@2", "{s}");
+    assert_eq!(s["warmed"].as_u64(), Some(day1 as u64), "{s}");
+
+    replay_with(
+        &broker,
+        &store,
+        "flights_delay@2",
+        "flights",
+        &["--output", "alone"],
+    );
+    let alone: BTreeMap<i64, serde_json::Value> = read_all(&broker, "alone")
+        .iter()
+        .map(|r| (r.json()["offset"].as_i64().unwrap(), r.json()))
+        .collect();
+    let mut checked = 0;
+    for r in read_all(&broker, "flights.pred") {
+        let v = r.json();
+        if v["version"] != 2 {
+            continue;
+        }
+        let o = v["offset"].as_i64().unwrap();
+        let a = &alone[&o];
+        assert_eq!(
+            v["score"].as_f64().map(f64::to_bits),
+            a["score"].as_f64().map(f64::to_bits),
+            "offset {o}: {v} {a}"
+        );
+        checked += 1;
+    }
+    let trial: Vec<serde_json::Value> = read_all(&broker, "flights.pred.shadow")
+        .iter()
+        .map(Rec::json)
+        .collect();
+    for v in &trial {
+        let o = v["offset"].as_i64().unwrap();
+        assert_eq!(
+            v["score"].as_f64().map(f64::to_bits),
+            alone[&o]["score"].as_f64().map(f64::to_bits),
+            "trial at offset {o}"
+        );
+    }
+    eprintln!(
+        "promoted: {promoted}\n{checked} predictions of version 2 after the promotion, {} on trial",
+        trial.len()
+    );
+    assert!(
+        checked > 500 && trial.len() >= 300,
+        "{checked} {}",
+        trial.len()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

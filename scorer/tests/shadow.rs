@@ -300,8 +300,9 @@ fn by_offset(broker: &Broker, topic: &str) -> BTreeMap<i64, serde_json::Value> {
 /// those of a run without the shadow (a replay of the champion alone), and the shadow topic
 /// holds, for the same events, exactly the predictions a replay of the challenger alone makes,
 /// bit for bit, with the challenger's lineage. The summary's agreement is that of the two
-/// topics joined by offset. A shadow of other features is refused at start, naming both
-/// fingerprints; one that cannot be loaded is left out and the champion scores as usual.
+/// topics joined by offset. In watermark order a shadow of other features is refused at start,
+/// naming both fingerprints; one that cannot be loaded is left out and the champion scores as
+/// usual.
 #[test]
 fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
     let broker = Broker::start();
@@ -421,7 +422,8 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
         assert_eq!(s["predicted"].as_u64(), Some(champion.len() as u64), "{s}");
     }
 
-    // A challenger of other features (windows by aircraft) is refused before any work.
+    // In watermark order a shadow scores the rows the champion releases: one of other
+    // features (windows by aircraft) is refused before any work.
     fit_with(
         "data/flights/pipeline-by-aircraft.toml",
         &store_url(&store),
@@ -432,6 +434,8 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
     let mut args = run_args(&broker, &store, "flights", "refused");
     args.extend(
         [
+            "--order",
+            "watermark",
             "--shadow",
             "flights_delay_by_aircraft@other",
             "--exit-when-idle",
@@ -444,7 +448,8 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
     assert!(!out.status.success());
     assert!(
         err.contains("computes other features than the champion")
-            && err.contains("state fingerprint"),
+            && err.contains("state fingerprint")
+            && err.contains("watermark order"),
         "{err}"
     );
     assert!(
@@ -470,6 +475,96 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
         by_offset(&broker, "flights.pred").len(),
         by_offset(&broker, "pred-arrival").len()
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A shadow of other features (windows by aircraft only, beside the champion's airport window)
+/// keeps window state of its own, checkpointed with the champion's. Two runs: the first scores
+/// the first 2,000 flights and stops, leaving a snapshot at its commit; the second restores it
+/// (nothing refused, nothing read to warm up) and scores the rest. Over both runs the champion's
+/// topic is a replay of the champion alone and the shadow topic a replay of the challenger
+/// alone, offset for offset and bit for bit, on every event both scored: so the challenger's
+/// own windows were carried across the restart by the snapshot.
+#[test]
+fn a_live_shadow_of_other_features_keeps_and_restores_state_of_its_own() {
+    let broker = Broker::start();
+    let dir = tempdir("own-state");
+    let store = dir.join("store");
+    fit(&store, "champion", &[]);
+    fit_with(
+        "data/flights/pipeline-by-aircraft.toml",
+        &store_url(&store),
+        "other",
+        &[],
+        &[],
+    );
+    let all = read_fixture_events();
+    let (first, rest) = all.split_at(2000);
+    create_topic(&broker, "flights", 1);
+    produce_records(&broker, "flights", first);
+    let mut args = run_args(&broker, &store, "flights", "own-state");
+    args.extend(
+        [
+            "--shadow",
+            "flights_delay_by_aircraft@other",
+            "--exit-when-idle",
+            "3",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let run = || json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
+    let one = run();
+    assert_eq!(one["consumed"], 2000, "{one}");
+    assert_eq!(one["checkpoints"], 1, "the one at shutdown: {one}");
+    produce_records(&broker, "flights", rest);
+    let two = run();
+    assert_eq!(two["restored"], 1, "{two}");
+    assert_eq!(two["snapshots_refused"], 0, "{two}");
+    assert_eq!(two["warmed"], 0, "the snapshot is at the commit: {two}");
+
+    let alone = |model: &str, topic: &str| {
+        replay_with(&broker, &store, model, "flights", &["--output", topic]);
+        by_offset(&broker, topic)
+    };
+    let champion_alone = alone("flights_delay@champion", "alone-champion");
+    let other_alone = alone("flights_delay_by_aircraft@other", "alone-other");
+    let (champion, shadow) = (
+        by_offset(&broker, "flights.pred"),
+        by_offset(&broker, "flights.pred.shadow"),
+    );
+    let score = |v: &serde_json::Value| v["score"].as_f64().unwrap().to_bits();
+    assert_eq!(
+        champion.keys().collect::<Vec<_>>(),
+        champion_alone.keys().collect::<Vec<_>>()
+    );
+    let both: Vec<&i64> = champion
+        .keys()
+        .filter(|o| other_alone.contains_key(o))
+        .collect();
+    assert_eq!(shadow.keys().collect::<Vec<_>>(), both);
+    assert!(
+        both.iter().filter(|o| ***o >= 2000).count() > 500,
+        "the second run's shadow predictions: {}",
+        both.len()
+    );
+    for (o, v) in &champion {
+        assert_eq!(score(v), score(&champion_alone[o]), "champion at {o}");
+    }
+    let mut differ = 0;
+    for (o, v) in &shadow {
+        let a = &other_alone[o];
+        assert_eq!(score(v), score(a), "shadow at offset {o}: {v} {a}");
+        assert_eq!(v["model"], a["model"], "at {o}");
+        assert_eq!(v["version"], a["version"], "at {o}");
+        differ += usize::from(score(v) != score(&champion[o]));
+    }
+    assert!(
+        differ > 0,
+        "a challenger that scores as the champion proves nothing"
+    );
+    let sh = &two["shadows"][0];
+    assert_eq!(sh["failed"], 0, "{two}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -290,6 +290,32 @@ pub fn feed(broker: &Broker, topic: &str) -> serde_json::Value {
     json_out(&out)
 }
 
+/// The fixture flights as topic records (key, JSON value), in event order, as `scorer feed`
+/// publishes them.
+pub fn read_fixture_events() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let out = std::env::temp_dir().join(format!("kml-fixture-events-{}.jsonl", std::process::id()));
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["feed", "--pipeline", PIPELINE])
+            .args(["--events", &format!("{FIXTURES}/raw/flights.csv")])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = v["tailnum"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
+            (key, Some(l.as_bytes().to_vec()))
+        })
+        .collect()
+}
+
 /// Common `scorer run` arguments for tests.
 pub fn run_args(broker: &Broker, store: &Path, input: &str, group: &str) -> Vec<String> {
     run_args_at(&broker.addr, store, input, group)
