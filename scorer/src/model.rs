@@ -49,6 +49,66 @@ pub fn load_blocking(args: &ModelArgs) -> Result<Arc<Servable>> {
     Ok(Arc::new(s))
 }
 
+/// Load the `--shadow` models of `champion` from `store`. One that cannot be loaded is left
+/// out (logged): a shadow never stops the champion. One that computes other features than the
+/// champion keeps window state of its own, except in watermark order (`watermark`), where it
+/// is refused (a shadow there scores the rows the champion releases).
+pub async fn load_shadows(
+    store: &str,
+    names: &[String],
+    champion: &Servable,
+    watermark: bool,
+) -> Result<Vec<Arc<Servable>>> {
+    let mut out: Vec<Arc<Servable>> = Vec::new();
+    for name in names {
+        let m = ModelArgs {
+            store: store.to_string(),
+            model: name.clone(),
+        };
+        let loaded = match m.open() {
+            Ok((registry, r)) => load(&registry, &r).await,
+            Err(e) => Err(e),
+        };
+        let m = match loaded {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(
+                    shadow = %name, error = %format!("{e:#}"),
+                    "cannot load the shadow; scoring without it"
+                );
+                continue;
+            }
+        };
+        let (fp, champion_fp) = (
+            crate::score::state_fingerprint(&m),
+            crate::score::state_fingerprint(champion),
+        );
+        if fp != champion_fp && watermark {
+            anyhow::bail!(
+                "--shadow {name}: {} computes other features than the champion {} (pipeline or \
+                 tables differ: state fingerprint {fp} against {champion_fp}); in watermark \
+                 order a shadow scores the rows the champion releases, so it must compute the \
+                 same features (use --order arrival, or `scorer replay --shadow`, which scores \
+                 any model on history)",
+                m.id,
+                champion.id
+            );
+        }
+        if out.iter().any(|o| o.id == m.id) || m.id == champion.id {
+            anyhow::bail!(
+                "--shadow {name}: {} is given twice (or is the champion)",
+                m.id
+            );
+        }
+        tracing::info!(
+            shadow = %m.id, champion = %champion.id, own_state = fp != champion_fp,
+            "shadow loaded"
+        );
+        out.push(Arc::new(m));
+    }
+    Ok(out)
+}
+
 /// Poll the reference every `interval`; hand each new, valid version to `swap`, which returns
 /// false when nobody listens any more. Every failed attempt (alias unresolvable, bundle
 /// unreadable or refused) is logged and counted in `kml_model_reload_failures_total`, and the

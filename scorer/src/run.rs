@@ -112,9 +112,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "arrival")]
     order: shared_features::Order,
     /// Also score every event with this model (`name@version` or `name@alias`, in the same
-    /// store) as a shadow: on the champion's features (its pipeline and tables must be the
-    /// champion's), its predictions going to `--shadow-output` with the same lineage, deciding
-    /// nothing (README, "Shadows"). Repeatable. Resolved at start.
+    /// store) as a shadow: on the champion's features, or on window state of its own when its
+    /// pipeline or tables differ (arrival order only), its predictions going to
+    /// `--shadow-output` with the same lineage, deciding nothing (README, "Shadows on the live
+    /// stream"). Repeatable. Resolved at start.
     #[arg(long, value_name = "MODEL")]
     shadow: Vec<String>,
     /// Topic for the shadows' predictions (default: `<output>.shadow`).
@@ -422,7 +423,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let current = Arc::new(first);
     metrics.model_version.set(current.version as i64);
     tracing::info!(model = %current.id, fingerprint = %current.fingerprint, "model loaded");
-    let shadows = load_shadows(&rt, &args, &current)?;
+    let shadows = rt.block_on(model::load_shadows(
+        &args.model.store,
+        &args.shadow,
+        &current,
+        args.order == shared_features::Order::Watermark,
+    ))?;
     if let Some(topic) = &args.labels.labels
         && current.pipeline.label.is_none()
     {
@@ -635,64 +641,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     token.cancel();
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
-}
-
-/// Load the `--shadow` models. One that cannot be loaded is left out (logged): a shadow
-/// never stops the champion. One that computes other features than the champion keeps window
-/// state of its own, except in watermark order, where it is refused (a shadow there scores
-/// the rows the champion releases).
-fn load_shadows(
-    rt: &tokio::runtime::Runtime,
-    args: &RunArgs,
-    champion: &shared_models::Servable,
-) -> Result<Vec<Arc<shared_models::Servable>>> {
-    let mut out: Vec<Arc<shared_models::Servable>> = Vec::new();
-    for name in &args.shadow {
-        let m = model::ModelArgs {
-            store: args.model.store.clone(),
-            model: name.clone(),
-        };
-        let loaded = m
-            .open()
-            .and_then(|(registry, r)| rt.block_on(model::load(&registry, &r)));
-        let m = match loaded {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(
-                    shadow = %name, error = %format!("{e:#}"),
-                    "cannot load the shadow; scoring without it"
-                );
-                continue;
-            }
-        };
-        let (fp, champion_fp) = (
-            crate::score::state_fingerprint(&m),
-            crate::score::state_fingerprint(champion),
-        );
-        if fp != champion_fp && args.order == shared_features::Order::Watermark {
-            bail!(
-                "--shadow {name}: {} computes other features than the champion {} (pipeline or \
-                 tables differ: state fingerprint {fp} against {champion_fp}); in watermark \
-                 order a shadow scores the rows the champion releases, so it must compute the \
-                 same features (use --order arrival, or `scorer replay --shadow`, which scores \
-                 any model on history)",
-                m.id,
-                champion.id
-            );
-        }
-        if out.iter().any(|o| o.id == m.id) || m.id == champion.id {
-            bail!(
-                "--shadow {name}: {} is given twice (or is the champion)",
-                m.id
-            );
-        }
-        tracing::info!(
-            shadow = %m.id, champion = %champion.id, own_state = fp != champion_fp,
-            "shadow loaded"
-        );
-        out.push(Arc::new(m));
-    }
-    Ok(out)
 }
 
 /// Wait for the model server to answer its metadata (a server that is down at start is waited
