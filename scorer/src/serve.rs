@@ -19,6 +19,8 @@
 //!   window state, so that the client can send it again.
 //! - `GET /v1/model`: the model being served (name, version, kind, fingerprint, inputs, metrics).
 //! - `/metrics`, `/healthz`, `/readyz` as in `scorer run`.
+//! - `--shadow MODEL`: challengers scored beside the served model on every event, their
+//!   predictions counted and, with `--shadow-output`, produced to a topic (`serve/shadows.rs`).
 //!
 //! HTTP/1.1 (hyper, axum) with the limits of [`crate::http`]. A new model version behind an
 //! alias is swapped in as soon as the watcher has validated it. A panic while scoring (a bug)
@@ -40,10 +42,13 @@ use shared_models::Servable;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, HttpLimits, positive_seconds};
+use crate::kafka::KafkaArgs;
 use crate::metrics::Metrics;
 use crate::model::{self, ModelArgs};
 use crate::schema_registry::{FormatArgs, SchemaRegistry};
 use crate::score::{Outcome, Scorer, SourcePos};
+
+mod shadows;
 
 /// Lines scored per hold of the lock.
 pub const SLICE: usize = 256;
@@ -73,6 +78,17 @@ pub struct ServeArgs {
     /// Seconds between checks of the model alias for a new version.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     reload_interval: f64,
+    /// Also score every event with this model (`name@version` or `name@alias`, in the same
+    /// store) as a shadow: it decides nothing, its scores are counted in the per-model metrics
+    /// (README, "Shadows in the model server"). Repeatable. Resolved at start.
+    #[arg(long, value_name = "MODEL")]
+    shadow: Vec<String>,
+    /// Produce the shadows' predictions to this topic (on `--brokers`); default: only count
+    /// them.
+    #[arg(long, value_name = "TOPIC")]
+    shadow_output: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Benchmark baseline: answer each event line with `{}` unscored, with everything else
     /// (HTTP, body framing, the lock, metrics) as when scoring.
     #[arg(long, hide = true)]
@@ -83,6 +99,8 @@ pub struct ServeArgs {
 pub(crate) struct Inner {
     scorer: Scorer,
     next_offset: i64,
+    /// The per-model metrics, and where the shadows' predictions go.
+    shadows: shadows::ServeShadows,
 }
 
 impl Inner {
@@ -100,6 +118,8 @@ pub(crate) struct App {
     pass_through: bool,
     /// The schema registry of Avro or Protobuf events; `None`: JSON.
     pub(crate) registry: Option<Arc<SchemaRegistry>>,
+    /// `--shadow`: the challengers every scorer gets.
+    shadows: Arc<Vec<Arc<Servable>>>,
 }
 
 /// What became of one event scored over HTTP.
@@ -129,9 +149,16 @@ impl App {
         }
     }
 
-    /// A scorer with empty window state for `model`, reading the server's value format.
+    /// A scorer with empty window state for `model` and the shadows, reading the server's
+    /// value format.
     fn fresh(&self, model: Arc<Servable>) -> Scorer {
-        Scorer::new(model, self.max_event_bytes).with_registry(self.registry.clone())
+        let mut s = Scorer::new(model, self.max_event_bytes).with_registry(self.registry.clone());
+        for m in self.shadows.iter() {
+            if let Err(why) = s.add_shadow(m.clone()) {
+                tracing::error!(error = why, "shadow left out");
+            }
+        }
+        s
     }
 
     /// Make sure the registry has given the schema of every event (Avro, Protobuf). `Err`: it
@@ -149,6 +176,7 @@ impl App {
         let mut g = self.lock();
         let previous = g.scorer.model().id.clone();
         let kept = g.scorer.swap(m.clone());
+        g.shadows.swap_champion(&m, &self.metrics);
         drop(g);
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
@@ -173,17 +201,36 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         token.clone(),
         metrics.schema_registry_failures.clone(),
     )?;
+    if args.shadow.is_empty() && args.shadow_output.is_some() {
+        anyhow::bail!("--shadow-output names where shadows' predictions go: give --shadow too");
+    }
+    let shadow_models = rt.block_on(model::load_shadows(
+        &args.model.store,
+        &args.shadow,
+        &current,
+        false,
+    ))?;
+    let shadows = shadows::ServeShadows::new(
+        &current,
+        &shadow_models,
+        args.shadow_output.as_deref(),
+        &args.kafka,
+        &metrics,
+    )?;
     let app = App {
         inner: Arc::new(Mutex::new(Inner {
-            scorer: Scorer::new(current.clone(), args.max_event_bytes)
-                .with_registry(schemas.clone()),
+            scorer: Scorer::new(current.clone(), args.max_event_bytes),
             next_offset: 0,
+            shadows,
         })),
         metrics: metrics.clone(),
         max_event_bytes: args.max_event_bytes,
         pass_through: args.pass_through,
         registry: schemas,
+        shadows: Arc::new(shadow_models),
     };
+    app.lock().scorer = app.fresh(current.clone());
+    let app_at_exit = app.clone();
     if let Some(r) = &app.registry {
         tracing::info!(registry = %r.url(), format = ?args.format.value_format,
                        "events are read through the schema registry");
@@ -238,6 +285,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             }
         }
         tracing::info!("stopping: signal received");
+        app_at_exit.lock().shadows.flush(Duration::from_secs(5));
         anyhow::Ok(())
     })
 }
@@ -401,6 +449,7 @@ pub(crate) fn score_one(
         Outcome::Scored { .. } => {
             app.metrics.predictions.inc();
             scored(g);
+            g.shadows.after_champion(&g.scorer);
             let (score, decision) = g.scorer.last_score();
             Scored::Score(score, decision)
         }
