@@ -219,3 +219,132 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     assert_eq!(metric(&metrics, "kml_model_reloads_total"), 1.0);
     std::fs::remove_dir_all(&store).ok();
 }
+
+/// The predictions of a topic replayed by `model` alone, by offset.
+fn replayed_alone(broker: &Broker, store: &std::path::Path, model: &str) -> BTreeMap<i64, u64> {
+    let out = store.join(format!("alone-{model}.jsonl"));
+    run_ok(
+        scorer()
+            .current_dir(repo())
+            .args(["replay", "--brokers", &broker.addr])
+            .args(["--store", &store_url(store), "--model", model])
+            .args(["--input", "flights", "--out", out.to_str().unwrap()]),
+    );
+    lines(&std::fs::read_to_string(&out).unwrap())
+        .iter()
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap(),
+                v["score"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+/// `scorer serve --shadow` with two shadows: a decision tree on the served model's features and
+/// a model of other features (the aircraft windows only, on window state of its own). Every
+/// fixture event is sent in topic order, so the server's running event number is the topic's
+/// offset. The answers are the served model's alone; the shadow topic holds, for each shadow,
+/// exactly the predictions a replay of it alone makes on the events the served model scored,
+/// bit for bit; the per-model metrics count them and their agreement with the answers.
+#[test]
+fn shadows_in_the_model_server_score_as_each_model_alone_and_answer_nothing() {
+    let broker = Broker::start();
+    let store = tempdir("serve-shadow");
+    fit(&store, "champion", &[]);
+    fit(&store, "challenger", &["--set", "kind=decision_tree"]);
+    fit_with(
+        "data/flights/pipeline-by-aircraft.toml",
+        &store_url(&store),
+        "other",
+        &[],
+        &[],
+    );
+    feed(&broker, "flights");
+    let champion = replayed_alone(&broker, &store, "flights_delay@champion");
+    let tree = replayed_alone(&broker, &store, "flights_delay@challenger");
+    let other = replayed_alone(&broker, &store, "flights_delay_by_aircraft@other");
+
+    let log = store.join("serve.log");
+    let server = Guard::new(
+        scorer()
+            .args(["serve", "--store", &store_url(&store)])
+            .args(["--model", "flights_delay@champion", "--addr", "127.0.0.1:0"])
+            .args(["--shadow", "flights_delay@challenger"])
+            .args(["--shadow", "flights_delay_by_aircraft@other"])
+            .args([
+                "--shadow-output",
+                "served.shadow",
+                "--brokers",
+                &broker.addr,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = addr_in_log(&log, "serving the model over HTTP");
+    let events = read_all(&broker, "flights");
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    let mut answers: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    for chunk in events.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|r| r.payload.iter().copied().chain([b'\n']))
+            .collect();
+        let (status, text) = post(&mut conn, "/v1/score", &body);
+        assert_eq!(status, 200, "{text}");
+        for (rec, a) in chunk.iter().zip(lines(&text)) {
+            if a["filtered"] != true {
+                assert_eq!(a["offset"].as_i64(), Some(rec.offset), "{a}");
+                answers.insert(rec.offset, a);
+            }
+        }
+    }
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(server.terminate().status.success());
+
+    let bits = |v: &serde_json::Value| v["score"].as_f64().unwrap().to_bits();
+    let answered: BTreeMap<i64, u64> = answers.iter().map(|(o, v)| (*o, bits(v))).collect();
+    assert_eq!(
+        answered, champion,
+        "the answers are the served model's alone"
+    );
+    let mut shadow: BTreeMap<String, BTreeMap<i64, serde_json::Value>> = BTreeMap::new();
+    for r in read_all(&broker, "served.shadow") {
+        let v = r.json();
+        let model = format!("{}@{}", v["model"].as_str().unwrap(), v["version"]);
+        let o = v["offset"].as_i64().unwrap();
+        assert!(
+            shadow.entry(model).or_default().insert(o, v).is_none(),
+            "offset {o} twice"
+        );
+    }
+    assert_eq!(shadow.len(), 2, "{:?}", shadow.keys());
+    for (model, alone) in [
+        ("flights_delay@2", &tree),
+        ("flights_delay_by_aircraft@1", &other),
+    ] {
+        let got = &shadow[model];
+        let expected: BTreeMap<i64, u64> = alone
+            .iter()
+            .filter(|(o, _)| champion.contains_key(o))
+            .map(|(o, s)| (*o, *s))
+            .collect();
+        let got_bits: BTreeMap<i64, u64> = got.iter().map(|(o, v)| (*o, bits(v))).collect();
+        assert!(expected.len() > 2000, "{model}: {}", expected.len());
+        assert_eq!(got_bits, expected, "{model}: as replayed alone");
+        let agreed = got
+            .iter()
+            .filter(|(o, v)| v["decision"] == answers[*o]["decision"])
+            .count();
+        assert!(
+            agreed < got.len(),
+            "{model}: always agreeing proves nothing"
+        );
+        let m = |name: &str| metric(&metrics, &format!("{name}{{model=\"{model}\"}}"));
+        assert_eq!(m("kml_shadow_events_total"), got.len() as f64, "{model}");
+        assert_eq!(m("kml_shadow_agreements_total"), agreed as f64, "{model}");
+    }
+    std::fs::remove_dir_all(&store).ok();
+}
