@@ -99,8 +99,9 @@ pub struct ServeArgs {
 pub(crate) struct Inner {
     scorer: Scorer,
     next_offset: i64,
-    /// The per-model metrics, and where the shadows' predictions go.
-    shadows: shadows::ServeShadows,
+    /// `--shadow`: the per-model metrics, and where the shadows' predictions go (`None`
+    /// without shadows: the served model alone, nothing more per event).
+    shadows: Option<shadows::ServeShadows>,
 }
 
 impl Inner {
@@ -176,7 +177,9 @@ impl App {
         let mut g = self.lock();
         let previous = g.scorer.model().id.clone();
         let kept = g.scorer.swap(m.clone());
-        g.shadows.swap_champion(&m, &self.metrics);
+        if let Some(s) = g.shadows.as_mut() {
+            s.swap_champion(&m, &self.metrics);
+        }
         drop(g);
         self.metrics.reloads.inc();
         self.metrics.model_version.set(m.version as i64);
@@ -210,13 +213,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         &current,
         false,
     ))?;
-    let shadows = shadows::ServeShadows::new(
-        &current,
-        &shadow_models,
-        args.shadow_output.as_deref(),
-        &args.kafka,
-        &metrics,
-    )?;
+    let shadows = if shadow_models.is_empty() {
+        None
+    } else {
+        Some(shadows::ServeShadows::new(
+            &current,
+            &shadow_models,
+            args.shadow_output.as_deref(),
+            &args.kafka,
+            &metrics,
+        )?)
+    };
     let app = App {
         inner: Arc::new(Mutex::new(Inner {
             scorer: Scorer::new(current.clone(), args.max_event_bytes),
@@ -285,7 +292,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             }
         }
         tracing::info!("stopping: signal received");
-        app_at_exit.lock().shadows.flush(Duration::from_secs(5));
+        if let Some(s) = app_at_exit.lock().shadows.as_ref() {
+            s.flush(Duration::from_secs(5));
+        }
         anyhow::Ok(())
     })
 }
@@ -449,7 +458,9 @@ pub(crate) fn score_one(
         Outcome::Scored { .. } => {
             app.metrics.predictions.inc();
             scored(g);
-            g.shadows.after_champion(&g.scorer);
+            if let Some(s) = &g.shadows {
+                s.after_champion(&g.scorer);
+            }
             let (score, decision) = g.scorer.last_score();
             Scored::Score(score, decision)
         }
