@@ -272,6 +272,20 @@ impl RunConfig {
         {
             bail!("--labels `{l}` must be a topic of its own (not an input or an output)");
         }
+        if a.rollout.rollout_revert_alias {
+            let alias = matches!(
+                shared_models::ModelRef::parse(&a.model.model),
+                Ok(shared_models::ModelRef::Alias(..))
+            );
+            if a.rollout.rollout_events.is_none() || !alias {
+                bail!(
+                    "--rollout-revert-alias points the watched alias back at the champion when a \
+                     rollout is rolled back: it needs --rollout-events and --model NAME@ALIAS \
+                     (not `{}`)",
+                    a.model.model
+                );
+            }
+        }
         let shadow_output = a
             .shadow_output
             .clone()
@@ -486,6 +500,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     let checkpoints = cfg
         .checkpoint
         .map(|_| Checkpoints::new(registry.store(), &cfg.group, rt.handle().clone()));
+    let revert = match (&r, cfg.rollout.rollout_revert_alias) {
+        (shared_models::ModelRef::Alias(name, alias), true) => Some(crate::live::Revert {
+            registry: registry.clone(),
+            name: name.clone(),
+            alias: alias.clone(),
+            rt: rt.handle().clone(),
+        }),
+        _ => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     rt.spawn(model::watch(
         registry,
@@ -631,7 +654,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut live = live
         .with_registry(schemas)
         .with_shadows(shadows)
-        .with_labels(labels);
+        .with_labels(labels)
+        .with_revert(revert);
     live.started_at(started);
     let result = live.run(&rx);
     let summary = live.finish(result.is_ok());

@@ -73,9 +73,10 @@ fn log_line(log: &std::path::Path, message: &str, model: &str) -> serde_json::Va
 /// Day 1 is scored by the champion (version 1). The negated version 2 goes on trial for 300
 /// events of day 2, with the labels flowing: its AUC on the labelled events both scored is far
 /// below the champion's and its scores drift from its training split's, so it is rolled back,
-/// saying so. The good version 3 goes on trial during day 3 and is promoted. The predictions
-/// topic never holds a prediction of version 2; after the promotion, version 3's; the trial's
-/// predictions are on the shadow topic.
+/// saying so, and (`--rollout-revert-alias`) the alias is pointed back at version 1, which is
+/// not tried again. The good version 3 goes on trial during day 3 and is promoted. The
+/// predictions topic never holds a prediction of version 2; after the promotion, version 3's;
+/// the trial's predictions are on the shadow topic.
 #[test]
 fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     let broker = Broker::start();
@@ -100,6 +101,7 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
             "beginning",
             "--shadow-output",
             "flights.trial",
+            "--rollout-revert-alias",
             "--json",
         ]
         .map(String::from),
@@ -121,6 +123,22 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
         "{back}"
     );
     assert!(back["labelled"].as_u64().unwrap() >= 100, "{back}");
+    let reverted = log_line(
+        &log,
+        "the alias points at the champion again",
+        "flights_delay@1",
+    );
+    assert_eq!(reverted["refused"], "flights_delay@2", "{reverted}");
+    let alias: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.join("models/flights_delay/aliases/champion")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(alias["version"], 1, "{alias}");
+    log_line(
+        &log,
+        "the alias names the champion again",
+        "flights_delay@1",
+    );
 
     let good = fit(&store, "champion", &["--set", "alpha=0.5"]);
     assert_eq!(good["version"].as_u64(), Some(3), "{good}");
@@ -138,6 +156,14 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");
     assert_eq!(s["rollouts_rolled_back"].as_u64(), Some(1), "{s}");
     assert_eq!(s["model"], "flights_delay@3", "{s}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["rollout"] == "candidate" && v["model"] == "flights_delay@1"),
+        "the champion's own version was put on trial"
+    );
 
     // What decided: version 1, then version 3; never the rolled-back version 2.
     let mut by_version: BTreeMap<u64, usize> = BTreeMap::new();

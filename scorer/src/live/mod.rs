@@ -54,7 +54,7 @@ mod shadows;
 mod stall;
 
 pub use labels::{LabelSummary, Labels};
-pub use rollout::RolloutArgs;
+pub use rollout::{Revert, RolloutArgs};
 pub use shadows::ShadowSummary;
 
 use held::{dead_letter_message, on_ordered_message, send_released};
@@ -196,6 +196,8 @@ pub struct Live {
     labels: Option<Labels>,
     /// `--rollout-events`: the version on trial.
     candidate: Option<rollout::Candidate>,
+    /// `--rollout-revert-alias`: where the alias is pointed back on a rollback.
+    revert: Option<rollout::Revert>,
 }
 
 /// The fingerprint snapshots of a scorer of `m` are written and restored under: with the
@@ -275,6 +277,7 @@ impl Live {
             drift,
             labels: None,
             candidate: None,
+            revert: None,
         }
     }
 

@@ -50,6 +50,44 @@ pub struct RolloutArgs {
     /// Labelled events both models scored before the AUC guard applies.
     #[arg(long, default_value_t = 100)]
     pub rollout_min_labels: u64,
+    /// On a rollback, point the watched alias (`--model NAME@ALIAS`) back at the champion's
+    /// version, so that the registry says what is served. Default: the registry is not touched.
+    #[arg(long)]
+    pub rollout_revert_alias: bool,
+}
+
+/// Where `--rollout-revert-alias` points the alias back.
+#[derive(Debug, Clone)]
+pub struct Revert {
+    /// The champion's registry.
+    pub registry: shared_models::Registry,
+    /// The model's name.
+    pub name: String,
+    /// The watched alias.
+    pub alias: String,
+    /// Where the write runs.
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Revert {
+    /// Point the alias at `version` in the background, logging the outcome.
+    fn to(&self, version: u64, refused: &str) {
+        let r = self.clone();
+        let refused = refused.to_string();
+        self.rt.spawn(async move {
+            match r.registry.set_alias(&r.name, &r.alias, version).await {
+                Ok(()) => tracing::info!(
+                    rollout = "alias_reverted", model = %format!("{}@{version}", r.name),
+                    alias = %r.alias, refused = %refused,
+                    "rollout: the alias points at the champion again"
+                ),
+                Err(e) => tracing::error!(
+                    alias = %r.alias, error = %e, refused = %refused,
+                    "rollout: cannot point the alias back at the champion"
+                ),
+            }
+        });
+    }
 }
 
 /// The version on trial.
@@ -74,8 +112,19 @@ struct Verdict {
 }
 
 impl Live {
+    /// Point the watched alias back at the champion when a rollout is rolled back.
+    pub fn with_revert(mut self, revert: Option<Revert>) -> Self {
+        self.revert = revert;
+        self
+    }
+
     /// A new version from the watcher: on trial when rollouts are guarded, else swapped in.
     pub(super) fn offer(&mut self, m: Arc<Servable>) {
+        if m.id == self.model.id {
+            // The alias moved back to the champion (--rollout-revert-alias, or by hand).
+            tracing::info!(model = %m.id, "the alias names the champion again");
+            return;
+        }
         let Some(_) = self.cfg.rollout.rollout_events else {
             self.swap_model(m);
             return;
@@ -191,6 +240,9 @@ impl Live {
                 "rollout: rolled back; the champion goes on"
             );
             self.count_rollout("rolled_back");
+            if let Some(r) = &self.revert {
+                r.to(self.model.version, &c.id);
+            }
         }
     }
 
