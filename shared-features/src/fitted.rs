@@ -52,71 +52,11 @@ impl FittedState {
         rows: impl IntoIterator<Item = &'a [Value]>,
         tables: Vec<(String, String)>,
     ) -> Self {
-        let f = &p.features;
-        let mut sums = vec![(0u64, 0.0f64); f.numeric.len()];
-        let mut counts: Vec<std::collections::BTreeMap<String, u64>> =
-            vec![Default::default(); f.categorical.len()];
-        let mut kept: Vec<Vec<f64>> = vec![Vec::new(); f.numeric.len()];
-        let mut n_rows = 0u64;
+        let mut acc = FitAccumulator::new(p);
         for row in rows {
-            n_rows += 1;
-            for (i, &c) in f.numeric.iter().enumerate() {
-                if let Some(x) = row[c].as_f64() {
-                    sums[i].0 += 1;
-                    sums[i].1 += x;
-                    kept[i].push(x);
-                }
-            }
-            for (i, &c) in f.categorical.iter().enumerate() {
-                if let Some(cat) = category(&row[c]) {
-                    *counts[i].entry(cat).or_default() += 1;
-                }
-            }
+            acc.push(p, row);
         }
-        let scalers = f
-            .numeric
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let (n, sum) = sums[i];
-                let mean = if n > 0 { sum / n as f64 } else { 0.0 };
-                let var = if n > 0 {
-                    kept[i].iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64
-                } else {
-                    0.0
-                };
-                let std = var.sqrt();
-                let std = if std.is_finite() && std > 0.0 {
-                    std
-                } else {
-                    1.0
-                };
-                Scaler {
-                    column: p.layout[c].name.clone(),
-                    mean,
-                    std,
-                }
-            })
-            .collect();
-        let vocabs = f
-            .categorical
-            .iter()
-            .zip(counts)
-            .map(|(&c, counts)| Vocab {
-                column: p.layout[c].name.clone(),
-                levels: counts
-                    .into_iter()
-                    .filter(|(_, n)| *n >= f.min_count)
-                    .map(|(k, _)| k)
-                    .collect(),
-            })
-            .collect();
-        Self {
-            scalers,
-            vocabs,
-            tables,
-            rows: n_rows,
-        }
+        acc.finish(p, tables)
     }
 
     /// Length of the encoded vector.
@@ -168,6 +108,105 @@ impl FittedState {
                 .and_then(|t| v.levels.binary_search_by(|l| l.as_str().cmp(t)).ok())
                 .unwrap_or(v.levels.len());
             out[start + slot] = 1.0;
+        }
+    }
+}
+
+/// [`FittedState::fit`] one training row at a time, for rows that are not kept (a streamed
+/// history): the same sums, in the same order, so the state is the same bit for bit.
+#[derive(Debug, Clone)]
+pub struct FitAccumulator {
+    sums: Vec<(u64, f64)>,
+    counts: Vec<std::collections::BTreeMap<String, u64>>,
+    kept: Vec<Vec<f64>>,
+    rows: u64,
+}
+
+impl FitAccumulator {
+    /// Nothing seen yet.
+    pub fn new(p: &Pipeline) -> Self {
+        let f = &p.features;
+        Self {
+            sums: vec![(0, 0.0); f.numeric.len()],
+            counts: vec![Default::default(); f.categorical.len()],
+            kept: vec![Vec::new(); f.numeric.len()],
+            rows: 0,
+        }
+    }
+
+    /// Take in the next training row (full layout).
+    pub fn push(&mut self, p: &Pipeline, row: &[Value]) {
+        let f = &p.features;
+        self.rows += 1;
+        for (i, &c) in f.numeric.iter().enumerate() {
+            if let Some(x) = row[c].as_f64() {
+                self.sums[i].0 += 1;
+                self.sums[i].1 += x;
+                self.kept[i].push(x);
+            }
+        }
+        for (i, &c) in f.categorical.iter().enumerate() {
+            if let Some(cat) = category(&row[c]) {
+                match self.counts[i].get_mut(&cat) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.counts[i].insert(cat, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fitted state, with the lookup tables' digests.
+    pub fn finish(self, p: &Pipeline, tables: Vec<(String, String)>) -> FittedState {
+        let f = &p.features;
+        let scalers = f
+            .numeric
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let (n, sum) = self.sums[i];
+                let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+                let var = if n > 0 {
+                    self.kept[i]
+                        .iter()
+                        .map(|x| (x - mean) * (x - mean))
+                        .sum::<f64>()
+                        / n as f64
+                } else {
+                    0.0
+                };
+                let std = var.sqrt();
+                let std = if std.is_finite() && std > 0.0 {
+                    std
+                } else {
+                    1.0
+                };
+                Scaler {
+                    column: p.layout[c].name.clone(),
+                    mean,
+                    std,
+                }
+            })
+            .collect();
+        let vocabs = f
+            .categorical
+            .iter()
+            .zip(self.counts)
+            .map(|(&c, counts)| Vocab {
+                column: p.layout[c].name.clone(),
+                levels: counts
+                    .into_iter()
+                    .filter(|(_, n)| *n >= f.min_count)
+                    .map(|(k, _)| k)
+                    .collect(),
+            })
+            .collect();
+        FittedState {
+            scalers,
+            vocabs,
+            tables,
+            rows: self.rows,
         }
     }
 }

@@ -54,7 +54,7 @@ pub mod wire;
 
 pub use engine::{Admission, EventDecoder, OnlineEngine, Split, Stages};
 pub use error::{DataError, EventError};
-pub use fitted::{FittedState, fingerprint};
+pub use fitted::{FitAccumulator, FittedState, fingerprint};
 pub use ordered::{Order, OrderedEngine};
 pub use spec::{Pipeline, SpecError};
 pub use tables::Tables;

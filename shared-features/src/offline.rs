@@ -86,11 +86,27 @@ impl OfflineRun {
         }
     }
 
+    /// Refuse a history whose event times cannot be right for the pipeline (see
+    /// [`TimeRange::check`]).
+    pub fn check_time_range(&self, p: &Pipeline, cut: Option<i64>) -> Result<TimeRange, String> {
+        let et = p.event_time_col();
+        let latest = self.rows.iter().filter_map(|x| x[et].as_i64()).max();
+        self.time_range(p, cut).check(p, cut, latest)
+    }
+}
+
+impl TimeRange {
     /// Refuse a history whose event times cannot be right for the pipeline, naming the
     /// event-time field and the range found: every time before 1971 (an epoch field in the
     /// wrong unit, most likely), or, with a cut (`valid_from`), no event on one side of it.
-    pub fn check_time_range(&self, p: &Pipeline, cut: Option<i64>) -> Result<TimeRange, String> {
-        let r = self.time_range(p, cut);
+    /// `latest`: the newest event time, in ms.
+    pub fn check(
+        self,
+        p: &Pipeline,
+        cut: Option<i64>,
+        latest: Option<i64>,
+    ) -> Result<Self, String> {
+        let r = self;
         let fields = p
             .time
             .columns()
@@ -102,8 +118,6 @@ impl OfflineRun {
             return Ok(r); // no event passed: reported by what counts events
         };
         let range = format!("{} events from {first} to {last}", r.events);
-        let et = p.event_time_col();
-        let latest = self.rows.iter().filter_map(|x| x[et].as_i64()).max();
         if latest.is_some_and(|t| t < 31_536_000_000) {
             let hint = match &p.time {
                 crate::spec::EventTime::Field {
