@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use ndarray::{Array1, Array2};
 use shared_features::offline::{self, OfflineRun, TimeRange};
 use shared_features::{FittedState, Pipeline, eval};
 
@@ -297,10 +296,16 @@ impl Dataset {
         })
     }
 
-    /// The encoded matrix and labels of a split.
-    pub fn matrix(&self, p: &Pipeline, split: &[(usize, bool)]) -> (Array2<f64>, Array1<bool>) {
+    /// The encoded matrix and labels of a split: the oracle of
+    /// [`crate::training::Training::matrix`].
+    #[cfg(test)]
+    pub fn matrix(
+        &self,
+        p: &Pipeline,
+        split: &[(usize, bool)],
+    ) -> (ndarray::Array2<f64>, ndarray::Array1<bool>) {
         let w = self.fitted.width();
-        let mut x = Array2::<f64>::zeros((split.len(), w));
+        let mut x = ndarray::Array2::<f64>::zeros((split.len(), w));
         let mut buf = Vec::with_capacity(w);
         for (n, (i, _)) in split.iter().enumerate() {
             self.fitted.transform(p, &self.run.rows[*i], &mut buf);

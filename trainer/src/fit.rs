@@ -10,8 +10,9 @@ use shared_features::offline::TimeRange;
 use shared_features::{fingerprint, tables::sha256_hex};
 use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 
-use crate::dataset::{Dataset, Input};
+use crate::dataset::Input;
 use crate::model::ModelSpec;
+use crate::training::Training;
 use shared_models::bundle_table_file;
 use shared_models::drift::Reference;
 use shared_models::metrics::{Metrics, evaluate};
@@ -110,12 +111,12 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     progress.stage("reading history and computing features");
     let mut lap = Lap(std::time::Instant::now());
     input.fetch()?;
-    let data = Dataset::build(&input, valid_from)?;
+    let data = Training::build(&input, valid_from)?;
     let features_s = lap.next();
-    let fitting = format!("fitting {} on {} events", spec.kind(), data.train.len());
+    let fitting = format!("fitting {} on {} events", spec.kind(), data.train_rows);
     progress.stage(&fitting);
     let fitted = &data.fitted;
-    let (x_train, y_train) = data.matrix(&p, &data.train);
+    let (x_train, y_train) = data.matrix(true);
     let matrix_s = lap.next();
     let model = spec.fit(x_train, y_train, &mut |m| {
         progress.stage(&format!("{fitting}: {m}"))
@@ -129,7 +130,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     })?;
     let fit_s = lap.next();
     progress.stage("evaluating on the validation split");
-    let (x_valid, y_valid) = data.matrix(&p, &data.valid);
+    let (x_valid, y_valid) = data.matrix(false);
     // Score with the serving code, not the training library: what is evaluated is what serves.
     let scores: Vec<f64> = x_valid
         .rows()
@@ -143,7 +144,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let labels = y_valid.to_vec();
     let metrics = evaluate(&scores, &labels, spec.threshold());
     // What drift is measured against: the training split's inputs and scores.
-    let (x_reference, _) = data.matrix(&p, &data.train);
+    let (x_reference, _) = data.matrix(true);
     let copied: Vec<f64>;
     let flat = match x_reference.as_slice() {
         Some(flat) => flat,
@@ -157,7 +158,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let reference = Reference::fit(&fitted.names(), &rows, &train_scores);
 
     let mut data_fp = history_digest(&input.events)?;
-    for (_, d) in &data.run.table_digests {
+    for (_, d) in &data.table_digests {
         data_fp.push_str(d);
     }
     let feature_fingerprint = fingerprint(&p, fitted);
@@ -243,8 +244,8 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         kind: spec.kind(),
         store: args.store.clone(),
         alias: args.alias.clone(),
-        train_rows: data.train.len(),
-        valid_rows: data.valid.len(),
+        train_rows: data.train_rows,
+        valid_rows: data.valid_rows,
         event_times: data.times.clone(),
         feature_fingerprint,
         auc: metrics.auc,

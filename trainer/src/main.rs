@@ -11,6 +11,7 @@ mod parity;
 mod raw;
 mod registry;
 mod topic;
+mod training;
 
 use std::process::ExitCode;
 

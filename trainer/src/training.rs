@@ -1,0 +1,316 @@
+//! The training set of `trainer fit`, held compactly: per labelled event only what encoding
+//! needs (each numeric feature as an `f64` and whether it is missing, each categorical one as
+//! an index into its column's distinct texts, the label and the split), never the engine's
+//! rows. Parquet history (not from a topic) streams through the engine slice by slice
+//! (`shared_features::offline::stream`) straight into this form, the encoding fitted as the
+//! rows pass ([`FitAccumulator`]), so the history and its rows are never in memory at once;
+//! other history, or a Parquet file not in event-time order within the lateness, is computed
+//! whole ([`Dataset`]) and then put in the same form.
+//!
+//! The matrices are those `Dataset::matrix` (now the unit test's oracle) built, bit for bit:
+//! the same rows in the same order, encoded by the same arithmetic
+//! ([`FittedState::transform`]'s), and the fitted state is the same because the accumulator
+//! sums in the same order.
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2};
+use shared_features::offline::TimeRange;
+use shared_features::offline::stream::{self, StreamError};
+use shared_features::time::format_timestamp;
+use shared_features::{FitAccumulator, FittedState, Pipeline, Value, eval};
+
+use crate::dataset::{Dataset, Input};
+
+/// Categorical value absent (null, or not text or an integer).
+const NONE: u32 = u32::MAX;
+
+/// The labelled events of a history, split and ready to encode.
+pub struct Training {
+    /// Scaler and vocabularies fitted on the training split.
+    pub fitted: FittedState,
+    /// The event times found, and how many fall before the cut.
+    pub times: TimeRange,
+    /// `(table, sha256)` of every lookup and as-of table.
+    pub table_digests: Vec<(String, String)>,
+    /// Events in the training split.
+    pub train_rows: usize,
+    /// Events in the validation split.
+    pub valid_rows: usize,
+    rows: Compact,
+}
+
+/// The labelled events, column by column, in event order.
+struct Compact {
+    train: Vec<bool>,
+    labels: Vec<bool>,
+    numeric: Vec<Vec<f64>>,
+    missing: Vec<Vec<bool>>,
+    categorical: Vec<Vec<u32>>,
+    /// Per categorical column: its distinct texts, by index, and the index of each.
+    texts: Vec<Texts>,
+}
+
+/// A categorical column's distinct texts, by index, and the index of each.
+type Texts = (Vec<Box<str>>, HashMap<Box<str>, u32>);
+
+impl Compact {
+    fn new(p: &Pipeline) -> Self {
+        let f = &p.features;
+        Self {
+            train: Vec::new(),
+            labels: Vec::new(),
+            numeric: vec![Vec::new(); f.numeric.len()],
+            missing: vec![Vec::new(); f.numeric.len()],
+            categorical: vec![Vec::new(); f.categorical.len()],
+            texts: vec![Default::default(); f.categorical.len()],
+        }
+    }
+
+    fn push(&mut self, p: &Pipeline, row: &[Value], train: bool, label: bool) {
+        self.train.push(train);
+        self.labels.push(label);
+        for (i, &c) in p.features.numeric.iter().enumerate() {
+            let x = row[c].as_f64();
+            self.numeric[i].push(x.unwrap_or(0.0));
+            self.missing[i].push(x.is_none());
+        }
+        let mut buf = String::new();
+        for (i, &c) in p.features.categorical.iter().enumerate() {
+            // The text `FittedState::transform` looks up.
+            let text = match &row[c] {
+                Value::Str(s) => Some(&**s),
+                Value::Int(n) => {
+                    buf.clear();
+                    use std::fmt::Write as _;
+                    let _ = write!(buf, "{n}");
+                    Some(buf.as_str())
+                }
+                _ => None,
+            };
+            let id = match text {
+                None => NONE,
+                Some(t) => {
+                    let (all, index) = &mut self.texts[i];
+                    match index.get(t) {
+                        Some(&id) => id,
+                        None => {
+                            let id = all.len() as u32;
+                            all.push(t.into());
+                            index.insert(t.into(), id);
+                            id
+                        }
+                    }
+                }
+            };
+            self.categorical[i].push(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+impl Training {
+    /// Compute features, split and fit the encoding, streaming the history when it can. Events
+    /// without a label (null) are left out of both splits.
+    pub fn build(input: &Input, valid_from: i64) -> anyhow::Result<Self> {
+        if input.history.is_none() && stream::streams(&input.events) {
+            match Self::streamed(input, valid_from) {
+                Ok(t) => return Ok(t),
+                Err(Failed::Unordered(e)) => eprintln!("{e}; computing it whole instead"),
+                Err(Failed::Other(e)) => return Err(e),
+            }
+        }
+        let data = Dataset::build(input, valid_from)?;
+        let p = &input.pipeline;
+        let mut rows = Compact::new(p);
+        // The rows of each split in event order, as `Dataset::matrix` takes them.
+        let mut all: Vec<(usize, bool, bool)> = (data.train.iter().map(|&(i, y)| (i, true, y)))
+            .chain(data.valid.iter().map(|&(i, y)| (i, false, y)))
+            .collect();
+        all.sort_unstable_by_key(|r| r.0);
+        for (i, train, y) in all {
+            rows.push(p, &data.run.rows[i], train, y);
+        }
+        Ok(Self {
+            fitted: data.fitted,
+            times: data.times,
+            table_digests: data.run.table_digests,
+            train_rows: data.train.len(),
+            valid_rows: data.valid.len(),
+            rows,
+        })
+    }
+
+    fn streamed(input: &Input, valid_from: i64) -> Result<Self, Failed> {
+        let p = &input.pipeline;
+        let Some(label) = p.label.clone() else {
+            return Err(Failed::Other(anyhow::anyhow!(
+                "{}: training needs a [label]",
+                input.file
+            )));
+        };
+        let et = p.event_time_col();
+        let mut rows = Compact::new(p);
+        let mut acc = FitAccumulator::new(p);
+        let (mut first, mut last, mut events, mut before_cut) = (None::<i64>, None::<i64>, 0, 0);
+        let (mut train_rows, mut valid_rows) = (0, 0);
+        let run = stream::stream(
+            p,
+            &input.events,
+            &input.base,
+            stream::SLICE_ROWS,
+            &mut |row, _| {
+                let t = row[et].as_i64();
+                if let Some(t) = t {
+                    first = Some(first.map_or(t, |f| f.min(t)));
+                    last = Some(last.map_or(t, |l| l.max(t)));
+                    events += 1;
+                    before_cut += usize::from(t < valid_from);
+                }
+                let Some(y) = eval::label(&label, row) else {
+                    return Ok(());
+                };
+                let train = t.unwrap_or(i64::MIN) < valid_from;
+                if train {
+                    acc.push(p, row);
+                    train_rows += 1;
+                } else {
+                    valid_rows += 1;
+                }
+                rows.push(p, row, train, y == 1.0);
+                Ok(())
+            },
+        );
+        let run = match run {
+            Ok(run) => run,
+            Err(StreamError::Unordered(e)) => return Err(Failed::Unordered(e.to_string())),
+            Err(StreamError::Data(e)) => {
+                return Err(Failed::Other(anyhow::Error::new(e).context(format!(
+                    "computing features from {}",
+                    input.events_source
+                ))));
+            }
+        };
+        let times = TimeRange {
+            first: first.map(format_timestamp),
+            last: last.map(format_timestamp),
+            events,
+            before_cut,
+        }
+        .check(p, Some(valid_from), last)
+        .map_err(|m| Failed::Other(anyhow::anyhow!("{}: {m}", input.events_source)))?;
+        if train_rows == 0 || valid_rows == 0 {
+            return Err(Failed::Other(anyhow::anyhow!(
+                "{}: empty split: {train_rows} training and {valid_rows} validation events with \
+                 a label around valid_from {} (event times from {} to {})",
+                input.file,
+                format_timestamp(valid_from),
+                times.first.as_deref().unwrap_or("-"),
+                times.last.as_deref().unwrap_or("-")
+            )));
+        }
+        eprintln!(
+            "features streamed: {} records, at most {} held for the lateness",
+            run.records, run.held_max
+        );
+        Ok(Self {
+            fitted: acc.finish(p, run.table_digests.clone()),
+            times,
+            table_digests: run.table_digests,
+            train_rows,
+            valid_rows,
+            rows,
+        })
+    }
+
+    /// The encoded matrix and labels of the training split (`train`) or the validation split,
+    /// in event order: what `Dataset::matrix` gives, bit for bit (the unit test's oracle).
+    pub fn matrix(&self, train: bool) -> (Array2<f64>, Array1<bool>) {
+        let f = &self.fitted;
+        let r = &self.rows;
+        let n = if train {
+            self.train_rows
+        } else {
+            self.valid_rows
+        };
+        let w = f.width();
+        // Each categorical column's slot per distinct text: its level, or `<other>`.
+        let slots: Vec<Vec<usize>> = (f.vocabs.iter().zip(&r.texts))
+            .map(|(v, (texts, _))| {
+                texts
+                    .iter()
+                    .map(|t| {
+                        (v.levels.binary_search_by(|l| l.as_str().cmp(t))).unwrap_or(v.levels.len())
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut x = Array2::<f64>::zeros((n, w));
+        let mut y = Vec::with_capacity(n);
+        for (k, i) in (0..r.len()).filter(|&i| r.train[i] == train).enumerate() {
+            let mut out = x.row_mut(k);
+            for (j, s) in f.scalers.iter().enumerate() {
+                out[j] = if r.missing[j][i] {
+                    0.0
+                } else {
+                    (r.numeric[j][i] - s.mean) / s.std
+                };
+            }
+            let mut start = f.scalers.len();
+            for (c, v) in f.vocabs.iter().enumerate() {
+                let id = r.categorical[c][i];
+                let slot = if id == NONE {
+                    v.levels.len()
+                } else {
+                    slots[c][id as usize]
+                };
+                out[start + slot] = 1.0;
+                start += v.levels.len() + 1;
+            }
+            y.push(r.labels[i]);
+        }
+        (x, Array1::from(y))
+    }
+}
+
+/// Why streaming did not give the training set.
+enum Failed {
+    /// The file is not in event-time order within the lateness: compute it whole.
+    Unordered(String),
+    Other(anyhow::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// On the fixture flights, computed whole: the compact set's matrices are the rows'
+    /// encoding, bit for bit, in the same order, and its fitted state is the same.
+    #[test]
+    fn compact_matrices_are_the_encoded_rows() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let pipeline = repo.join("data/flights/pipeline.toml");
+        let base = repo.join("data/flights/fixtures");
+        let mut input = Input::load(&pipeline, Some(&base), None, None).unwrap();
+        input.fetch().unwrap();
+        let cut = input.valid_from(Some("2013-01-03")).unwrap();
+        let data = Dataset::build(&input, cut).unwrap();
+        let t = Training::build(&input, cut).unwrap();
+        assert_eq!(t.fitted, data.fitted);
+        let p = &input.pipeline;
+        assert!(!p.features.categorical.is_empty() && !p.features.numeric.is_empty());
+        for (train, split) in [(true, &data.train), (false, &data.valid)] {
+            let (x, y) = t.matrix(train);
+            let (x0, y0) = data.matrix(p, split);
+            assert!(x.nrows() > 500, "{}", x.nrows());
+            assert_eq!(y, y0);
+            assert_eq!(x.dim(), x0.dim());
+            let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&x), bits(&x0), "split train={train}");
+        }
+    }
+}
