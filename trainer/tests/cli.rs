@@ -3,12 +3,12 @@
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::*;
 
 /// Flags that make no sense together are refused before any data (or broker) is touched.
 #[test]
@@ -52,10 +52,6 @@ fn parity_refuses_orders_that_do_not_apply() {
     }
 }
 
-fn trainer(args: &[&str]) -> std::process::Output {
-    trainer_env(args, &[])
-}
-
 /// `trainer fit` arguments on the three fixture days (validation from 2013-01-03) into `store`,
 /// then `extra`.
 fn fit_on_fixtures<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -72,15 +68,6 @@ fn fit_on_fixtures<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     ];
     args.extend_from_slice(extra);
     args
-}
-
-fn trainer_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(repo())
-        .output()
-        .expect("trainer runs")
 }
 
 /// `trainer parity` of the flights pipeline over the tables in `base`, with extra flags.
@@ -993,89 +980,6 @@ fn a_duplicate_lookup_key_names_the_value_and_both_lines() {
         )),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).ok();
-}
-
-/// `export-features --raw` from Parquet history streams it in slices (memory bounded by the
-/// window state) and writes what the whole-table run writes from the CSV of the same events;
-/// a Parquet file not in event-time order within the lateness is computed whole instead,
-/// saying why, with the same result.
-#[test]
-fn raw_features_stream_from_parquet_as_the_whole_table_computes_them() {
-    use polars::prelude::*;
-    let dir = std::env::temp_dir().join(format!("trainer-raw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let csv = repo().join("data/flights/fixtures/raw/flights.csv");
-    let p = shared_features::Pipeline::parse(
-        &std::fs::read_to_string(repo().join("data/flights/pipeline.toml")).unwrap(),
-        "pipeline.toml",
-    )
-    .unwrap();
-    let mut df = CsvReadOptions::default()
-        .with_has_header(true)
-        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
-        .try_into_reader_with_file_path(Some(csv.clone()))
-        .unwrap()
-        .finish()
-        .unwrap();
-    // In event-time order (the whole-table run's), the filtered and timeless records after.
-    let fixtures = repo().join("data/flights/fixtures");
-    let whole = shared_features::offline::run(&p, &csv, &fixtures).unwrap();
-    let mut order = whole.source.clone();
-    order.extend((0..df.height() as u32).filter(|r| !whole.source.contains(r)));
-    let idx = IdxCa::from_vec("i".into(), order.iter().map(|&i| i as IdxSize).collect());
-    let mut sorted = df.take(&idx).unwrap();
-    let write = |name: &str, df: &mut DataFrame| {
-        let path = dir.join(name);
-        ParquetWriter::new(std::fs::File::create(&path).unwrap())
-            .finish(df)
-            .unwrap();
-        path
-    };
-    let (sorted_path, unsorted_path) = (
-        write("sorted.parquet", &mut sorted),
-        write("unsorted.parquet", &mut df),
-    );
-    let export = |events: &Path, out: &str| {
-        let out = dir.join(out);
-        let o = trainer(&[
-            "export-features",
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--raw",
-            "--with-key",
-            "--events",
-            events.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (
-            std::fs::read_to_string(out).unwrap(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    let (from_csv, _) = export(&csv, "csv.csv");
-    let (streamed, said) = export(&sorted_path, "streamed.csv");
-    assert!(
-        said.contains(&format!("(streamed: {} records", df.height())),
-        "{said}"
-    );
-    assert!(from_csv.lines().count() > 2600);
-    assert!(
-        streamed == from_csv,
-        "the streamed rows are the whole table's"
-    );
-    let (fallback, said) = export(&unsorted_path, "fallback.csv");
-    assert!(
-        said.contains("behind record") && said.contains("computing it whole instead"),
-        "{said}"
-    );
-    assert!(fallback == from_csv);
     std::fs::remove_dir_all(dir).ok();
 }
 
