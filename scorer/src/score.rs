@@ -45,13 +45,8 @@ pub struct Scorer {
     model: Arc<Servable>,
     engine: OnlineEngine,
     max_event_bytes: usize,
-    x: Vec<f64>,
-    out: Vec<u8>,
-    key: Vec<u8>,
-    /// The score and decision of the last prediction.
-    last: (f64, bool),
-    /// The label of the last scored event, when the pipeline declares one and the event has it.
-    label: Option<f64>,
+    /// The last prediction.
+    b: Buffers,
     broken: bool,
     /// Encode only: the score comes from a model server ([`crate::remote`]).
     remote: bool,
@@ -73,11 +68,7 @@ impl Scorer {
             model,
             engine,
             max_event_bytes,
-            x: Vec::new(),
-            out: Vec::with_capacity(512),
-            key: Vec::with_capacity(32),
-            last: (f64::NAN, false),
-            label: None,
+            b: Buffers::new(),
             broken: false,
             remote: false,
             upstream: None,
@@ -197,7 +188,7 @@ impl Scorer {
 
     /// The encoded features of the last scored event.
     pub fn features(&self) -> &[f64] {
-        &self.x
+        &self.b.x
     }
 
     /// The model being served.
@@ -345,17 +336,9 @@ impl Scorer {
                 let row = self.engine.row();
                 if let Some(up) = &self.upstream {
                     let progress = self.engine.progress();
-                    return up.forward(p, row, pos, progress, &mut self.key, &mut self.out);
+                    return up.forward(p, row, pos, progress, &mut self.b.key, &mut self.b.out);
                 }
-                let bufs = Bufs {
-                    key: &mut self.key,
-                    x: &mut self.x,
-                    out: &mut self.out,
-                    last: &mut self.last,
-                    label: &mut self.label,
-                    remote: self.remote,
-                };
-                let outcome = predict(m, row, pos, bufs);
+                let outcome = predict(m, row, pos, &mut self.b, self.remote);
                 let scored = matches!(outcome, Outcome::Scored { .. });
                 score_shadows(&mut self.shadows, scored, row, pos);
                 outcome
@@ -373,15 +356,7 @@ impl Scorer {
     /// Score a row whose features are all computed (downstream of a repartition, see
     /// [`crate::merge`]), as [`Scorer::score`] scores an event.
     pub fn score_row(&mut self, row: &[Value], pos: SourcePos<'_>) -> Outcome {
-        let bufs = Bufs {
-            key: &mut self.key,
-            x: &mut self.x,
-            out: &mut self.out,
-            last: &mut self.last,
-            label: &mut self.label,
-            remote: self.remote,
-        };
-        let outcome = predict_caught(&self.model, row, pos, bufs);
+        let outcome = predict_caught(&self.model, row, pos, &mut self.b, self.remote);
         let scored = matches!(outcome, Outcome::Scored { .. });
         score_shadows(&mut self.shadows, scored, row, pos);
         outcome
@@ -389,7 +364,7 @@ impl Scorer {
 
     /// The key of the last scored event (the output record's key).
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.b.key
     }
 
     /// The stream's progress (newest admitted event time), once an event was processed.
@@ -407,18 +382,18 @@ impl Scorer {
 
     /// The JSON value of the last scored event.
     pub fn prediction(&self) -> &[u8] {
-        &self.out
+        &self.b.out
     }
 
     /// The score and decision of the last scored event.
     pub fn last_score(&self) -> (f64, bool) {
-        self.last
+        self.b.last
     }
 
     /// The label of the last scored event (1 or 0), when the pipeline declares one and the
     /// event carries it: what a replay's report measures the models against.
     pub fn last_label(&self) -> Option<f64> {
-        self.label
+        self.b.label
     }
 
     /// The window state as bytes, for a checkpoint ([`shared_features::Stages::save`]), with
@@ -487,39 +462,67 @@ impl Scorer {
     }
 }
 
-/// The scorer's reusable output buffers.
-struct Bufs<'a> {
-    key: &'a mut Vec<u8>,
-    x: &'a mut Vec<f64>,
-    out: &'a mut Vec<u8>,
-    last: &'a mut (f64, bool),
-    label: &'a mut Option<f64>,
-    remote: bool,
+/// A prediction's reusable buffers (the champion's, and each shadow's).
+#[derive(Debug)]
+struct Buffers {
+    key: Vec<u8>,
+    /// The encoded inputs.
+    x: Vec<f64>,
+    /// The prediction's JSON.
+    out: Vec<u8>,
+    /// The score and decision.
+    last: (f64, bool),
+    /// The event's label, when the pipeline declares one and the event has it.
+    label: Option<f64>,
 }
 
-/// Encode, predict and write the prediction of a full feature row (encode only, for a model
-/// server, when `b.remote`).
-fn predict(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
-    *b.label = m
+impl Buffers {
+    fn new() -> Self {
+        Self {
+            key: Vec::with_capacity(32),
+            x: Vec::new(),
+            out: Vec::with_capacity(512),
+            last: (f64::NAN, false),
+            label: None,
+        }
+    }
+}
+
+/// Encode, predict and write the prediction of a full feature row into `b` (encode only, for
+/// a model server, when `remote`).
+fn predict(
+    m: &Servable,
+    row: &[Value],
+    pos: SourcePos<'_>,
+    b: &mut Buffers,
+    remote: bool,
+) -> Outcome {
+    b.label = m
         .pipeline
         .label
         .as_ref()
         .and_then(|l| shared_features::eval::label(l, row));
-    if b.remote {
-        let event_time = shared_models::prediction::encode(m, row, b.key, b.x);
+    if remote {
+        let event_time = shared_models::prediction::encode(m, row, &mut b.key, &mut b.x);
         b.out.clear();
-        *b.last = (f64::NAN, false);
+        b.last = (f64::NAN, false);
         return Outcome::Scored { event_time };
     }
     let (event_time, score, decision) =
-        shared_models::prediction::predict(m, row, pos, b.key, b.x, b.out);
-    *b.last = (score, decision);
+        shared_models::prediction::predict(m, row, pos, &mut b.key, &mut b.x, &mut b.out);
+    b.last = (score, decision);
     Outcome::Scored { event_time }
 }
 
 /// [`predict`], a panic caught and turned into a dead letter's reason.
-fn predict_caught(m: &Servable, row: &[Value], pos: SourcePos<'_>, b: Bufs<'_>) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| predict(m, row, pos, b))) {
+fn predict_caught(
+    m: &Servable,
+    row: &[Value],
+    pos: SourcePos<'_>,
+    b: &mut Buffers,
+    remote: bool,
+) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| predict(m, row, pos, b, remote))) {
         Ok(outcome) => outcome,
         Err(panic) => Outcome::Dead(format!(
             "internal error while scoring (a bug; please report it): {}",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use shared_features::{OnlineEngine, Value};
 use shared_models::Servable;
 
-use super::{Bufs, Outcome, SourcePos, predict_caught};
+use super::{Buffers, Outcome, SourcePos, predict_caught};
 
 /// A challenger scored beside the champion (`scorer run --shadow`). When it computes the
 /// champion's features (the same [`super::state_fingerprint`]) it scores the champion's
@@ -23,11 +23,7 @@ pub struct Shadow {
     /// Its own state panicked on an event (a bug) and may be half-updated: it scores no more
     /// events in this scorer.
     pub(super) broken: bool,
-    x: Vec<f64>,
-    out: Vec<u8>,
-    key: Vec<u8>,
-    last: (f64, bool),
-    label: Option<f64>,
+    b: Buffers,
     /// What became of the last event the champion scored: `None` before one, `Some(Err)` when
     /// this model failed on it.
     pub(super) outcome: Option<Result<(), String>>,
@@ -39,11 +35,7 @@ impl Shadow {
             model,
             engine,
             broken: false,
-            x: Vec::new(),
-            out: Vec::with_capacity(512),
-            key: Vec::with_capacity(32),
-            last: (f64::NAN, false),
-            label: None,
+            b: Buffers::new(),
             outcome: None,
         }
     }
@@ -71,39 +63,27 @@ impl Shadow {
 
     /// Its prediction of the last event (the JSON value).
     pub fn prediction(&self) -> &[u8] {
-        &self.out
+        &self.b.out
     }
 
     /// The key of that prediction.
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.b.key
     }
 
     /// Its score and decision of the last event.
     pub fn last_score(&self) -> (f64, bool) {
-        self.last
+        self.b.last
     }
 
     /// Its encoded inputs of the last event.
     pub fn features(&self) -> &[f64] {
-        &self.x
+        &self.b.x
     }
 
     /// Score `row` (complete: the champion's, or its own engine's).
     fn score(&mut self, row: &[Value], pos: SourcePos<'_>) {
-        self.outcome = Some(score_row_into(
-            &self.model,
-            row,
-            pos,
-            Bufs {
-                key: &mut self.key,
-                x: &mut self.x,
-                out: &mut self.out,
-                last: &mut self.last,
-                label: &mut self.label,
-                remote: false,
-            },
-        ));
+        self.outcome = Some(score_row_into(&self.model, row, pos, &mut self.b));
     }
 
     /// Take the event in with its own window state, and score it when the champion did
@@ -128,19 +108,7 @@ impl Shadow {
         match step {
             Ok(Ok(true)) if scored => {
                 let row = engine.row();
-                self.outcome = Some(score_row_into(
-                    &self.model,
-                    row,
-                    pos,
-                    Bufs {
-                        key: &mut self.key,
-                        x: &mut self.x,
-                        out: &mut self.out,
-                        last: &mut self.last,
-                        label: &mut self.label,
-                        remote: false,
-                    },
-                ));
+                self.outcome = Some(score_row_into(&self.model, row, pos, &mut self.b));
             }
             Ok(Ok(_)) => {} // scored by neither, or filtered by its own pipeline
             Ok(Err(e)) if scored => self.outcome = Some(Err(e.to_string())),
@@ -179,9 +147,9 @@ fn score_row_into(
     m: &Servable,
     row: &[Value],
     pos: SourcePos<'_>,
-    b: Bufs<'_>,
+    b: &mut Buffers,
 ) -> Result<(), String> {
-    match predict_caught(m, row, pos, b) {
+    match predict_caught(m, row, pos, b, false) {
         Outcome::Dead(why) => Err(why),
         _ => Ok(()),
     }
