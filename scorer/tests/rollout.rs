@@ -47,6 +47,38 @@ fn feed_days(broker: &Broker, topic: &str, from: Option<&str>, to: Option<&str>)
     run_ok(&mut cmd);
 }
 
+/// Start `scorer run` on `flights` (day 1 fed) with guarded rollouts of 300 events, the alias
+/// looked at every 0.2 s, and `extra` flags; wait until day 1 is scored. The scorer, its
+/// metrics address, and the number of day-1 events.
+fn start_on_day_1(
+    broker: &Broker,
+    store: &std::path::Path,
+    log: &std::path::Path,
+    group: &str,
+    extra: &[&str],
+) -> (Guard, String, usize) {
+    create_topic(broker, "flights", 1);
+    feed_days(broker, "flights", None, Some("2013-01-02"));
+    let mut args = run_args(broker, store, "flights", group);
+    args.extend(
+        [
+            "--rollout-events",
+            "300",
+            "--reload-interval",
+            "0.2",
+            "--json",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string()),
+    );
+    let child = spawn_scorer(&args, log);
+    let addr = addr_in_log(log, "metrics and health endpoints");
+    let day1 = read_all(broker, "flights").len();
+    wait_until("day 1 scored", 120, || events_done(&addr) == day1 as f64);
+    (child, addr, day1)
+}
+
 /// The first JSON log line whose message contains `message` and whose `model` is `model`,
 /// waiting up to 60 s for it.
 fn log_line(log: &std::path::Path, message: &str, model: &str) -> serde_json::Value {
@@ -83,18 +115,15 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     let dir = tempdir("rollout");
     let store = dir.join("store");
     fit(&store, "champion", &[]);
-    create_topic(&broker, "flights", 1);
     create_topic(&broker, "labels", 1);
     feed_days(&broker, "labels", None, None);
-    feed_days(&broker, "flights", None, Some("2013-01-02"));
     let log = dir.join("scorer.log");
-    let mut args = run_args(&broker, &store, "flights", "rollout");
-    args.extend(
-        [
-            "--rollout-events",
-            "300",
-            "--reload-interval",
-            "0.2",
+    let (child, addr, _) = start_on_day_1(
+        &broker,
+        &store,
+        &log,
+        "rollout",
+        &[
             "--labels",
             "labels",
             "--labels-from",
@@ -102,16 +131,9 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
             "--shadow-output",
             "flights.trial",
             "--rollout-revert-alias",
-            "--json",
-        ]
-        .map(String::from),
+        ],
     );
-    let child = spawn_scorer(&args, &log);
-    let addr = addr_in_log(&log, "metrics and health endpoints");
     let done = |n: usize| events_done(&addr) == n as f64;
-    wait_until("day 1 scored", 120, || {
-        done(read_all(&broker, "flights").len())
-    });
 
     publish_negated(&store, "champion");
     log_line(&log, "on trial", "flights_delay@2");
@@ -203,39 +225,15 @@ fn a_version_of_other_features_is_tried_on_state_of_its_own_and_keeps_it_when_pr
     let dir = tempdir("rollout-other");
     let store = dir.join("store");
     fit(&store, "champion", &[]);
-    let by_aircraft =
-        std::fs::read_to_string(repo().join("data/flights/pipeline-by-aircraft.toml"))
-            .unwrap()
-            .replace(
-                "name = \"flights_delay_by_aircraft\"",
-                "name = \"flights_delay\"",
-            );
-    let pipeline = dir.join("pipeline.toml");
-    std::fs::write(&pipeline, by_aircraft).unwrap();
-    create_topic(&broker, "flights", 1);
-    feed_days(&broker, "flights", None, Some("2013-01-02"));
     let log = dir.join("scorer.log");
-    let mut args = run_args(&broker, &store, "flights", "rollout-other");
-    args.extend(
-        [
-            "--rollout-events",
-            "300",
-            "--reload-interval",
-            "0.2",
-            "--json",
-        ]
-        .map(String::from),
-    );
-    let child = spawn_scorer(&args, &log);
-    let addr = addr_in_log(&log, "metrics and health endpoints");
+    let (child, addr, day1) = start_on_day_1(&broker, &store, &log, "rollout-other", &[]);
     let done = |n: usize| events_done(&addr) == n as f64;
-    let day1 = read_all(&broker, "flights").len();
-    wait_until("day 1 scored", 120, || done(day1));
+    // The aircraft-only pipeline, published under the champion's name.
     let other = fit_with(
-        pipeline.to_str().unwrap(),
+        "data/flights/pipeline-by-aircraft.toml",
         &store_url(&store),
         "champion",
-        &[],
+        &["--name", "flights_delay"],
         &[],
     );
     assert_eq!(other["version"].as_u64(), Some(2), "{other}");

@@ -65,24 +65,7 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     feed(&broker, "flights");
 
     // The reference: every event of the topic scored by replay (the live code path).
-    let replayed = store.join("replay.jsonl");
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args(["replay", "--brokers", &broker.addr])
-            .args(["--store", &store_url(&store)])
-            .args(["--model", "flights_delay@champion", "--input", "flights"])
-            .args(["--out", replayed.to_str().unwrap()]),
-    );
-    let reference: BTreeMap<i64, u64> = lines(&std::fs::read_to_string(&replayed).unwrap())
-        .iter()
-        .map(|v| {
-            (
-                v["offset"].as_i64().unwrap(),
-                v["score"].as_f64().unwrap().to_bits(),
-            )
-        })
-        .collect();
+    let reference = replay_scores(&broker, &store, "flights");
     let events = read_all(&broker, "flights");
     assert!(reference.len() > 2000);
 
@@ -220,27 +203,6 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     std::fs::remove_dir_all(&store).ok();
 }
 
-/// The predictions of a topic replayed by `model` alone, by offset.
-fn replayed_alone(broker: &Broker, store: &std::path::Path, model: &str) -> BTreeMap<i64, u64> {
-    let out = store.join(format!("alone-{model}.jsonl"));
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args(["replay", "--brokers", &broker.addr])
-            .args(["--store", &store_url(store), "--model", model])
-            .args(["--input", "flights", "--out", out.to_str().unwrap()]),
-    );
-    lines(&std::fs::read_to_string(&out).unwrap())
-        .iter()
-        .map(|v| {
-            (
-                v["offset"].as_i64().unwrap(),
-                v["score"].as_f64().unwrap().to_bits(),
-            )
-        })
-        .collect()
-}
-
 /// `scorer serve --shadow` with two shadows: a decision tree on the served model's features and
 /// a model of other features (the aircraft windows only, on window state of its own). Every
 /// fixture event is sent in topic order, so the server's running event number is the topic's
@@ -253,17 +215,12 @@ fn shadows_in_the_model_server_score_as_each_model_alone_and_answer_nothing() {
     let store = tempdir("serve-shadow");
     fit(&store, "champion", &[]);
     fit(&store, "challenger", &["--set", "kind=decision_tree"]);
-    fit_with(
-        "data/flights/pipeline-by-aircraft.toml",
-        &store_url(&store),
-        "other",
-        &[],
-        &[],
-    );
+    fit_by_aircraft(&store, "other");
     feed(&broker, "flights");
-    let champion = replayed_alone(&broker, &store, "flights_delay@champion");
-    let tree = replayed_alone(&broker, &store, "flights_delay@challenger");
-    let other = replayed_alone(&broker, &store, "flights_delay_by_aircraft@other");
+    let alone = |model: &str| replay_scores_of(&broker, &store, model, "flights");
+    let champion = alone("flights_delay@champion");
+    let tree = alone("flights_delay@challenger");
+    let other = alone("flights_delay_by_aircraft@other");
 
     let log = store.join("serve.log");
     let server = Guard::new(

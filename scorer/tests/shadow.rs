@@ -424,13 +424,7 @@ fn live_shadows_score_as_the_challenger_alone_and_decide_nothing() {
 
     // In watermark order a shadow scores the rows the champion releases: one of other
     // features (windows by aircraft) is refused before any work.
-    fit_with(
-        "data/flights/pipeline-by-aircraft.toml",
-        &store_url(&store),
-        "other",
-        &[],
-        &[],
-    );
+    fit_by_aircraft(&store, "other");
     let mut args = run_args(&broker, &store, "flights", "refused");
     args.extend(
         [
@@ -491,13 +485,7 @@ fn a_live_shadow_of_other_features_keeps_and_restores_state_of_its_own() {
     let dir = tempdir("own-state");
     let store = dir.join("store");
     fit(&store, "champion", &[]);
-    fit_with(
-        "data/flights/pipeline-by-aircraft.toml",
-        &store_url(&store),
-        "other",
-        &[],
-        &[],
-    );
+    fit_by_aircraft(&store, "other");
     let all = read_fixture_events();
     let (first, rest) = all.split_at(2000);
     create_topic(&broker, "flights", 1);

@@ -51,23 +51,29 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
         write("sorted.parquet", &mut sorted),
         write("unsorted.parquet", &mut df),
     );
-    let export = |events: &Path, out: &str| {
-        let out = dir.join(out);
-        let o = trainer(&[
-            "export-features",
+    // `command` of the flights pipeline on the fixtures' tables, validation from 2013-01-03.
+    let on = |command: &str, events: &Path, extra: &[&str]| {
+        let mut args = vec![
+            command,
             "--pipeline",
             "data/flights/pipeline.toml",
             "--base",
             "data/flights/fixtures",
             "--valid-from",
             "2013-01-03",
-            "--raw",
-            "--with-key",
             "--events",
             events.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        trainer(&args)
+    };
+    let export = |events: &Path, out: &str| {
+        let out = dir.join(out);
+        let o = on(
+            "export-features",
+            events,
+            &["--raw", "--with-key", "--out", out.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         (
             std::fs::read_to_string(out).unwrap(),
@@ -95,20 +101,11 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
     // `trainer fit` on each: the bundles are the same, file for file, byte for byte.
     let fit = |events: &Path, name: &str| {
         let store = dir.join(name);
-        let o = trainer(&[
+        let o = on(
             "fit",
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--events",
-            events.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--json",
-        ]);
+            events,
+            &["--store", store.to_str().unwrap(), "--json"],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let version = store.join("models/flights_delay/versions/1");
         let mut files = std::collections::BTreeMap::new();

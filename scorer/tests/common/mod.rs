@@ -316,6 +316,18 @@ pub fn read_fixture_events() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         .collect()
 }
 
+/// Fit the flights pipeline with the aircraft windows only (other features than the
+/// champion's) into `store` and set `alias`.
+pub fn fit_by_aircraft(store: &Path, alias: &str) -> serde_json::Value {
+    fit_with(
+        "data/flights/pipeline-by-aircraft.toml",
+        &store_url(store),
+        alias,
+        &[],
+        &[],
+    )
+}
+
 /// Common `scorer run` arguments for tests.
 pub fn run_args(broker: &Broker, store: &Path, input: &str, group: &str) -> Vec<String> {
     run_args_at(&broker.addr, store, input, group)
@@ -594,11 +606,21 @@ pub fn produce_records(broker: &Broker, topic: &str, records: &[(Vec<u8>, Option
 
 /// The scorer's `replay` of a whole topic to a JSON-lines file: score bits by source offset.
 pub fn replay_scores(broker: &Broker, store: &Path, topic: &str) -> BTreeMap<i64, u64> {
-    let out = store.join(format!("{topic}.replay.jsonl"));
+    replay_scores_of(broker, store, "flights_delay@champion", topic)
+}
+
+/// [`replay_scores`] with `model`.
+pub fn replay_scores_of(
+    broker: &Broker,
+    store: &Path,
+    model: &str,
+    topic: &str,
+) -> BTreeMap<i64, u64> {
+    let out = store.join(format!("{topic}.{model}.replay.jsonl"));
     replay_with(
         broker,
         store,
-        "flights_delay@champion",
+        model,
         topic,
         &["--out", out.to_str().unwrap()],
     );
