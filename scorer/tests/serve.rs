@@ -55,6 +55,27 @@ fn lines(body: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// POST `events` to `/v1/score` in topic order, 500 to a request on `conn`: each with its
+/// answer (every request answered 200, one answer per event line).
+fn score_in_requests<'a>(
+    conn: &mut TcpStream,
+    events: &'a [Rec],
+) -> Vec<(&'a Rec, serde_json::Value)> {
+    let mut out = Vec::with_capacity(events.len());
+    for chunk in events.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|r| r.payload.iter().copied().chain([b'\n']))
+            .collect();
+        let (status, text) = post(conn, "/v1/score", &body);
+        assert_eq!(status, 200, "{text}");
+        let answers = lines(&text);
+        assert_eq!(answers.len(), chunk.len(), "one answer per event line");
+        out.extend(chunk.iter().zip(answers));
+    }
+    out
+}
+
 #[test]
 fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     let broker = Broker::start();
@@ -84,33 +105,23 @@ fn http_scores_equal_replayed_scores_and_bad_events_are_refused_per_line() {
     // Every event, in topic order, 500 to a request on one kept-alive connection.
     let mut conn = TcpStream::connect(&addr).unwrap();
     let (mut scored, mut filtered) = (0, 0);
-    for chunk in events.chunks(500) {
-        let body: Vec<u8> = chunk
-            .iter()
-            .flat_map(|r| r.payload.iter().copied().chain([b'\n']))
-            .collect();
-        let (status, text) = post(&mut conn, "/v1/score", &body);
-        assert_eq!(status, 200, "{text}");
-        let answers = lines(&text);
-        assert_eq!(answers.len(), chunk.len(), "one answer per event line");
-        for (rec, a) in chunk.iter().zip(&answers) {
-            if a["filtered"] == true {
-                assert!(
-                    !reference.contains_key(&rec.offset),
-                    "offset {}",
-                    rec.offset
-                );
-                filtered += 1;
-            } else {
-                assert_eq!(
-                    a["score"].as_f64().unwrap().to_bits(),
-                    reference[&rec.offset],
-                    "offset {}: HTTP and replay disagree",
-                    rec.offset
-                );
-                assert_eq!(a["topic"], "http");
-                scored += 1;
-            }
+    for (rec, a) in score_in_requests(&mut conn, &events) {
+        if a["filtered"] == true {
+            assert!(
+                !reference.contains_key(&rec.offset),
+                "offset {}",
+                rec.offset
+            );
+            filtered += 1;
+        } else {
+            assert_eq!(
+                a["score"].as_f64().unwrap().to_bits(),
+                reference[&rec.offset],
+                "offset {}: HTTP and replay disagree",
+                rec.offset
+            );
+            assert_eq!(a["topic"], "http");
+            scored += 1;
         }
     }
     assert_eq!(
@@ -244,18 +255,10 @@ fn shadows_in_the_model_server_score_as_each_model_alone_and_answer_nothing() {
     let events = read_all(&broker, "flights");
     let mut conn = TcpStream::connect(&addr).unwrap();
     let mut answers: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
-    for chunk in events.chunks(500) {
-        let body: Vec<u8> = chunk
-            .iter()
-            .flat_map(|r| r.payload.iter().copied().chain([b'\n']))
-            .collect();
-        let (status, text) = post(&mut conn, "/v1/score", &body);
-        assert_eq!(status, 200, "{text}");
-        for (rec, a) in chunk.iter().zip(lines(&text)) {
-            if a["filtered"] != true {
-                assert_eq!(a["offset"].as_i64(), Some(rec.offset), "{a}");
-                answers.insert(rec.offset, a);
-            }
+    for (rec, a) in score_in_requests(&mut conn, &events) {
+        if a["filtered"] != true {
+            assert_eq!(a["offset"].as_i64(), Some(rec.offset), "{a}");
+            answers.insert(rec.offset, a);
         }
     }
     let (_, metrics) = http_get(&addr, "/metrics");

@@ -987,13 +987,7 @@ fn a_duplicate_lookup_key_names_the_value_and_both_lines() {
 /// columns only in the paths, rows in the CSV's order; returns the files.
 fn write_hive_days(csv: &Path, dir: &Path) -> Vec<PathBuf> {
     use polars::prelude::*;
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
-        .try_into_reader_with_file_path(Some(csv.to_path_buf()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let df = read_csv(csv);
     let day = df.column("day").unwrap().cast(&DataType::Int64).unwrap();
     let mut days: Vec<i64> = day.i64().unwrap().into_no_null_iter().collect();
     days.dedup();

@@ -26,13 +26,7 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
         "pipeline.toml",
     )
     .unwrap();
-    let mut df = CsvReadOptions::default()
-        .with_has_header(true)
-        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
-        .try_into_reader_with_file_path(Some(csv.clone()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let mut df = read_csv(&csv);
     // In event-time order (the whole-table run's), the filtered and timeless records after.
     let fixtures = repo().join("data/flights/fixtures");
     let whole = shared_features::offline::run(&p, &csv, &fixtures).unwrap();

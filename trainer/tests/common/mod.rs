@@ -1,4 +1,5 @@
-//! What the trainer's test files share: the repository, and the trainer binary run in it.
+//! What the trainer's test files share: the repository, the trainer binary run in it, and the
+//! fixtures' CSV as a frame.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -22,4 +23,16 @@ pub fn trainer_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
         .current_dir(repo())
         .output()
         .expect("trainer runs")
+}
+
+/// A CSV history (`NA` as null) as a polars frame, in the file's order.
+pub fn read_csv(csv: &Path) -> polars::prelude::DataFrame {
+    use polars::prelude::*;
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .map_parse_options(|o| o.with_null_values(Some(NullValues::AllColumns(vec!["NA".into()]))))
+        .try_into_reader_with_file_path(Some(csv.to_path_buf()))
+        .unwrap()
+        .finish()
+        .unwrap()
 }
