@@ -56,6 +56,49 @@ impl ModelMetrics {
             self.negative.inc();
         }
     }
+
+    /// Count what `shadow` made of the event the champion decided `champion` (the shadow's
+    /// metrics), logging a failure; what was counted.
+    pub fn count_shadow(&self, shadow: &crate::score::Shadow, champion: bool) -> Counted {
+        match shadow.outcome() {
+            None => Counted::Nothing,
+            Some(Err(why)) => {
+                self.failures.inc();
+                tracing::warn!(shadow = %shadow.model().id, error = why,
+                               "a shadow failed on an event");
+                Counted::Failed
+            }
+            Some(Ok(())) => {
+                let scored = shadow.last_score();
+                self.observe(scored);
+                self.compared.inc();
+                let agreed = scored.1 == champion;
+                if agreed {
+                    self.agreements.inc();
+                }
+                Counted::Scored {
+                    score: scored.0,
+                    agreed,
+                }
+            }
+        }
+    }
+}
+
+/// What a shadow made of an event, as [`ModelMetrics::count_shadow`] counted it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Counted {
+    /// No outcome: the champion did not score the event, or the shadow's pipeline filtered it.
+    Nothing,
+    /// It failed on the event.
+    Failed,
+    /// It scored it: its score, and whether it decided as the champion did.
+    Scored {
+        /// Its score.
+        score: f64,
+        /// Whether its decision was the champion's.
+        agreed: bool,
+    },
 }
 
 /// Counters and gauges of one scorer process. Cloning shares them.

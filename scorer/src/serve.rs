@@ -153,13 +153,12 @@ impl App {
     /// A scorer with empty window state for `model` and the shadows, reading the server's
     /// value format.
     fn fresh(&self, model: Arc<Servable>) -> Scorer {
-        let mut s = Scorer::new(model, self.max_event_bytes).with_registry(self.registry.clone());
-        for m in self.shadows.iter() {
-            if let Err(why) = s.add_shadow(m.clone()) {
-                tracing::error!(error = why, "shadow left out");
-            }
-        }
-        s
+        scorer_for(
+            model,
+            self.max_event_bytes,
+            self.registry.clone(),
+            &self.shadows,
+        )
     }
 
     /// Make sure the registry has given the schema of every event (Avro, Protobuf). `Err`: it
@@ -186,6 +185,23 @@ impl App {
         tracing::info!(model = %m.id, previous = %previous, window_state_kept = kept,
                        "serving a new model version");
     }
+}
+
+/// A scorer with empty window state for `model` and `shadows`, refusing events larger than
+/// `max_event_bytes`, reading them through `registry` (`None`: JSON).
+fn scorer_for(
+    model: Arc<Servable>,
+    max_event_bytes: usize,
+    registry: Option<Arc<SchemaRegistry>>,
+    shadows: &[Arc<Servable>],
+) -> Scorer {
+    let mut s = Scorer::new(model, max_event_bytes).with_registry(registry);
+    for m in shadows {
+        if let Err(why) = s.add_shadow(m.clone()) {
+            tracing::error!(error = why, "shadow left out");
+        }
+    }
+    s
 }
 
 /// Serve until SIGINT or SIGTERM.
@@ -226,7 +242,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     };
     let app = App {
         inner: Arc::new(Mutex::new(Inner {
-            scorer: Scorer::new(current.clone(), args.max_event_bytes),
+            scorer: scorer_for(
+                current.clone(),
+                args.max_event_bytes,
+                schemas.clone(),
+                &shadow_models,
+            ),
             next_offset: 0,
             shadows,
         })),
@@ -236,7 +257,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         registry: schemas,
         shadows: Arc::new(shadow_models),
     };
-    app.lock().scorer = app.fresh(current.clone());
     let app_at_exit = app.clone();
     if let Some(r) = &app.registry {
         tracing::info!(registry = %r.url(), format = ?args.format.value_format,

@@ -79,6 +79,17 @@ fn start_on_day_1(
     (child, addr, day1)
 }
 
+/// Wait until every event of `flights` is scored (day 3 fed last), stop the scorer cleanly and
+/// return its summary.
+fn stop_when_all_scored(broker: &Broker, child: Guard, addr: &str) -> serde_json::Value {
+    wait_until("day 3 scored", 120, || {
+        events_done(addr) == read_all(broker, "flights").len() as f64
+    });
+    let out = child.terminate();
+    assert!(out.status.success());
+    json_out(&out)
+}
+
 /// The first JSON log line whose message contains `message` and whose `model` is `model`,
 /// waiting up to 60 s for it.
 fn log_line(log: &std::path::Path, message: &str, model: &str) -> serde_json::Value {
@@ -133,7 +144,6 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
             "--rollout-revert-alias",
         ],
     );
-    let done = |n: usize| events_done(&addr) == n as f64;
 
     publish_negated(&store, "champion");
     log_line(&log, "on trial", "flights_delay@2");
@@ -169,12 +179,7 @@ fn a_bad_version_is_rolled_back_and_a_good_one_promoted() {
     let promoted = log_line(&log, "promoted", "flights_delay@3");
     assert_eq!(promoted["previous"], "flights_delay@1", "{promoted}");
     eprintln!("rolled back: {back}\npromoted: {promoted}");
-    wait_until("day 3 scored", 120, || {
-        done(read_all(&broker, "flights").len())
-    });
-    let out = child.terminate();
-    assert!(out.status.success());
-    let s = json_out(&out);
+    let s = stop_when_all_scored(&broker, child, &addr);
     assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");
     assert_eq!(s["rollouts_rolled_back"].as_u64(), Some(1), "{s}");
     assert_eq!(s["model"], "flights_delay@3", "{s}");
@@ -227,7 +232,6 @@ fn a_version_of_other_features_is_tried_on_state_of_its_own_and_keeps_it_when_pr
     fit(&store, "champion", &[]);
     let log = dir.join("scorer.log");
     let (child, addr, day1) = start_on_day_1(&broker, &store, &log, "rollout-other", &[]);
-    let done = |n: usize| events_done(&addr) == n as f64;
     // The aircraft-only pipeline, published under the champion's name.
     let other = fit_with(
         "data/flights/pipeline-by-aircraft.toml",
@@ -242,12 +246,7 @@ fn a_version_of_other_features_is_tried_on_state_of_its_own_and_keeps_it_when_pr
     let promoted = log_line(&log, "promoted", "flights_delay@2");
     assert_eq!(promoted["previous"], "flights_delay@1", "{promoted}");
     feed_days(&broker, "flights", Some("2013-01-03"), None);
-    wait_until("day 3 scored", 120, || {
-        done(read_all(&broker, "flights").len())
-    });
-    let out = child.terminate();
-    assert!(out.status.success());
-    let s = json_out(&out);
+    let s = stop_when_all_scored(&broker, child, &addr);
     assert_eq!(s["rollouts_promoted"].as_u64(), Some(1), "{s}");
     assert_eq!(s["model"], "flights_delay@2", "{s}");
     assert_eq!(s["warmed"].as_u64(), Some(day1 as u64), "{s}");

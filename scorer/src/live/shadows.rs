@@ -18,7 +18,7 @@ use serde::Serialize;
 use shared_models::Servable;
 
 use super::Live;
-use crate::metrics::{Metrics, ModelMetrics};
+use crate::metrics::{Counted, Metrics, ModelMetrics};
 use crate::offsets::Tag;
 use crate::score::Scorer;
 use crate::sink::{SendError, To, lineage_headers};
@@ -170,35 +170,30 @@ impl Live {
             else {
                 continue; // dropped with a champion of other features
             };
-            let (role, metrics) = (active.role, &active.metrics);
+            let role = active.role;
             let s = &mut self.shadows.summary[active.summary];
             let id = &shadow.model().id;
-            let scored = match shadow.outcome() {
-                None => continue,
-                Some(Err(why)) => {
-                    metrics.failures.inc();
+            let score = match active.metrics.count_shadow(shadow, champion.1) {
+                Counted::Nothing => continue,
+                Counted::Failed => {
                     s.failed += 1;
-                    tracing::warn!(shadow = %id, error = why, "a shadow failed on an event");
                     if role == "candidate" {
                         self.candidate_scored(None);
                     }
                     continue;
                 }
-                Some(Ok(())) => shadow.last_score(),
+                Counted::Scored { score, agreed } => {
+                    s.scored += 1;
+                    s.agreed += u64::from(agreed);
+                    score
+                }
             };
-            metrics.observe(scored);
-            metrics.compared.inc();
-            s.scored += 1;
-            if scored.1 == champion.1 {
-                metrics.agreements.inc();
-                s.agreed += 1;
-            }
             if let Some(l) = self.labels.as_mut() {
                 let model = l.model(id, role);
-                l.predicted(shadow.key(), event_time, model, scored.0);
+                l.predicted(shadow.key(), event_time, model, score);
             }
             if role == "candidate" {
-                self.candidate_scored(Some((shadow.features(), scored.0)));
+                self.candidate_scored(Some((shadow.features(), score)));
             }
             let all = lineage_headers(position, id);
             let headers: &[(&'static str, &[u8])] =

@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use shared_models::Servable;
 
 use crate::kafka::{self, KafkaArgs};
-use crate::metrics::{Metrics, ModelMetrics};
+use crate::metrics::{Counted, Metrics, ModelMetrics};
 use crate::score::Scorer;
 
 /// The shadows of a model server, and the per-model metrics of the served model and of each.
@@ -116,20 +116,11 @@ impl ServeShadows {
             else {
                 continue;
             };
-            let scored = match shadow.outcome() {
-                None => continue,
-                Some(Err(why)) => {
-                    metrics.failures.inc();
-                    tracing::warn!(shadow = %shadow.model().id, error = why,
-                                   "a shadow failed on an event");
-                    continue;
-                }
-                Some(Ok(())) => shadow.last_score(),
-            };
-            metrics.observe(scored);
-            metrics.compared.inc();
-            if scored.1 == champion.1 {
-                metrics.agreements.inc();
+            if !matches!(
+                metrics.count_shadow(shadow, champion.1),
+                Counted::Scored { .. }
+            ) {
+                continue;
             }
             if let Some(o) = &self.out {
                 let record = BaseRecord::to(&o.topic)
