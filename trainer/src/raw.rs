@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use polars::prelude::{Column, DataFrame, ParquetWriter};
-use shared_features::time::format_timestamp;
+use shared_features::time::{TimestampText, format_timestamp};
 use shared_features::{Pipeline, Value, eval};
 
 /// Rows buffered per Parquet row group.
@@ -39,7 +39,10 @@ struct Groups {
     file: Option<std::fs::File>,
     writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
     keys: Option<Vec<String>>,
-    times: Vec<String>,
+    /// The event times' text, one after the other, and where each ends.
+    times: String,
+    time_ends: Vec<usize>,
+    time_text: TimestampText,
     splits: Vec<&'static str>,
     labels: Vec<bool>,
     numeric: Vec<Vec<Option<f64>>>,
@@ -59,7 +62,8 @@ impl Groups {
         if let (Some(keys), Some(k)) = (&mut self.keys, key) {
             keys.push(k);
         }
-        self.times.push(format_timestamp(t));
+        self.time_text.push(t, &mut self.times);
+        self.time_ends.push(self.times.len());
         self.splits.push(split);
         self.labels.push(label);
         for (col, &c) in self.numeric.iter_mut().zip(&p.features.numeric) {
@@ -76,15 +80,19 @@ impl Groups {
 
     /// The buffered rows as a frame, leaving the buffers empty.
     fn take_frame(&mut self, p: &Pipeline) -> polars::prelude::PolarsResult<DataFrame> {
-        let n = self.times.len();
+        let n = self.time_ends.len();
         let mut columns = Vec::new();
         if let Some(keys) = &mut self.keys {
             columns.push(Column::new("key".into(), std::mem::take(keys)));
         }
-        columns.push(Column::new(
-            "event_time".into(),
-            std::mem::take(&mut self.times),
-        ));
+        let times: Vec<&str> = std::iter::once(0)
+            .chain(self.time_ends.iter().copied())
+            .zip(&self.time_ends)
+            .map(|(a, &b)| &self.times[a..b])
+            .collect();
+        columns.push(Column::new("event_time".into(), times));
+        self.times.clear();
+        self.time_ends.clear();
         columns.push(Column::new(
             "split".into(),
             std::mem::take(&mut self.splits),
@@ -110,7 +118,7 @@ impl Groups {
 
     /// Write the buffered rows as a row group (`last`: and close the file).
     fn flush(&mut self, p: &Pipeline, last: bool) -> anyhow::Result<()> {
-        if !self.times.is_empty() || (last && self.writer.is_none()) {
+        if !self.time_ends.is_empty() || (last && self.writer.is_none()) {
             let df = self.take_frame(p)?;
             if let Some(file) = self.file.take() {
                 self.writer = Some(ParquetWriter::new(file).batched(df.schema())?);
@@ -149,7 +157,9 @@ impl<'a> RawWriter<'a> {
                 file: Some(file),
                 writer: None,
                 keys: with_key.then(Vec::new),
-                times: Vec::new(),
+                times: String::new(),
+                time_ends: Vec::new(),
+                time_text: TimestampText::default(),
                 splits: Vec::new(),
                 labels: Vec::new(),
                 numeric: vec![Vec::new(); p.features.numeric.len()],
@@ -216,7 +226,7 @@ impl<'a> RawWriter<'a> {
             }
             Out::Parquet(groups) => {
                 groups.push(p, row, key, t, split, label == 1.0);
-                if groups.times.len() >= GROUP_ROWS {
+                if groups.time_ends.len() >= GROUP_ROWS {
                     groups.flush(p, false)?;
                 }
             }

@@ -9,7 +9,6 @@
 //! that file whole instead (`offline::run`), which sorts it in memory. Memory is bounded by a
 //! slice, the rows within the lateness, and the window state: not by the history.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::engine::Stages;
@@ -127,7 +126,8 @@ pub fn stream(
         table_digests: joins.digests.clone(),
         ..Streamed::default()
     };
-    let mut held: BTreeMap<(i64, Option<Key>, u32), Row> = BTreeMap::new();
+    // Sorted by `(event time, partition key, record)`.
+    let mut held: Vec<Held> = Vec::new();
     let mut stages = Stages::new(p);
     // The newest event time read so far, and its record.
     let mut newest: Option<(i64, u32)> = None;
@@ -171,10 +171,21 @@ pub fn stream(
         out.filtered += n - batch.kept;
         out.rejected.extend(batch.rejected);
         let et = p.event_time_col();
-        for (row, rec) in batch.rows.into_iter().zip(batch.source) {
-            let t = row[et].as_i64().unwrap_or(i64::MIN);
-            held.insert((t, Key::of(&row[p.key]), rec), row);
-        }
+        held.extend(
+            batch
+                .rows
+                .into_iter()
+                .zip(batch.source)
+                .map(|(row, rec)| Held {
+                    t: row[et].as_i64().unwrap_or(i64::MIN),
+                    key: Key::of(&row[p.key]),
+                    rec,
+                    row,
+                }),
+        );
+        // The held rows and the slice (sorted the same way by `prepare`) are two sorted runs,
+        // which the stable sort merges in one linear pass.
+        held.sort_by(|a, b| (a.t, &a.key, a.rec).cmp(&(b.t, &b.key, b.rec)));
         out.held_max = out.held_max.max(held.len());
         let mark = newest.map_or(i64::MIN, |(t, _)| t.saturating_sub(p.lateness_ms));
         release(p, &mut stages, &mut held, Some(mark), &mut out, sink)?;
@@ -183,21 +194,25 @@ pub fn stream(
     Ok(out)
 }
 
+/// A row waiting for the lateness to pass, with what orders it.
+struct Held {
+    t: i64,
+    key: Option<Key>,
+    rec: u32,
+    row: Row,
+}
+
 /// Run the held rows before `mark` (all of them without one) through the stages, in order.
 fn release(
     p: &Pipeline,
     stages: &mut Stages,
-    held: &mut BTreeMap<(i64, Option<Key>, u32), Row>,
+    held: &mut Vec<Held>,
     mark: Option<i64>,
     out: &mut Streamed,
     sink: &mut Sink<'_>,
 ) -> Result<(), DataError> {
-    while let Some(entry) = held.first_entry() {
-        if mark.is_some_and(|m| entry.key().0 >= m) {
-            break;
-        }
-        let rec = entry.key().2;
-        let mut row = entry.remove();
+    let due = mark.map_or(held.len(), |m| held.partition_point(|h| h.t < m));
+    for Held { rec, mut row, .. } in held.drain(..due) {
         match stages.process(p, &mut row) {
             Ok(()) => {
                 out.events += 1;

@@ -56,6 +56,8 @@ pub struct WindowState {
     combined: Vec<Part>,
     /// Scratch space for one window's distinct counts, one per distinct field.
     distinct: Vec<u64>,
+    /// Whether parts keep a mean and sum of squared deviations (some aggregate is a `std`).
+    welford: bool,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,7 @@ impl WindowState {
             })
             .collect();
         Self {
+            welford: w.aggs.iter().any(|a| a.func == AggFn::Std),
             combined: vec![Part::EMPTY; fields.len()],
             distinct: vec![0; distinct_fields.len()],
             fields,
@@ -195,8 +198,10 @@ impl WindowState {
             distinct_fields,
             slots,
             distinct_slots,
+            welford,
             ..
         } = self;
+        let welford = *welford;
         // One hash lookup per event and window: a new key's state starts empty, and its first
         // event is in order.
         let mut kw = Key::of(&row[w.key]).map(|key| {
@@ -214,7 +219,7 @@ impl WindowState {
         let in_order = kw.as_ref().is_none_or(|kw| t >= kw.watermark);
         let events = match kw.as_deref_mut() {
             Some(kw) if in_order => {
-                kw.slide(lo, nf, distinct_fields);
+                kw.slide(lo, nf, distinct_fields, welford);
                 let s = &kw.swag;
                 let top = s
                     .front
@@ -224,7 +229,7 @@ impl WindowState {
                     .map(|i| &s.front[i..]);
                 for (i, c) in combined.iter_mut().enumerate() {
                     *c = match top {
-                        Some(top) => top[i].then(&s.back[i]),
+                        Some(top) => top[i].then_as(&s.back[i], welford),
                         None => s.back[i],
                     };
                 }
@@ -247,9 +252,9 @@ impl WindowState {
                 let b = entries.partition_point(|e| e.t <= t).max(a);
                 let window = &entries[a..b];
                 for (i, c) in combined.iter_mut().enumerate() {
-                    *c = window
-                        .iter()
-                        .fold(Part::EMPTY, |acc, e| acc.then(&Part::of(&e.vals[i])));
+                    *c = window.iter().fold(Part::EMPTY, |acc, e| {
+                        acc.then_as(&Part::of(&e.vals[i]), welford)
+                    });
                 }
                 for (d, &f) in distinct.iter_mut().zip(distinct_fields.iter()) {
                     let seen: Set<Distinct> = window
@@ -273,7 +278,7 @@ impl WindowState {
         };
         if let Some(c) = cur {
             for (part, v) in combined.iter_mut().zip(c) {
-                *part = part.then(&Part::of(v));
+                *part = part.then_as(&Part::of(v), welford);
             }
         }
         let events = events + u64::from(cur.is_some());
@@ -290,7 +295,7 @@ impl WindowState {
 
         let Some(kw) = kw else { return };
         if in_order {
-            kw.swag.push(&current, distinct_fields);
+            kw.swag.push(&current, distinct_fields, welford);
             kw.entries.push_back(Entry { t, vals: current });
         } else {
             let at = kw.entries.partition_point(|e| e.t <= t);
@@ -320,7 +325,7 @@ impl WindowState {
 impl KeyWindow {
     /// Move the window's start past entries at or before `lo`, for an in-order event (after
     /// rebuilding the stacks if an out-of-order insert spoiled them).
-    fn slide(&mut self, lo: i64, nf: usize, distinct_fields: &[usize]) {
+    fn slide(&mut self, lo: i64, nf: usize, distinct_fields: &[usize], welford: bool) {
         let s = &mut self.swag;
         if !s.valid {
             let start = self.entries.partition_point(|e| e.t <= lo);
@@ -335,12 +340,12 @@ impl KeyWindow {
                     }
                 }
             }
-            s.flip(&self.entries, nf);
+            s.flip(&self.entries, nf, welford);
             s.valid = true;
         }
         while self.entries.get(s.start).is_some_and(|e| e.t <= lo) {
             if s.start == s.split {
-                s.flip(&self.entries, nf);
+                s.flip(&self.entries, nf, welford);
             }
             s.front.truncate(s.front.len().saturating_sub(nf));
             let oldest = &self.entries[s.start];
@@ -361,13 +366,13 @@ impl KeyWindow {
 
 impl Swag {
     /// Turn the back into the front: `front` gets the suffix parts of `entries[start..]`.
-    fn flip(&mut self, entries: &VecDeque<Entry>, nf: usize) {
+    fn flip(&mut self, entries: &VecDeque<Entry>, nf: usize, welford: bool) {
         self.front.clear();
         self.front.reserve((entries.len() - self.start) * nf);
         let mut acc: Vec<Part> = vec![Part::EMPTY; nf];
         for e in entries.range(self.start..).rev() {
             for (a, v) in acc.iter_mut().zip(e.vals.iter()) {
-                *a = Part::of(v).then(a);
+                *a = Part::of(v).then_as(a, welford);
             }
             self.front.extend_from_slice(&acc);
         }
@@ -376,12 +381,12 @@ impl Swag {
     }
 
     /// Add the newest entry, about to be pushed at the back of the entries.
-    fn push(&mut self, vals: &[Value], distinct_fields: &[usize]) {
+    fn push(&mut self, vals: &[Value], distinct_fields: &[usize], welford: bool) {
         if !self.valid {
             return;
         }
         for (b, v) in self.back.iter_mut().zip(vals) {
-            *b = b.then(&Part::of(v));
+            *b = b.then_as(&Part::of(v), welford);
         }
         for (counts, &f) in self.distinct.iter_mut().zip(distinct_fields) {
             if let Some(v) = Distinct::of(&vals[f]) {

@@ -141,13 +141,13 @@ impl WindowState {
                 let mut acc = vec![Part::EMPTY; nf];
                 for e in entries.range(start..split).rev() {
                     for (a, v) in acc.iter_mut().zip(e.vals.iter()) {
-                        *a = Part::of(v).then(a);
+                        *a = Part::of(v).then_as(a, state.welford);
                     }
                     swag.front.extend_from_slice(&acc);
                 }
                 for e in entries.range(split..) {
                     for (b, v) in swag.back.iter_mut().zip(e.vals.iter()) {
-                        *b = b.then(&Part::of(v));
+                        *b = b.then_as(&Part::of(v), state.welford);
                     }
                 }
                 for (counts, &f) in swag.distinct.iter_mut().zip(&state.distinct_fields) {
