@@ -165,16 +165,29 @@ impl Reference {
     /// The references of `rows` (each an encoded input vector, named by `names`) and their
     /// `scores`.
     pub fn fit(names: &[String], rows: &[&[f64]], scores: &[f64]) -> Self {
+        Self::from_columns(
+            names,
+            rows.len() as u64,
+            |j| rows.iter().map(|r| r[j]).collect(),
+            scores,
+        )
+    }
+
+    /// [`Reference::fit`] from `events` rows given one input column at a time (`column(j)`),
+    /// so that the rows need not be held at once.
+    pub fn from_columns(
+        names: &[String],
+        events: u64,
+        mut column: impl FnMut(usize) -> Vec<f64>,
+        scores: &[f64],
+    ) -> Self {
         let inputs = names
             .iter()
             .enumerate()
-            .map(|(j, name)| {
-                let column: Vec<f64> = rows.iter().map(|r| r[j]).collect();
-                Distribution::fit(name, &column)
-            })
+            .map(|(j, name)| Distribution::fit(name, &column(j)))
             .collect();
         Self {
-            events: rows.len() as u64,
+            events,
             inputs,
             score: Distribution::fit("score", scores),
         }

@@ -12,6 +12,7 @@ use shared_models::{Bundle, FORMAT, Manifest, Registry, Servable};
 
 use crate::dataset::Input;
 use crate::model::ModelSpec;
+use crate::newton::Blocks as _;
 use crate::training::Training;
 use shared_models::bundle_table_file;
 use shared_models::drift::Reference;
@@ -78,9 +79,8 @@ struct FitReport {
 struct Seconds {
     /// Reading history and tables, and computing the features.
     features: f64,
-    /// Encoding the training rows into the feature matrix.
-    matrix: f64,
-    /// Fitting the model on that matrix.
+    /// Fitting the model (encoding the training rows into its matrix included: Newton's method
+    /// encodes block by block as it reads).
     fit: f64,
     /// Scoring the validation split and computing metrics and plots.
     evaluate: f64,
@@ -116,11 +116,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     let fitting = format!("fitting {} on {} events", spec.kind(), data.train_rows);
     progress.stage(&fitting);
     let fitted = &data.fitted;
-    let (x_train, y_train) = data.matrix(true);
-    let matrix_s = lap.next();
-    let model = spec.fit(x_train, y_train, &mut |m| {
-        progress.stage(&format!("{fitting}: {m}"))
-    })?;
+    let model = spec.fit_training(&data, &mut |m| progress.stage(&format!("{fitting}: {m}")))?;
     // The check the scorer makes at load, run before anything is scored or published.
     model.validate().map_err(|m| {
         anyhow::anyhow!(
@@ -130,32 +126,33 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
     })?;
     let fit_s = lap.next();
     progress.stage("evaluating on the validation split");
-    let (x_valid, y_valid) = data.matrix(false);
     // Score with the serving code, not the training library: what is evaluated is what serves.
-    let scores: Vec<f64> = x_valid
-        .rows()
-        .into_iter()
-        // Rows of a fresh matrix are contiguous; copy only if one ever is not.
-        .map(|r| match r.as_slice() {
-            Some(x) => model.predict_proba(x),
-            None => model.predict_proba(&r.to_vec()),
-        })
-        .collect();
-    let labels = y_valid.to_vec();
-    let metrics = evaluate(&scores, &labels, spec.threshold());
-    // What drift is measured against: the training split's inputs and scores.
-    let (x_reference, _) = data.matrix(true);
-    let copied: Vec<f64>;
-    let flat = match x_reference.as_slice() {
-        Some(flat) => flat,
-        None => {
-            copied = x_reference.iter().copied().collect();
-            &copied
-        }
+    // Both splits are encoded block by block, never held whole.
+    let scores_of = |train: bool| -> anyhow::Result<Vec<f64>> {
+        let mut scores = Vec::new();
+        data.blocks(train)
+            .each(&mut |_, rows| {
+                scores.extend(rows.rows().into_iter().map(|r| match r.as_slice() {
+                    Some(x) => model.predict_proba(x),
+                    None => model.predict_proba(&r.to_vec()),
+                }));
+                Ok(())
+            })
+            .map_err(anyhow::Error::msg)?;
+        Ok(scores)
     };
-    let rows: Vec<&[f64]> = flat.chunks(x_reference.ncols().max(1)).collect();
-    let train_scores: Vec<f64> = rows.iter().map(|x| model.predict_proba(x)).collect();
-    let reference = Reference::fit(&fitted.names(), &rows, &train_scores);
+    let scores = scores_of(false)?;
+    let labels = data.labels(false);
+    let metrics = evaluate(&scores, &labels, spec.threshold());
+    // What drift is measured against: the training split's inputs, a column at a time, and
+    // its scores.
+    let train_scores = scores_of(true)?;
+    let reference = Reference::from_columns(
+        &fitted.names(),
+        data.train_rows as u64,
+        |j| data.column(true, j),
+        &train_scores,
+    );
 
     let mut data_fp = history_digest(&input.events)?;
     for (_, d) in &data.table_digests {
@@ -252,7 +249,6 @@ pub fn run(args: FitArgs) -> anyhow::Result<ExitCode> {
         metrics,
         seconds: Seconds {
             features: features_s,
-            matrix: matrix_s,
             fit: fit_s,
             evaluate: evaluate_s,
             publish: publish_s,
@@ -297,8 +293,8 @@ fn print_table(r: &FitReport) {
     println!("  {:<20}{}", "feature fingerprint", r.feature_fingerprint);
     let t = &r.seconds;
     println!(
-        "  {:<20}features {:.1} s, matrix {:.1} s, fit {:.1} s, evaluate {:.1} s, publish {:.1} s",
-        "time", t.features, t.matrix, t.fit, t.evaluate, t.publish
+        "  {:<20}features {:.1} s, fit {:.1} s, evaluate {:.1} s, publish {:.1} s",
+        "time", t.features, t.fit, t.evaluate, t.publish
     );
 }
 

@@ -257,6 +257,52 @@ impl ModelSpec {
         }
     }
 
+    /// Fit on the training split of `data`. Newton's method reads the matrix block by block as
+    /// it is encoded, so it is never held whole; the other models get it whole.
+    pub fn fit_training(
+        &self,
+        data: &crate::training::Training,
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Predictor> {
+        match self {
+            Self::LogisticRegression {
+                solver: Solver::Newton,
+                ..
+            } => self.newton(&data.blocks(true), &data.labels(true), progress),
+            _ => {
+                let (x, y) = data.matrix(true);
+                self.fit(x, y, progress)
+            }
+        }
+    }
+
+    /// Logistic regression by Newton's method (`newton.rs`) on `x`'s blocks.
+    fn newton(
+        &self,
+        x: &dyn crate::newton::Blocks,
+        labels: &[bool],
+        progress: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Predictor> {
+        let Self::LogisticRegression {
+            alpha,
+            max_iterations,
+            gradient_tolerance,
+            threshold,
+            ..
+        } = self
+        else {
+            bail!("{} is not fitted by Newton's method", self.kind());
+        };
+        let fitted = crate::newton::fit(x, labels, *alpha, *max_iterations, *gradient_tolerance)
+            .map_err(|m| anyhow::anyhow!("logistic regression did not fit: {m}"))?;
+        progress(format!("{} Newton steps", fitted.iterations));
+        Ok(Predictor::Linear(LinearModel {
+            weights: fitted.weights,
+            intercept: fitted.intercept,
+            threshold: *threshold,
+        }))
+    }
+
     /// Fit on a feature matrix and labels. Deterministic: the same inputs give the same weights.
     /// `progress` hears how training goes (the MLP's epochs and losses).
     pub fn fit(
@@ -268,27 +314,8 @@ impl ModelSpec {
         match self {
             Self::LogisticRegression {
                 solver: Solver::Newton,
-                alpha,
-                max_iterations,
-                gradient_tolerance,
-                threshold,
-            } => {
-                let labels = y.to_vec();
-                let fitted = crate::newton::fit(
-                    x.view(),
-                    &labels,
-                    *alpha,
-                    *max_iterations,
-                    *gradient_tolerance,
-                )
-                .map_err(|m| anyhow::anyhow!("logistic regression did not fit: {m}"))?;
-                progress(format!("{} Newton steps", fitted.iterations));
-                Ok(Predictor::Linear(LinearModel {
-                    weights: fitted.weights,
-                    intercept: fitted.intercept,
-                    threshold: *threshold,
-                }))
-            }
+                ..
+            } => self.newton(&x.view(), &y.to_vec(), progress),
             Self::LogisticRegression {
                 solver: Solver::Lbfgs,
                 alpha,

@@ -12,6 +12,37 @@ use ndarray::{Array1, Array2, ArrayView2, Axis, Slice};
 
 use shared_models::sigmoid;
 
+/// Rows per block: the solver's unit of work, and all it needs of the matrix at once (fewer in
+/// unit tests, so that the fixtures make several blocks).
+pub const BLOCK: usize = if cfg!(test) { 256 } else { 4096 };
+
+/// What is done with a block: given its first row and its rows; an error stops the pass.
+pub type Visit<'a> = dyn FnMut(usize, ArrayView2<f64>) -> Result<(), String> + 'a;
+
+/// The training matrix as the solver reads it: in blocks of [`BLOCK`] rows (the last may be
+/// shorter), in order, once per pass. A matrix held whole is one; the trainer's compact training
+/// set encodes each block as it is asked for, so the matrix is never held (`training.rs`).
+pub trait Blocks {
+    /// Rows and columns.
+    fn dim(&self) -> (usize, usize);
+
+    /// Call `f` with each block's first row and the block, in order; stop at its first error.
+    fn each(&self, f: &mut Visit<'_>) -> Result<(), String>;
+}
+
+impl Blocks for ArrayView2<'_, f64> {
+    fn dim(&self) -> (usize, usize) {
+        ArrayView2::dim(self)
+    }
+
+    fn each(&self, f: &mut Visit<'_>) -> Result<(), String> {
+        for (k, rows) in self.axis_chunks_iter(Axis(0), BLOCK).enumerate() {
+            f(k * BLOCK, rows)?;
+        }
+        Ok(())
+    }
+}
+
 /// What the solver found.
 #[derive(Debug)]
 pub struct Fit {
@@ -25,8 +56,12 @@ pub struct Fit {
 
 /// Fit `p(y) = sigmoid(x w + b)`. Stops when the gradient's Euclidean norm is at most
 /// `tolerance`, when a step no longer lowers the objective, or after `max_iterations`.
+///
+/// Memory beyond `x` is a few numbers per row (labels, logits, probabilities) and one block:
+/// `x` is read block by block, so it need not be held whole. The blocks are cut at the same
+/// rows however `x` gives them, so the result is the same bits either way.
 pub fn fit(
-    x: ArrayView2<f64>,
+    x: &dyn Blocks,
     y: &[bool],
     alpha: f64,
     max_iterations: u64,
@@ -36,25 +71,33 @@ pub fn fit(
     if n == 0 || n != y.len() {
         return Err(format!("{n} rows for {} labels", y.len()));
     }
-    if let Some((i, v)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(format!(
-            "row {} feature {} is {v}: logistic regression needs finite inputs",
-            i / d.max(1),
-            i % d.max(1)
-        ));
-    }
+    x.each(
+        &mut |first, rows| match rows.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            Some((i, v)) => Err(format!(
+                "row {} feature {} is {v}: logistic regression needs finite inputs",
+                first + i / d.max(1),
+                i % d.max(1)
+            )),
+            None => Ok(()),
+        },
+    )?;
     let target: Array1<f64> = y.iter().map(|&b| f64::from(u8::from(b))).collect();
-    // The intercept is the last coefficient. Rows are processed in blocks with a column of
-    // ones appended, so memory beyond the input is one block, not another copy of the matrix.
-    const BLOCK: usize = 4096;
-    let logits = |beta: &Array1<f64>| -> Array1<f64> {
+    // The intercept is the last coefficient. Each block gets a column of ones appended in a
+    // scratch block, so memory beyond the input is one block, not another copy of the matrix.
+    let logits = |beta: &Array1<f64>| -> Result<Array1<f64>, String> {
         let w = beta.slice_axis(Axis(0), Slice::from(..d));
-        x.dot(&w) + beta[d]
+        let mut z = Array1::<f64>::zeros(n);
+        x.each(&mut |first, rows| {
+            let mut out = z.slice_axis_mut(Axis(0), Slice::from(first..first + rows.nrows()));
+            out.assign(&(rows.dot(&w) + beta[d]));
+            Ok(())
+        })?;
+        Ok(z)
     };
     let mut beta = Array1::<f64>::zeros(d + 1);
     // The objective, with the logits it was computed from (the next step's weights need them).
-    let objective = |beta: &Array1<f64>| -> (f64, Array1<f64>) {
-        let z = logits(beta);
+    let objective = |beta: &Array1<f64>| -> Result<(f64, Array1<f64>), String> {
+        let z = logits(beta)?;
         let loss: f64 = z
             .iter()
             .zip(&target)
@@ -62,9 +105,9 @@ pub fn fit(
             .map(|(&z, &t)| z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z)
             .sum();
         let penalty = 0.5 * alpha * beta.iter().take(d).map(|b| b * b).sum::<f64>();
-        (loss + penalty, z)
+        Ok((loss + penalty, z))
     };
-    let (mut current, mut z) = objective(&beta);
+    let (mut current, mut z) = objective(&beta)?;
     let mut iterations = 0;
     let mut block = Array2::<f64>::zeros((BLOCK, d + 1));
     while iterations < max_iterations {
@@ -74,9 +117,8 @@ pub fn fit(
         // H = X' W X + alpha I (intercept unpenalised), W = p (1 - p): each block's rows are
         // scaled by sqrt(W) so that its share is one symmetric matrix product.
         let mut h = Array2::<f64>::zeros((d + 1, d + 1));
-        for (start, rows) in x.axis_chunks_iter(Axis(0), BLOCK).enumerate() {
+        x.each(&mut |first, rows| {
             let m = rows.nrows();
-            let first = start * BLOCK;
             let mut b = block.slice_axis_mut(Axis(0), Slice::from(..m));
             for (i, (mut out, row)) in b.rows_mut().into_iter().zip(rows.rows()).enumerate() {
                 let (pi, ri) = (p[first + i], residual[first + i]);
@@ -89,7 +131,8 @@ pub fn fit(
                 grad[d] += ri;
             }
             ndarray::linalg::general_mat_mul(1.0, &b.t(), &b, 1.0, &mut h);
-        }
+            Ok(())
+        })?;
         for j in 0..d {
             grad[j] += alpha * beta[j];
             h[(j, j)] += alpha;
@@ -103,7 +146,7 @@ pub fn fit(
         let mut improved = None;
         for _ in 0..30 {
             let trial = &beta - &(&step * t);
-            let (value, trial_z) = objective(&trial);
+            let (value, trial_z) = objective(&trial)?;
             if value.is_finite() && value < current {
                 improved = Some((trial, value, trial_z));
                 break;
@@ -219,7 +262,7 @@ mod tests {
         });
         let y: Vec<bool> = (0..n).map(|i| (i * 7919) % 100 < i * 100 / n).collect();
         for alpha in [0.0, 1.0] {
-            let f = fit(x.view(), &y, alpha, 100, 1e-9).unwrap();
+            let f = fit(&x.view(), &y, alpha, 100, 1e-9).unwrap();
             // The gradient of the objective at the answer, computed from scratch.
             let mut g = [0.0; 3];
             for i in 0..n {
@@ -246,7 +289,7 @@ mod tests {
     fn non_finite_inputs_are_refused_with_their_place() {
         let mut x = Array2::<f64>::zeros((3, 2));
         x[(1, 1)] = f64::INFINITY;
-        let err = fit(x.view(), &[true, false, true], 1.0, 10, 1e-6).unwrap_err();
+        let err = fit(&x.view(), &[true, false, true], 1.0, 10, 1e-6).unwrap_err();
         assert_eq!(
             err,
             "row 1 feature 1 is inf: logistic regression needs finite inputs"

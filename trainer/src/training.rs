@@ -226,19 +226,84 @@ impl Training {
         })
     }
 
-    /// The encoded matrix and labels of the training split (`train`) or the validation split,
-    /// in event order: what `Dataset::matrix` gives, bit for bit (the unit test's oracle).
-    pub fn matrix(&self, train: bool) -> (Array2<f64>, Array1<bool>) {
-        let f = &self.fitted;
-        let r = &self.rows;
-        let n = if train {
+    /// Rows in the training split (`train`) or the validation split.
+    fn split_rows(&self, train: bool) -> usize {
+        if train {
             self.train_rows
         } else {
             self.valid_rows
-        };
-        let w = f.width();
-        // Each categorical column's slot per distinct text: its level, or `<other>`.
-        let slots: Vec<Vec<usize>> = (f.vocabs.iter().zip(&r.texts))
+        }
+    }
+
+    /// The labels of a split, in event order.
+    pub fn labels(&self, train: bool) -> Vec<bool> {
+        let r = &self.rows;
+        (0..r.len())
+            .filter(|&i| r.train[i] == train)
+            .map(|i| r.labels[i])
+            .collect()
+    }
+
+    /// The encoded matrix and labels of the training split (`train`) or the validation split,
+    /// in event order: what `Dataset::matrix` gives, bit for bit (the unit test's oracle).
+    pub fn matrix(&self, train: bool) -> (Array2<f64>, Array1<bool>) {
+        let e = Encoding::new(self);
+        let mut x = Array2::<f64>::zeros((self.split_rows(train), self.fitted.width()));
+        let r = &self.rows;
+        for (k, i) in (0..r.len()).filter(|&i| r.train[i] == train).enumerate() {
+            e.encode(self, i, x.row_mut(k));
+        }
+        (x, Array1::from(self.labels(train)))
+    }
+
+    /// A split's matrix as blocks encoded one at a time (for the Newton solver and for
+    /// scoring), never held whole.
+    pub fn blocks(&self, train: bool) -> SplitBlocks<'_> {
+        SplitBlocks { t: self, train }
+    }
+
+    /// One encoded column of a split (slot `j` of the encoding), in event order: the matrix's
+    /// column `j`, bit for bit, without the matrix.
+    pub fn column(&self, train: bool, j: usize) -> Vec<f64> {
+        let (f, r) = (&self.fitted, &self.rows);
+        let rows = (0..r.len()).filter(|&i| r.train[i] == train);
+        if let Some(s) = f.scalers.get(j) {
+            return rows
+                .map(|i| {
+                    if r.missing[j][i] {
+                        0.0
+                    } else {
+                        (r.numeric[j][i] - s.mean) / s.std
+                    }
+                })
+                .collect();
+        }
+        // A one-hot slot: which categorical column, and which of its slots.
+        let e = Encoding::new(self);
+        let mut start = f.scalers.len();
+        for (c, v) in f.vocabs.iter().enumerate() {
+            let width = v.levels.len() + 1;
+            if j < start + width {
+                let slot = j - start;
+                return rows
+                    .map(|i| f64::from(u8::from(e.slot(self, c, i) == slot)))
+                    .collect();
+            }
+            start += width;
+        }
+        Vec::new()
+    }
+}
+
+/// How the compact rows encode: each categorical column's slot per distinct text (its level,
+/// or `<other>`), found once.
+struct Encoding {
+    slots: Vec<Vec<usize>>,
+}
+
+impl Encoding {
+    fn new(t: &Training) -> Self {
+        let slots = (t.fitted.vocabs.iter().zip(&t.rows.texts))
             .map(|(v, (texts, _))| {
                 texts
                     .iter()
@@ -248,31 +313,69 @@ impl Training {
                     .collect()
             })
             .collect();
-        let mut x = Array2::<f64>::zeros((n, w));
-        let mut y = Vec::with_capacity(n);
-        for (k, i) in (0..r.len()).filter(|&i| r.train[i] == train).enumerate() {
-            let mut out = x.row_mut(k);
-            for (j, s) in f.scalers.iter().enumerate() {
-                out[j] = if r.missing[j][i] {
-                    0.0
-                } else {
-                    (r.numeric[j][i] - s.mean) / s.std
-                };
-            }
-            let mut start = f.scalers.len();
-            for (c, v) in f.vocabs.iter().enumerate() {
-                let id = r.categorical[c][i];
-                let slot = if id == NONE {
-                    v.levels.len()
-                } else {
-                    slots[c][id as usize]
-                };
-                out[start + slot] = 1.0;
-                start += v.levels.len() + 1;
-            }
-            y.push(r.labels[i]);
+        Self { slots }
+    }
+
+    /// The slot of categorical column `c` that row `i` sets.
+    fn slot(&self, t: &Training, c: usize, i: usize) -> usize {
+        let id = t.rows.categorical[c][i];
+        if id == NONE {
+            t.fitted.vocabs[c].levels.len()
+        } else {
+            self.slots[c][id as usize]
         }
-        (x, Array1::from(y))
+    }
+
+    /// Row `i` encoded into `out` (which must be zeros), as `FittedState::transform` encodes.
+    fn encode(&self, t: &Training, i: usize, mut out: ndarray::ArrayViewMut1<f64>) {
+        let (f, r) = (&t.fitted, &t.rows);
+        for (j, s) in f.scalers.iter().enumerate() {
+            out[j] = if r.missing[j][i] {
+                0.0
+            } else {
+                (r.numeric[j][i] - s.mean) / s.std
+            };
+        }
+        let mut start = f.scalers.len();
+        for (c, v) in f.vocabs.iter().enumerate() {
+            out[start + self.slot(t, c, i)] = 1.0;
+            start += v.levels.len() + 1;
+        }
+    }
+}
+
+/// A split of a [`Training`] as the Newton solver's blocks, each encoded when asked for.
+pub struct SplitBlocks<'a> {
+    t: &'a Training,
+    train: bool,
+}
+
+impl crate::newton::Blocks for SplitBlocks<'_> {
+    fn dim(&self) -> (usize, usize) {
+        (self.t.split_rows(self.train), self.t.fitted.width())
+    }
+
+    fn each(&self, f: &mut crate::newton::Visit<'_>) -> Result<(), String> {
+        use crate::newton::BLOCK;
+        let (n, w) = crate::newton::Blocks::dim(self);
+        let e = Encoding::new(self.t);
+        let mut block = Array2::<f64>::zeros((BLOCK.min(n), w));
+        let r = &self.t.rows;
+        let mut rows = (0..r.len()).filter(|&i| r.train[i] == self.train);
+        let mut first = 0;
+        while first < n {
+            let m = BLOCK.min(n - first);
+            block.fill(0.0);
+            for (k, i) in rows.by_ref().take(m).enumerate() {
+                e.encode(self.t, i, block.row_mut(k));
+            }
+            f(
+                first,
+                block.slice_axis(ndarray::Axis(0), ndarray::Slice::from(..m)),
+            )?;
+            first += m;
+        }
+        Ok(())
     }
 }
 
@@ -312,5 +415,50 @@ mod tests {
             let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&x), bits(&x0), "split train={train}");
         }
+    }
+
+    /// The blocks the Newton solver reads, and each column the drift reference reads, are the
+    /// matrix's, bit for bit; so the fit from blocks is the fit from the matrix held whole.
+    #[test]
+    fn blocks_and_columns_are_the_matrix_and_fit_alike() {
+        use crate::newton::{BLOCK, Blocks};
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let pipeline = repo.join("data/flights/pipeline.toml");
+        let base = repo.join("data/flights/fixtures");
+        let mut input = Input::load(&pipeline, Some(&base), None, None).unwrap();
+        input.fetch().unwrap();
+        let cut = input.valid_from(Some("2013-01-03")).unwrap();
+        let t = Training::build(&input, cut).unwrap();
+        let bits = |a: ndarray::ArrayView2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for train in [true, false] {
+            let (x, y) = t.matrix(train);
+            assert_eq!(t.labels(train), y.to_vec());
+            let mut starts = Vec::new();
+            let mut joined = Vec::new();
+            t.blocks(train)
+                .each(&mut |first, rows| {
+                    starts.push(first);
+                    joined.extend(bits(rows));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(joined, bits(x.view()), "train={train}");
+            assert_eq!(starts, (0..x.nrows()).step_by(BLOCK).collect::<Vec<_>>());
+            for j in 0..x.ncols() {
+                let column: Vec<u64> = t.column(train, j).iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u64> = x.column(j).iter().map(|v| v.to_bits()).collect();
+                assert_eq!(column, want, "train={train} column {j}");
+            }
+        }
+        // Unit tests cut blocks of 256 rows, so the fixtures make several.
+        let (x, y) = t.matrix(true);
+        assert!(x.nrows() > 3 * BLOCK, "{}", x.nrows());
+        let whole = crate::newton::fit(&x.view(), &y.to_vec(), 1.0, 50, 1e-9).unwrap();
+        let blocks = crate::newton::fit(&t.blocks(true), &t.labels(true), 1.0, 50, 1e-9).unwrap();
+        assert!(whole.iterations > 1);
+        assert_eq!(blocks.iterations, whole.iterations);
+        assert_eq!(blocks.intercept.to_bits(), whole.intercept.to_bits());
+        let w = |f: &crate::newton::Fit| f.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(w(&blocks), w(&whole));
     }
 }
