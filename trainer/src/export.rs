@@ -1,15 +1,19 @@
 //! `trainer export-features`: the exact matrix a model is trained and validated on, as CSV or
-//! Parquet, so anyone can check our models with other tools (`ci/sklearn-check` does).
+//! Parquet, so anyone can check our models with other tools (`ci/sklearn-check` does). It is
+//! `trainer fit`'s compact training set (`training.rs`), with each event's time and key kept,
+//! encoded block by block as it is written.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use shared_features::time::format_timestamp;
+use shared_features::time::TimestampText;
 
 use crate::dataset::{Dataset, Input};
+use crate::newton::Blocks as _;
 use crate::raw::{RawWriter, push_cell};
+use crate::training::{Keep, Training};
 
 /// Arguments of `trainer export-features`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +22,8 @@ pub struct ExportArgs {
     #[arg(long, env = "KML_PIPELINE")]
     pipeline: PathBuf,
     /// Where to write the matrix, `.csv` or `.parquet`: event_time, split (train|valid), label,
-    /// then every input slot.
+    /// then every input slot. From Parquet history the features stream as for `trainer fit`,
+    /// and the matrix is encoded block by block as it is written, never held whole.
     #[arg(long)]
     out: PathBuf,
     /// History: CSV, Parquet (.parquet), JSON lines (.jsonl, .ndjson, .json) or Avro (.avro), a
@@ -68,16 +73,28 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if args.raw {
         return export_raw(&input, &args, parquet, valid_from);
     }
-    let data = Dataset::build(&input, valid_from)?;
-    if parquet {
-        write_parquet(&input, &data, &args.out, args.with_key)?;
+    // The compact training set `trainer fit` builds (streamed from Parquet history), with
+    // each event's time and key besides; the matrix is encoded block by block as it is written.
+    let keep = Keep {
+        times: true,
+        keys: args.with_key,
+    };
+    let data = Training::build_keeping(&input, valid_from, keep)?;
+    let mut out = if parquet {
+        Out::parquet(&args.out)?
     } else {
-        write_csv(&input, &data, &args.out, args.with_key)?;
+        Out::csv(&args.out, &data, args.with_key)?
+    };
+    for train in [true, false] {
+        write_split(&data, train, &mut out)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
     }
+    out.finish()
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
         "wrote {} training and {} validation rows of {} features to {}",
-        data.train.len(),
-        data.valid.len(),
+        data.train_rows,
+        data.valid_rows,
         data.fitted.width(),
         args.out.display()
     );
@@ -150,105 +167,197 @@ fn export_raw(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parquet: (`key` with `--with-key`), `event_time` (RFC 3339 text in UTC, as in the CSV),
-/// `split`, `label` (bool), then one f64 column per input slot.
-fn write_parquet(
-    input: &Input,
-    data: &Dataset,
-    out: &std::path::Path,
-    with_key: bool,
-) -> anyhow::Result<()> {
-    use polars::prelude::{Column, DataFrame, ParquetWriter};
-    let p = &input.pipeline;
-    let names = data.fitted.names();
-    let n = data.train.len() + data.valid.len();
-    let mut keys = Vec::with_capacity(if with_key { n } else { 0 });
-    let mut times = Vec::with_capacity(n);
-    let mut splits = Vec::with_capacity(n);
-    let mut labels = Vec::with_capacity(n);
-    let mut slots: Vec<Vec<f64>> = vec![Vec::with_capacity(n); names.len()];
-    let mut buf = Vec::new();
-    for (split, rows) in [("train", &data.train), ("valid", &data.valid)] {
-        for (i, y) in rows {
-            let row = &data.run.rows[*i];
-            data.fitted.transform(p, row, &mut buf);
-            if with_key {
-                keys.push(row[p.key].key_text());
-            }
-            times.push(row[p.event_time_col()].as_i64().map(format_timestamp));
-            splits.push(split);
-            labels.push(*y);
-            for (col, v) in slots.iter_mut().zip(&buf) {
-                col.push(*v);
-            }
-        }
-    }
-    let mut columns = Vec::new();
-    if with_key {
-        columns.push(Column::new("key".into(), keys));
-    }
-    columns.extend([
-        Column::new("event_time".into(), times),
-        Column::new("split".into(), splits),
-        Column::new("label".into(), labels),
-    ]);
-    for (name, col) in names.iter().zip(slots) {
-        columns.push(Column::new(name.as_str().into(), col));
-    }
-    let mut df = DataFrame::new(n, columns)?;
-    let file =
-        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    ParquetWriter::new(file)
-        .finish(&mut df)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
+/// Where the encoded matrix goes: CSV, or Parquet in row groups of [`GROUP_ROWS`] (`key` with
+/// `--with-key`, `event_time` as RFC 3339 text in UTC as in the CSV, `split`, a boolean
+/// `label`, then one f64 column per input slot).
+enum Out {
+    Csv(std::io::BufWriter<std::fs::File>),
+    Parquet {
+        file: Option<std::fs::File>,
+        writer: Option<Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
+        group: Group,
+    },
 }
 
-fn write_csv(
-    input: &Input,
-    data: &Dataset,
-    out: &std::path::Path,
-    with_key: bool,
-) -> anyhow::Result<()> {
-    let p = &input.pipeline;
-    let file =
-        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let mut header = if with_key {
-        vec!["key".to_string()]
-    } else {
-        Vec::new()
-    };
-    header.extend([
-        "event_time".to_string(),
-        "split".to_string(),
-        "label".to_string(),
-    ]);
-    header.extend(data.fitted.names());
-    writeln!(w, "{}", header.join(","))?;
-    let mut buf = Vec::new();
-    let mut line = String::new();
-    for (split, rows) in [("train", &data.train), ("valid", &data.valid)] {
-        for (i, y) in rows {
-            let row = &data.run.rows[*i];
-            data.fitted.transform(p, row, &mut buf);
-            line.clear();
-            if with_key {
-                push_cell(&mut line, &row[p.key].key_text().unwrap_or_default());
-                line.push(',');
-            }
-            let t = row[p.event_time_col()]
-                .as_i64()
-                .map(format_timestamp)
-                .unwrap_or_default();
-            line.push_str(&format!("{t},{split},{}", u8::from(*y)));
-            for v in &buf {
-                // `{:?}` prints the shortest text that reads back as the same f64.
-                line.push_str(&format!(",{v:?}"));
-            }
-            writeln!(w, "{line}")?;
-        }
+/// Rows per Parquet row group.
+const GROUP_ROWS: usize = 100_000;
+
+/// A row group's columns, buffered.
+#[derive(Default)]
+struct Group {
+    keys: Option<Vec<Option<String>>>,
+    times: Vec<String>,
+    splits: Vec<&'static str>,
+    labels: Vec<bool>,
+    slots: Vec<Vec<f64>>,
+    names: Vec<String>,
+}
+
+/// One row of the matrix with what names it.
+struct Row<'a> {
+    key: Option<Option<&'a str>>,
+    time: &'a str,
+    split: &'static str,
+    label: bool,
+    x: &'a [f64],
+}
+
+impl Out {
+    fn parquet(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self::Parquet {
+            file: Some(file),
+            writer: None,
+            group: Group::default(),
+        })
     }
-    w.flush()?;
-    Ok(())
+
+    fn csv(path: &std::path::Path, data: &Training, with_key: bool) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        let mut header = if with_key {
+            vec!["key".to_string()]
+        } else {
+            Vec::new()
+        };
+        header.extend(["event_time", "split", "label"].map(String::from));
+        header.extend(data.fitted.names());
+        writeln!(w, "{}", header.join(","))?;
+        Ok(Self::Csv(w))
+    }
+
+    fn row(&mut self, names: &[String], r: Row<'_>) -> anyhow::Result<()> {
+        match self {
+            Self::Csv(w) => {
+                let mut line = String::new();
+                if let Some(k) = r.key {
+                    push_cell(&mut line, k.unwrap_or_default());
+                    line.push(',');
+                }
+                line.push_str(&format!("{},{},{}", r.time, r.split, u8::from(r.label)));
+                for v in r.x {
+                    // `{:?}` prints the shortest text that reads back as the same f64.
+                    line.push_str(&format!(",{v:?}"));
+                }
+                writeln!(w, "{line}")?;
+            }
+            Self::Parquet { group, .. } => {
+                if group.names.is_empty() {
+                    group.names = names.to_vec();
+                    group.slots = vec![Vec::new(); names.len()];
+                    group.keys = r.key.map(|_| Vec::new());
+                }
+                if let (Some(keys), Some(k)) = (&mut group.keys, r.key) {
+                    keys.push(k.map(str::to_string));
+                }
+                group.times.push(r.time.to_string());
+                group.splits.push(r.split);
+                group.labels.push(r.label);
+                for (col, v) in group.slots.iter_mut().zip(r.x) {
+                    col.push(*v);
+                }
+                if group.labels.len() >= GROUP_ROWS {
+                    self.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the buffered Parquet rows as a row group.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        use polars::prelude::{Column, DataFrame, ParquetWriter};
+        let Self::Parquet {
+            file,
+            writer,
+            group,
+        } = self
+        else {
+            return Ok(());
+        };
+        let n = group.labels.len();
+        if n == 0 && writer.is_some() {
+            return Ok(());
+        }
+        let mut columns = Vec::new();
+        if let Some(keys) = &mut group.keys {
+            columns.push(Column::new("key".into(), std::mem::take(keys)));
+        }
+        columns.extend([
+            Column::new("event_time".into(), std::mem::take(&mut group.times)),
+            Column::new("split".into(), std::mem::take(&mut group.splits)),
+            Column::new("label".into(), std::mem::take(&mut group.labels)),
+        ]);
+        for (name, col) in group.names.iter().zip(&mut group.slots) {
+            columns.push(Column::new(name.as_str().into(), std::mem::take(col)));
+        }
+        let df = DataFrame::new(n, columns)?;
+        if let Some(file) = file.take() {
+            *writer = Some(Box::new(ParquetWriter::new(file).batched(df.schema())?));
+        }
+        if let Some(w) = writer {
+            w.write_batch(&df)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.flush()?;
+        match &mut self {
+            Self::Csv(w) => w.flush()?,
+            Self::Parquet { writer, .. } => {
+                if let Some(w) = writer {
+                    w.finish()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Write a split's rows (`train`: the training split), each encoded as the model reads it.
+fn write_split(data: &Training, train: bool, out: &mut Out) -> anyhow::Result<()> {
+    let names = data.fitted.names();
+    let split = if train { "train" } else { "valid" };
+    let labels = data.labels(train);
+    let times = data.times(train).unwrap_or_default();
+    let keys = data.keys(train);
+    let mut text = TimestampText::default();
+    let mut time = String::new();
+    let mut failed = None;
+    let written = data.blocks(train).each(&mut |first, rows| {
+        for (k, x) in rows.rows().into_iter().enumerate() {
+            let i = first + k;
+            time.clear();
+            text.push(times[i], &mut time);
+            let copied: Vec<f64>;
+            let x = match x.as_slice() {
+                Some(x) => x,
+                None => {
+                    copied = x.to_vec();
+                    &copied
+                }
+            };
+            let row = Row {
+                key: keys.as_ref().map(|k| k[i]),
+                time: &time,
+                split,
+                label: labels[i],
+                x,
+            };
+            if let Err(e) = out.row(&names, row) {
+                let m = e.to_string();
+                failed = Some(e);
+                return Err(m);
+            }
+        }
+        Ok(())
+    });
+    match (written, failed) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(e),
+        (Err(m), None) => Err(anyhow::anyhow!(m)),
+    }
 }

@@ -49,15 +49,44 @@ struct Compact {
     categorical: Vec<Vec<u32>>,
     /// Per categorical column: its distinct texts, by index, and the index of each.
     texts: Vec<Texts>,
+    /// Each event's time, when kept (for the export).
+    times: Option<Vec<i64>>,
+    /// Each event's key as text (an index into the distinct texts, [`NONE`] for null), when
+    /// kept (for the export's `--with-key`).
+    keys: Option<(Vec<u32>, Texts)>,
+}
+
+/// What the compact training set keeps beyond what fitting needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    /// Each event's time.
+    pub times: bool,
+    /// Each event's key.
+    pub keys: bool,
+}
+
+/// The index of `text` among `texts`, added if new.
+fn intern((all, index): &mut Texts, text: &str) -> u32 {
+    match index.get(text) {
+        Some(&id) => id,
+        None => {
+            let id = all.len() as u32;
+            all.push(text.into());
+            index.insert(text.into(), id);
+            id
+        }
+    }
 }
 
 /// A categorical column's distinct texts, by index, and the index of each.
 type Texts = (Vec<Box<str>>, HashMap<Box<str>, u32>);
 
 impl Compact {
-    fn new(p: &Pipeline) -> Self {
+    fn new(p: &Pipeline, keep: Keep) -> Self {
         let f = &p.features;
         Self {
+            times: keep.times.then(Vec::new),
+            keys: keep.keys.then(Default::default),
             train: Vec::new(),
             labels: Vec::new(),
             numeric: vec![Vec::new(); f.numeric.len()],
@@ -88,22 +117,15 @@ impl Compact {
                 }
                 _ => None,
             };
-            let id = match text {
-                None => NONE,
-                Some(t) => {
-                    let (all, index) = &mut self.texts[i];
-                    match index.get(t) {
-                        Some(&id) => id,
-                        None => {
-                            let id = all.len() as u32;
-                            all.push(t.into());
-                            index.insert(t.into(), id);
-                            id
-                        }
-                    }
-                }
-            };
+            let id = text.map_or(NONE, |t| intern(&mut self.texts[i], t));
             self.categorical[i].push(id);
+        }
+        if let Some(times) = &mut self.times {
+            times.push(row[p.event_time_col()].as_i64().unwrap_or(i64::MIN));
+        }
+        if let Some((ids, texts)) = &mut self.keys {
+            let id = row[p.key].key_text().map_or(NONE, |k| intern(texts, &k));
+            ids.push(id);
         }
     }
 
@@ -116,8 +138,13 @@ impl Training {
     /// Compute features, split and fit the encoding, streaming the history when it can. Events
     /// without a label (null) are left out of both splits.
     pub fn build(input: &Input, valid_from: i64) -> anyhow::Result<Self> {
+        Self::build_keeping(input, valid_from, Keep::default())
+    }
+
+    /// [`Training::build`], keeping what `keep` asks for besides.
+    pub fn build_keeping(input: &Input, valid_from: i64, keep: Keep) -> anyhow::Result<Self> {
         if input.history.is_none() && stream::streams(&input.events) {
-            match Self::streamed(input, valid_from) {
+            match Self::streamed(input, valid_from, keep) {
                 Ok(t) => return Ok(t),
                 Err(Failed::Unordered(e)) => eprintln!("{e}; computing it whole instead"),
                 Err(Failed::Other(e)) => return Err(e),
@@ -125,7 +152,7 @@ impl Training {
         }
         let data = Dataset::build(input, valid_from)?;
         let p = &input.pipeline;
-        let mut rows = Compact::new(p);
+        let mut rows = Compact::new(p, keep);
         // The rows of each split in event order, as `Dataset::matrix` takes them.
         let mut all: Vec<(usize, bool, bool)> = (data.train.iter().map(|&(i, y)| (i, true, y)))
             .chain(data.valid.iter().map(|&(i, y)| (i, false, y)))
@@ -144,7 +171,7 @@ impl Training {
         })
     }
 
-    fn streamed(input: &Input, valid_from: i64) -> Result<Self, Failed> {
+    fn streamed(input: &Input, valid_from: i64, keep: Keep) -> Result<Self, Failed> {
         let p = &input.pipeline;
         let Some(label) = p.label.clone() else {
             return Err(Failed::Other(anyhow::anyhow!(
@@ -153,7 +180,7 @@ impl Training {
             )));
         };
         let et = p.event_time_col();
-        let mut rows = Compact::new(p);
+        let mut rows = Compact::new(p, keep);
         let mut acc = FitAccumulator::new(p);
         let (mut first, mut last, mut events, mut before_cut) = (None::<i64>, None::<i64>, 0, 0);
         let (mut train_rows, mut valid_rows) = (0, 0);
@@ -233,6 +260,28 @@ impl Training {
         } else {
             self.valid_rows
         }
+    }
+
+    /// The events of a split (`train`) by index, in event order.
+    fn split_index(&self, train: bool) -> impl Iterator<Item = usize> + '_ {
+        let r = &self.rows;
+        (0..r.len()).filter(move |&i| r.train[i] == train)
+    }
+
+    /// A split's event times, in event order, when kept ([`Keep::times`]).
+    pub fn times(&self, train: bool) -> Option<Vec<i64>> {
+        let times = self.rows.times.as_ref()?;
+        Some(self.split_index(train).map(|i| times[i]).collect())
+    }
+
+    /// A split's keys as text, in event order, when kept ([`Keep::keys`]).
+    pub fn keys(&self, train: bool) -> Option<Vec<Option<&str>>> {
+        let (ids, (texts, _)) = self.rows.keys.as_ref()?;
+        Some(
+            self.split_index(train)
+                .map(|i| texts.get(ids[i] as usize).map(|t| &**t))
+                .collect(),
+        )
     }
 
     /// The labels of a split, in event order.

@@ -1,5 +1,5 @@
 //! History that streams: Parquet read slice by slice through the offline engine, for
-//! `export-features --raw` and `fit`, against the whole-table run of the same events.
+//! `export-features` (raw and encoded) and `fit`, against the whole-table run of the same events.
 
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -91,6 +91,34 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
         "{said}"
     );
     assert!(fallback == from_csv);
+
+    // The encoded matrix (`export-features` without `--raw`) streams the same way, through the
+    // compact training set `fit` builds, encoded block by block as it is written.
+    let encoded = |events: &Path, out: &str| {
+        let out = dir.join(out);
+        let o = on(
+            "export-features",
+            events,
+            &["--with-key", "--out", out.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            std::fs::read_to_string(out).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (matrix, said) = encoded(&csv, "matrix-csv.csv");
+    assert!(!said.contains("streamed"), "{said}");
+    assert!(matrix.lines().count() > 2600);
+    let (streamed, said) = encoded(&sorted_path, "matrix-streamed.csv");
+    assert!(said.contains("features streamed:"), "{said}");
+    assert!(
+        streamed == matrix,
+        "the streamed matrix is the whole table's"
+    );
+    let (fallback, said) = encoded(&unsorted_path, "matrix-fallback.csv");
+    assert!(said.contains("computing it whole instead"), "{said}");
+    assert!(fallback == matrix);
 
     // `trainer fit` on each: the bundles are the same, file for file, byte for byte.
     let fit = |events: &Path, name: &str| {
