@@ -186,23 +186,49 @@ pub fn fit(
     cols: usize,
     y: &[bool],
     p: &Params,
+    on_epoch: impl FnMut(usize, f64),
+) -> Result<MlpModel, String> {
+    if y.is_empty() || cols == 0 || x.len() != y.len() * cols {
+        return Err(format!(
+            "{} values do not make {} rows of {cols} features",
+            x.len(),
+            y.len()
+        ));
+    }
+    fit_rows(
+        &|i, out: &mut [f64]| out.copy_from_slice(&x[i * cols..(i + 1) * cols]),
+        cols,
+        y,
+        p,
+        on_epoch,
+    )
+}
+
+/// [`fit`] with the rows given one at a time: `row(i, out)` writes row `i`'s `cols` values
+/// into `out`. Each epoch's shuffled mini-batches ask for their rows as they are formed, so
+/// the matrix need not be held: the trainer encodes each row from its compact training set.
+/// The same rows give the same weights as [`fit`], bit for bit.
+pub fn fit_rows(
+    row: &dyn Fn(usize, &mut [f64]),
+    cols: usize,
+    y: &[bool],
+    p: &Params,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<MlpModel, String> {
     check(p)?;
     let rows = y.len();
-    if rows == 0 || cols == 0 || x.len() != rows * cols {
-        return Err(format!(
-            "{} values do not make {rows} rows of {cols} features",
-            x.len()
-        ));
+    if rows == 0 || cols == 0 {
+        return Err(format!("{rows} rows of {cols} features"));
     }
-    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "row {} feature {} is {}: the MLP needs finite inputs",
-            at / cols,
-            at % cols,
-            x[at]
-        ));
+    let mut values = vec![0.0; cols];
+    for i in 0..rows {
+        row(i, &mut values);
+        if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "row {i} feature {j} is {}: the MLP needs finite inputs",
+                values[j]
+            ));
+        }
     }
     let device = Default::default();
     let mut rng = Rng(p.seed);
@@ -231,7 +257,6 @@ pub fn fit(
     }
     let mut optim = adam.init::<Train, Net<Train>>();
 
-    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
     let mut order: Vec<usize> = (0..rows).collect();
     let mut xb = Vec::with_capacity(p.batch_size * cols);
     let mut yb = Vec::with_capacity(p.batch_size);
@@ -242,7 +267,8 @@ pub fn fit(
             xb.clear();
             yb.clear();
             for &i in batch {
-                xb.extend_from_slice(&xf[i * cols..(i + 1) * cols]);
+                row(i, &mut values);
+                xb.extend(values.iter().map(|&v| v as f32));
                 yb.push(if y[i] { 1.0f32 } else { 0.0 });
             }
             let n = batch.len();

@@ -257,8 +257,9 @@ impl ModelSpec {
         }
     }
 
-    /// Fit on the training split of `data`. Newton's method reads the matrix block by block as
-    /// it is encoded, so it is never held whole; the other models get it whole.
+    /// Fit on the training split of `data`. Newton's method reads the matrix block by block
+    /// and the MLP row by row as its mini-batches ask, each encoded then, so neither holds it
+    /// whole; linfa's solvers get it whole.
     pub fn fit_training(
         &self,
         data: &crate::training::Training,
@@ -269,6 +270,25 @@ impl ModelSpec {
                 solver: Solver::Newton,
                 ..
             } => self.newton(&data.blocks(true), &data.labels(true), progress),
+            Self::Mlp(p) => {
+                let rows = data.rows(true);
+                let labels = data.labels(true);
+                let on_epoch = |epoch, loss| {
+                    progress(format!(
+                        "epoch {epoch}/{}, training loss {loss:.4}",
+                        p.epochs
+                    ))
+                };
+                let model = mlp::fit_rows(
+                    &|k, out| rows.row(k, out),
+                    rows.width(),
+                    &labels,
+                    p,
+                    on_epoch,
+                )
+                .map_err(|m| anyhow::anyhow!("the MLP did not fit: {m}"))?;
+                Ok(Predictor::Mlp(model))
+            }
             _ => {
                 let (x, y) = data.matrix(true);
                 self.fit(x, y, progress)

@@ -305,6 +305,16 @@ impl Training {
         (x, Array1::from(self.labels(train)))
     }
 
+    /// A split's rows for a reader that asks for them in any order (the MLP's shuffled
+    /// mini-batches): row `k` of the split's matrix, encoded when asked for.
+    pub fn rows(&self, train: bool) -> SplitRows<'_> {
+        SplitRows {
+            t: self,
+            index: self.split_index(train).map(|i| i as u32).collect(),
+            encoding: Encoding::new(self),
+        }
+    }
+
     /// A split's matrix as blocks encoded one at a time (for the Newton solver and for
     /// scoring), never held whole.
     pub fn blocks(&self, train: bool) -> SplitBlocks<'_> {
@@ -390,6 +400,31 @@ impl Encoding {
             out[start + self.slot(t, c, i)] = 1.0;
             start += v.levels.len() + 1;
         }
+    }
+}
+
+/// A split of a [`Training`] by row, each encoded when asked for.
+pub struct SplitRows<'a> {
+    t: &'a Training,
+    /// The compact set's index of each row of the split.
+    index: Vec<u32>,
+    encoding: Encoding,
+}
+
+impl SplitRows<'_> {
+    /// Row `k` of the split's matrix into `out` (the matrix's width).
+    pub fn row(&self, k: usize, out: &mut [f64]) {
+        out.fill(0.0);
+        self.encoding.encode(
+            self.t,
+            self.index[k] as usize,
+            ndarray::ArrayViewMut1::from(out),
+        );
+    }
+
+    /// The matrix's width.
+    pub fn width(&self) -> usize {
+        self.t.fitted.width()
     }
 }
 
@@ -509,5 +544,39 @@ mod tests {
         assert_eq!(blocks.intercept.to_bits(), whole.intercept.to_bits());
         let w = |f: &crate::newton::Fit| f.weights.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(w(&blocks), w(&whole));
+
+        // The MLP's rows, asked for one at a time in shuffled order, are the matrix's too, and
+        // so is what it learns from them.
+        let rows = t.rows(true);
+        let mut row = vec![0.0; rows.width()];
+        for k in 0..x.nrows() {
+            rows.row(k, &mut row);
+            let want: Vec<u64> = x.row(k).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(
+                row.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want,
+                "row {k}"
+            );
+        }
+        let p = mlp::Params {
+            hidden: vec![4],
+            epochs: 2,
+            batch_size: 64,
+            learning_rate: 0.01,
+            weight_decay: 0.0,
+            seed: 3,
+            threshold: 0.5,
+        };
+        let flat: Vec<f64> = x.iter().copied().collect();
+        let held = mlp::fit(&flat, x.ncols(), &y.to_vec(), &p, |_, _| {}).unwrap();
+        let asked = mlp::fit_rows(
+            &|k, out| rows.row(k, out),
+            rows.width(),
+            &t.labels(true),
+            &p,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(asked, held);
     }
 }
