@@ -475,16 +475,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// On the fixture flights, computed whole: the compact set's matrices are the rows'
-    /// encoding, bit for bit, in the same order, and its fitted state is the same.
-    #[test]
-    fn compact_matrices_are_the_encoded_rows() {
+    /// The fixture flights with their pipeline, fetched, and the validation cut the tests use.
+    fn fixtures() -> (Input, i64) {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let pipeline = repo.join("data/flights/pipeline.toml");
         let base = repo.join("data/flights/fixtures");
         let mut input = Input::load(&pipeline, Some(&base), None, None).unwrap();
         input.fetch().unwrap();
         let cut = input.valid_from(Some("2013-01-03")).unwrap();
+        (input, cut)
+    }
+
+    /// On the fixture flights, computed whole: the compact set's matrices are the rows'
+    /// encoding, bit for bit, in the same order, and its fitted state is the same.
+    #[test]
+    fn compact_matrices_are_the_encoded_rows() {
+        let (input, cut) = fixtures();
         let data = Dataset::build(&input, cut).unwrap();
         let t = Training::build(&input, cut).unwrap();
         assert_eq!(t.fitted, data.fitted);
@@ -506,12 +512,7 @@ mod tests {
     #[test]
     fn blocks_and_columns_are_the_matrix_and_fit_alike() {
         use crate::newton::{BLOCK, Blocks};
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let pipeline = repo.join("data/flights/pipeline.toml");
-        let base = repo.join("data/flights/fixtures");
-        let mut input = Input::load(&pipeline, Some(&base), None, None).unwrap();
-        input.fetch().unwrap();
-        let cut = input.valid_from(Some("2013-01-03")).unwrap();
+        let (input, cut) = fixtures();
         let t = Training::build(&input, cut).unwrap();
         let bits = |a: ndarray::ArrayView2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for train in [true, false] {

@@ -95,6 +95,15 @@ fn oracle(window: &[&Ev]) -> Vec<Value> {
     ]
 }
 
+/// Whether `e` is late for `state`, as [`crate::Stages`] refuses it (more than the lateness
+/// behind its key's newest event).
+fn late(state: &WindowState, e: &Ev, lateness_ms: i64) -> bool {
+    let key = e.0.map(|k| Key::Str(format!("k{k}").into()));
+    key.as_ref()
+        .and_then(|k| state.watermark(k))
+        .is_some_and(|mark| e.1 < mark.saturating_sub(lateness_ms))
+}
+
 /// Feed `events` through a window state the way [`crate::Stages`] does (late events refused
 /// first) and check every accepted event's aggregates against the oracle.
 fn check(events: &[Ev], length_ms: i64, lateness_ms: i64, include_current: bool) {
@@ -103,10 +112,7 @@ fn check(events: &[Ev], length_ms: i64, lateness_ms: i64, include_current: bool)
     let mut accepted: Vec<(usize, &Ev)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let t = e.1;
-        let key = e.0.map(|k| Key::Str(format!("k{k}").into()));
-        if let Some(mark) = key.as_ref().and_then(|k| state.watermark(k))
-            && t < mark.saturating_sub(lateness_ms)
-        {
+        if late(&state, e, lateness_ms) {
             continue;
         }
         let mut r = row(e);
@@ -189,10 +195,7 @@ fn check_lean(events: &[Ev], lateness_ms: i64, include_current: bool) {
     let (mut a, mut b) = (WindowState::new(&full), WindowState::new(&lean));
     assert!(a.welford && !b.welford);
     for e in events {
-        let key = e.0.map(|k| Key::Str(format!("k{k}").into()));
-        if let Some(mark) = key.as_ref().and_then(|k| a.watermark(k))
-            && e.1 < mark.saturating_sub(lateness_ms)
-        {
+        if late(&a, e, lateness_ms) {
             continue;
         }
         let (mut ra, mut rb) = (row(e), row(e));
@@ -300,10 +303,7 @@ fn check_restored(events: &[Ev], lateness_ms: i64, ttl: Option<i64>) {
     let mut restored = WindowState::new(&w);
     for (i, e) in events.iter().enumerate() {
         restored = round_trip(&w, &restored);
-        let key = e.0.map(|k| Key::Str(format!("k{k}").into()));
-        if let Some(mark) = key.as_ref().and_then(|k| through.watermark(k))
-            && e.1 < mark.saturating_sub(lateness_ms)
-        {
+        if late(&through, e, lateness_ms) {
             continue;
         }
         let (mut a, mut b) = (row(e), row(e));
