@@ -318,7 +318,11 @@ impl Training {
     /// A split's matrix as blocks encoded one at a time (for the Newton solver and for
     /// scoring), never held whole.
     pub fn blocks(&self, train: bool) -> SplitBlocks<'_> {
-        SplitBlocks { t: self, train }
+        SplitBlocks {
+            t: self,
+            index: self.split_index(train).map(|i| i as u32).collect(),
+            encoding: Encoding::new(self),
+        }
     }
 
     /// One encoded column of a split (slot `j` of the encoding), in event order: the matrix's
@@ -431,33 +435,28 @@ impl SplitRows<'_> {
 /// A split of a [`Training`] as the Newton solver's blocks, each encoded when asked for.
 pub struct SplitBlocks<'a> {
     t: &'a Training,
-    train: bool,
+    /// The compact set's index of each row of the split.
+    index: Vec<u32>,
+    encoding: Encoding,
 }
 
 impl crate::newton::Blocks for SplitBlocks<'_> {
     fn dim(&self) -> (usize, usize) {
-        (self.t.split_rows(self.train), self.t.fitted.width())
+        (self.index.len(), self.t.fitted.width())
     }
 
     fn each(&self, f: &mut crate::newton::Visit<'_>) -> Result<(), String> {
         use crate::newton::BLOCK;
         let (n, w) = crate::newton::Blocks::dim(self);
-        let e = Encoding::new(self.t);
         let mut block = Array2::<f64>::zeros((BLOCK.min(n), w));
-        let r = &self.t.rows;
-        let mut rows = (0..r.len()).filter(|&i| r.train[i] == self.train);
-        let mut first = 0;
-        while first < n {
-            let m = BLOCK.min(n - first);
-            block.fill(0.0);
-            for (k, i) in rows.by_ref().take(m).enumerate() {
-                e.encode(self.t, i, block.row_mut(k));
+        for (b, rows) in self.index.chunks(BLOCK).enumerate() {
+            let mut view =
+                block.slice_axis_mut(ndarray::Axis(0), ndarray::Slice::from(..rows.len()));
+            view.fill(0.0);
+            for (out, &i) in view.rows_mut().into_iter().zip(rows) {
+                self.encoding.encode(self.t, i as usize, out);
             }
-            f(
-                first,
-                block.slice_axis(ndarray::Axis(0), ndarray::Slice::from(..m)),
-            )?;
-            first += m;
+            f(b * BLOCK, view.view())?;
         }
         Ok(())
     }
