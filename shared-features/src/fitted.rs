@@ -32,6 +32,29 @@ pub struct Vocab {
     pub levels: Vec<String>,
 }
 
+impl Vocab {
+    /// The one-hot slot of a category's text: its level's, or the trailing "other" slot for an
+    /// unseen or absent one.
+    pub fn slot(&self, text: Option<&str>) -> usize {
+        text.and_then(|t| self.levels.binary_search_by(|l| l.as_str().cmp(t)).ok())
+            .unwrap_or(self.levels.len())
+    }
+}
+
+/// The text a categorical value is encoded by: text as it is, an integer as its digits
+/// (written into `buf`), nothing for the rest.
+pub fn category_text<'a>(v: &'a Value, buf: &'a mut String) -> Option<&'a str> {
+    match v {
+        Value::Str(s) => Some(s),
+        Value::Int(i) => {
+            buf.clear();
+            let _ = write!(buf, "{i}");
+            Some(buf.as_str())
+        }
+        _ => None,
+    }
+}
+
 /// Everything learned from training data that feature encoding needs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FittedState {
@@ -95,19 +118,7 @@ impl FittedState {
         for (v, &c) in self.vocabs.iter().zip(&p.features.categorical) {
             let start = out.len();
             out.resize(start + v.levels.len() + 1, 0.0);
-            let text = match &row[c] {
-                Value::Str(s) => Some(&**s),
-                Value::Int(i) => {
-                    buf.clear();
-                    let _ = write!(buf, "{i}");
-                    Some(buf.as_str())
-                }
-                _ => None,
-            };
-            let slot = text
-                .and_then(|t| v.levels.binary_search_by(|l| l.as_str().cmp(t)).ok())
-                .unwrap_or(v.levels.len());
-            out[start + slot] = 1.0;
+            out[start + v.slot(category_text(&row[c], &mut buf))] = 1.0;
         }
     }
 }

@@ -12,7 +12,7 @@ use shared_features::time::TimestampText;
 
 use crate::dataset::{Dataset, Input};
 use crate::newton::Blocks as _;
-use crate::raw::{RawWriter, push_cell};
+use crate::raw::{RawWriter, RowGroups, push_cell};
 use crate::training::{Keep, Training};
 
 /// Arguments of `trainer export-features`.
@@ -171,12 +171,9 @@ fn export_raw(
 /// `--with-key`, `event_time` as RFC 3339 text in UTC as in the CSV, `split`, a boolean
 /// `label`, then one f64 column per input slot).
 enum Out {
-    Csv(std::io::BufWriter<std::fs::File>),
-    Parquet {
-        file: Option<std::fs::File>,
-        writer: Option<Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
-        group: Group,
-    },
+    /// The file, and the line being written.
+    Csv(std::io::BufWriter<std::fs::File>, String),
+    Parquet(RowGroups, Box<Group>),
 }
 
 /// Rows per Parquet row group.
@@ -206,11 +203,7 @@ impl Out {
     fn parquet(path: &std::path::Path) -> anyhow::Result<Self> {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self::Parquet {
-            file: Some(file),
-            writer: None,
-            group: Group::default(),
-        })
+        Ok(Self::Parquet(RowGroups::new(file), Box::default()))
     }
 
     fn csv(path: &std::path::Path, data: &Training, with_key: bool) -> anyhow::Result<Self> {
@@ -225,25 +218,28 @@ impl Out {
         header.extend(["event_time", "split", "label"].map(String::from));
         header.extend(data.fitted.names());
         writeln!(w, "{}", header.join(","))?;
-        Ok(Self::Csv(w))
+        Ok(Self::Csv(w, String::new()))
     }
 
     fn row(&mut self, names: &[String], r: Row<'_>) -> anyhow::Result<()> {
         match self {
-            Self::Csv(w) => {
-                let mut line = String::new();
+            Self::Csv(w, line) => {
+                use std::fmt::Write as _;
+                line.clear();
                 if let Some(k) = r.key {
-                    push_cell(&mut line, k.unwrap_or_default());
+                    push_cell(line, k.unwrap_or_default());
                     line.push(',');
                 }
-                line.push_str(&format!("{},{},{}", r.time, r.split, u8::from(r.label)));
+                // Writing to a String does not fail.
+                let _ = write!(line, "{},{},{}", r.time, r.split, u8::from(r.label));
                 for v in r.x {
                     // `{:?}` prints the shortest text that reads back as the same f64.
-                    line.push_str(&format!(",{v:?}"));
+                    let _ = write!(line, ",{v:?}");
                 }
-                writeln!(w, "{line}")?;
+                line.push('\n');
+                w.write_all(line.as_bytes())?;
             }
-            Self::Parquet { group, .. } => {
+            Self::Parquet(_, group) => {
                 if group.names.is_empty() {
                     group.names = names.to_vec();
                     group.slots = vec![Vec::new(); names.len()];
@@ -268,17 +264,12 @@ impl Out {
 
     /// Write the buffered Parquet rows as a row group.
     fn flush(&mut self) -> anyhow::Result<()> {
-        use polars::prelude::{Column, DataFrame, ParquetWriter};
-        let Self::Parquet {
-            file,
-            writer,
-            group,
-        } = self
-        else {
+        use polars::prelude::{Column, DataFrame};
+        let Self::Parquet(out, group) = self else {
             return Ok(());
         };
         let n = group.labels.len();
-        if n == 0 && writer.is_some() {
+        if n == 0 && out.started() {
             return Ok(());
         }
         let mut columns = Vec::new();
@@ -293,25 +284,15 @@ impl Out {
         for (name, col) in group.names.iter().zip(&mut group.slots) {
             columns.push(Column::new(name.as_str().into(), std::mem::take(col)));
         }
-        let df = DataFrame::new(n, columns)?;
-        if let Some(file) = file.take() {
-            *writer = Some(Box::new(ParquetWriter::new(file).batched(df.schema())?));
-        }
-        if let Some(w) = writer {
-            w.write_batch(&df)?;
-        }
+        out.write(&DataFrame::new(n, columns)?)?;
         Ok(())
     }
 
     fn finish(mut self) -> anyhow::Result<()> {
         self.flush()?;
         match &mut self {
-            Self::Csv(w) => w.flush()?,
-            Self::Parquet { writer, .. } => {
-                if let Some(w) = writer {
-                    w.finish()?;
-                }
-            }
+            Self::Csv(w, _) => w.flush()?,
+            Self::Parquet(out, _) => out.finish()?,
         }
         Ok(())
     }

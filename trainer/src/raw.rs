@@ -33,11 +33,51 @@ enum Out {
     Parquet(Box<Groups>),
 }
 
+/// A Parquet file written a row group at a time: the writer is made from the first group's
+/// schema. Both exports write through it.
+pub struct RowGroups {
+    file: Option<std::fs::File>,
+    writer: Option<Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
+}
+
+impl RowGroups {
+    /// A writer to `file`, which stays empty until the first group.
+    pub fn new(file: std::fs::File) -> Self {
+        Self {
+            file: Some(file),
+            writer: None,
+        }
+    }
+
+    /// Whether a group (and so the schema) has been given.
+    pub fn started(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Write `df` as a row group; an empty one only sets the schema.
+    pub fn write(&mut self, df: &DataFrame) -> polars::prelude::PolarsResult<()> {
+        if let Some(file) = self.file.take() {
+            self.writer = Some(Box::new(ParquetWriter::new(file).batched(df.schema())?));
+        }
+        if let (Some(w), true) = (&mut self.writer, df.height() > 0) {
+            w.write_batch(df)?;
+        }
+        Ok(())
+    }
+
+    /// Close the file (nothing is written if no group was given).
+    pub fn finish(&mut self) -> polars::prelude::PolarsResult<()> {
+        if let Some(w) = &self.writer {
+            w.finish()?;
+        }
+        Ok(())
+    }
+}
+
 /// Parquet output: a row group's columns, buffered. The writer is made from the first group's
 /// schema (or, when no row comes, from the empty columns' at the end).
 struct Groups {
-    file: Option<std::fs::File>,
-    writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
+    out: RowGroups,
     keys: Option<Vec<String>>,
     /// The event times' text, one after the other, and where each ends.
     times: String,
@@ -118,17 +158,12 @@ impl Groups {
 
     /// Write the buffered rows as a row group (`last`: and close the file).
     fn flush(&mut self, p: &Pipeline, last: bool) -> anyhow::Result<()> {
-        if !self.time_ends.is_empty() || (last && self.writer.is_none()) {
+        if !self.time_ends.is_empty() || (last && !self.out.started()) {
             let df = self.take_frame(p)?;
-            if let Some(file) = self.file.take() {
-                self.writer = Some(ParquetWriter::new(file).batched(df.schema())?);
-            }
-            if let (Some(w), true) = (&mut self.writer, df.height() > 0) {
-                w.write_batch(&df)?;
-            }
+            self.out.write(&df)?;
         }
-        if let (Some(w), true) = (&self.writer, last) {
-            w.finish()?;
+        if last {
+            self.out.finish()?;
         }
         Ok(())
     }
@@ -154,8 +189,7 @@ impl<'a> RawWriter<'a> {
             .with_context(|| format!("cannot create {}", path.display()))?;
         let out = if parquet {
             Out::Parquet(Box::new(Groups {
-                file: Some(file),
-                writer: None,
+                out: RowGroups::new(file),
                 keys: with_key.then(Vec::new),
                 times: String::new(),
                 time_ends: Vec::new(),

@@ -107,16 +107,7 @@ impl Compact {
         let mut buf = String::new();
         for (i, &c) in p.features.categorical.iter().enumerate() {
             // The text `FittedState::transform` looks up.
-            let text = match &row[c] {
-                Value::Str(s) => Some(&**s),
-                Value::Int(n) => {
-                    buf.clear();
-                    use std::fmt::Write as _;
-                    let _ = write!(buf, "{n}");
-                    Some(buf.as_str())
-                }
-                _ => None,
-            };
+            let text = shared_features::fitted::category_text(&row[c], &mut buf);
             let id = text.map_or(NONE, |t| intern(&mut self.texts[i], t));
             self.categorical[i].push(id);
         }
@@ -367,14 +358,7 @@ struct Encoding {
 impl Encoding {
     fn new(t: &Training) -> Self {
         let slots = (t.fitted.vocabs.iter().zip(&t.rows.texts))
-            .map(|(v, (texts, _))| {
-                texts
-                    .iter()
-                    .map(|t| {
-                        (v.levels.binary_search_by(|l| l.as_str().cmp(t))).unwrap_or(v.levels.len())
-                    })
-                    .collect()
-            })
+            .map(|(v, (texts, _))| texts.iter().map(|t| v.slot(Some(t))).collect())
             .collect();
         Self { slots }
     }
@@ -383,7 +367,7 @@ impl Encoding {
     fn slot(&self, t: &Training, c: usize, i: usize) -> usize {
         let id = t.rows.categorical[c][i];
         if id == NONE {
-            t.fitted.vocabs[c].levels.len()
+            t.fitted.vocabs[c].slot(None)
         } else {
             self.slots[c][id as usize]
         }

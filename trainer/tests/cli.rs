@@ -55,17 +55,8 @@ fn parity_refuses_orders_that_do_not_apply() {
 /// `trainer fit` arguments on the three fixture days (validation from 2013-01-03) into `store`,
 /// then `extra`.
 fn fit_on_fixtures<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "fit",
-        "--pipeline",
-        "data/flights/pipeline.toml",
-        "--base",
-        "data/flights/fixtures",
-        "--valid-from",
-        "2013-01-03",
-        "--store",
-        store,
-    ];
+    let mut args = on_fixtures("fit");
+    args.extend(["--store", store]);
     args.extend_from_slice(extra);
     args
 }
@@ -598,17 +589,8 @@ fn export_features_writes_the_same_matrix_as_csv_and_parquet() {
     std::fs::create_dir_all(&dir).unwrap();
     let export = |file: &str, extra: &[&str]| {
         let out = dir.join(file);
-        let mut args = vec![
-            "export-features",
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--out",
-            out.to_str().unwrap(),
-        ];
+        let mut args = on_fixtures("export-features");
+        args.extend(["--out", out.to_str().unwrap()]);
         args.extend(extra);
         let run = trainer(&args);
         assert!(

@@ -47,33 +47,26 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
     );
     // `command` of the flights pipeline on the fixtures' tables, validation from 2013-01-03.
     let on = |command: &str, events: &Path, extra: &[&str]| {
-        let mut args = vec![
-            command,
-            "--pipeline",
-            "data/flights/pipeline.toml",
-            "--base",
-            "data/flights/fixtures",
-            "--valid-from",
-            "2013-01-03",
-            "--events",
-            events.to_str().unwrap(),
-        ];
+        let mut args = on_fixtures(command);
+        args.extend(["--events", events.to_str().unwrap()]);
         args.extend_from_slice(extra);
         trainer(&args)
     };
-    let export = |events: &Path, out: &str| {
+    // `export-features --with-key` (and `--raw` when `raw`) to `out`: what it wrote and said.
+    let export_as = |raw: bool, events: &Path, out: &str| {
         let out = dir.join(out);
-        let o = on(
-            "export-features",
-            events,
-            &["--raw", "--with-key", "--out", out.to_str().unwrap()],
-        );
+        let mut flags = vec!["--with-key", "--out", out.to_str().unwrap()];
+        if raw {
+            flags.push("--raw");
+        }
+        let o = on("export-features", events, &flags);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         (
             std::fs::read_to_string(out).unwrap(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    let export = |events: &Path, out: &str| export_as(true, events, out);
     let (from_csv, _) = export(&csv, "csv.csv");
     let (streamed, said) = export(&sorted_path, "streamed.csv");
     assert!(
@@ -94,19 +87,7 @@ fn history_streams_from_parquet_as_the_whole_table_computes_it() {
 
     // The encoded matrix (`export-features` without `--raw`) streams the same way, through the
     // compact training set `fit` builds, encoded block by block as it is written.
-    let encoded = |events: &Path, out: &str| {
-        let out = dir.join(out);
-        let o = on(
-            "export-features",
-            events,
-            &["--with-key", "--out", out.to_str().unwrap()],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (
-            std::fs::read_to_string(out).unwrap(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let encoded = |events: &Path, out: &str| export_as(false, events, out);
     let (matrix, said) = encoded(&csv, "matrix-csv.csv");
     assert!(!said.contains("streamed"), "{said}");
     assert!(matrix.lines().count() > 2600);

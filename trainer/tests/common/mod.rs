@@ -25,6 +25,20 @@ pub fn trainer_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
         .expect("trainer runs")
 }
 
+/// The arguments of `command` over the flights pipeline on the fixture days' tables, with
+/// validation from 2013-01-03; more flags follow.
+pub fn on_fixtures(command: &str) -> Vec<&str> {
+    vec![
+        command,
+        "--pipeline",
+        "data/flights/pipeline.toml",
+        "--base",
+        "data/flights/fixtures",
+        "--valid-from",
+        "2013-01-03",
+    ]
+}
+
 /// A CSV history (`NA` as null) as a polars frame, in the file's order.
 pub fn read_csv(csv: &Path) -> polars::prelude::DataFrame {
     use polars::prelude::*;
