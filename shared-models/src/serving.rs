@@ -41,6 +41,9 @@ pub struct Servable {
     /// The training split's distributions of the inputs and the score (`reference.json`);
     /// `None` for a bundle published before there were any (drift is then unavailable).
     pub reference: Option<crate::drift::Reference>,
+    /// The bundle's part of every prediction record, as JSON (see
+    /// [`crate::prediction::write_prediction`]): written once, not per event.
+    pub(crate) lineage_json: Box<str>,
 }
 
 impl Servable {
@@ -132,7 +135,9 @@ impl Servable {
                 Some(r)
             }
         };
+        let lineage_json = crate::prediction::lineage_json(&m.name, m.version, &fp);
         Ok(Self {
+            lineage_json,
             name: m.name.clone(),
             version: m.version,
             id,
