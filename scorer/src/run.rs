@@ -106,9 +106,11 @@ pub struct RunArgs {
     /// How events reach the windows: `arrival` (each scored as it is read) or `watermark`
     /// (held until an event more than `[events] lateness` newer has been read in its partition,
     /// then scored in event-time order: exactly the features `trainer fit --topic` computes
-    /// over the same log, at a latency of up to the lateness; README, "Order"). A held event's
-    /// offset is not committed until its prediction is acknowledged, and checkpoints carry the
-    /// held events.
+    /// over the same log, at a latency of up to the lateness; README, "Order"). At-least-once,
+    /// a held event's offset is not committed until its prediction is acknowledged;
+    /// exactly-once, a transaction commits every offset consumed, and a restart's rebuilt state
+    /// holds (and scores) exactly the events held at the commit. Checkpoints carry the held
+    /// events.
     #[arg(long, default_value = "arrival")]
     order: shared_features::Order,
     /// Also score every event with this model (`name@version` or `name@alias`, in the same
@@ -255,12 +257,6 @@ impl RunConfig {
             );
         }
         let watermark = a.order == shared_features::Order::Watermark;
-        if watermark && a.exactly_once {
-            bail!(
-                "--order watermark runs at-least-once only: a transaction commits every offset \
-                 it consumed, and held events would be committed unscored (drop --exactly-once)"
-            );
-        }
         if watermark && a.pass_through {
             bail!("--order watermark scores; --pass-through copies events unscored");
         }

@@ -497,26 +497,72 @@ fn replay_writes_parquet_on_disk_and_in_a_store_row_for_row_its_json_lines() {
 /// stops at the first of them, so a later run scores them.
 #[test]
 fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_event() {
+    let (committed, _, held, counts) = ordered_run_stopped_halfway("ordered-run", &[], true);
+    assert_eq!(
+        committed,
+        held.first().copied(),
+        "the commit stops at the first held event"
+    );
+    // At-least-once, the restart scores again what the first run released after that event.
+    assert!(counts.values().any(|&c| c > 1), "{counts:?}");
+}
+
+/// The same in exactly-once mode, restarted from a checkpoint and, without checkpoints, from
+/// the partition's beginning: the transactions commit every offset consumed, held events too,
+/// and the restart's rebuilt state holds exactly the events held at the commit, which it
+/// scores when the watermark passes them. Both stops are clean (no transaction aborted, so
+/// what the topic holds is what was committed): every released event is predicted exactly
+/// once, none twice, none held at the end.
+#[test]
+fn run_in_watermark_order_exactly_once_predicts_each_released_event_once_across_a_restart() {
+    let eos = ["--exactly-once", "--transaction-max-events", "100"];
+    for checkpoints in [true, false] {
+        let name = format!("ordered-eos-{checkpoints}");
+        let (committed, events, _, counts) = ordered_run_stopped_halfway(&name, &eos, checkpoints);
+        assert_eq!(
+            committed,
+            Some(events),
+            "every consumed offset is committed"
+        );
+        let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(twice.is_empty(), "predicted more than once: {twice:?}");
+    }
+}
+
+/// Run `scorer run --order watermark` (with `extra`) over the first 1,500 events of the
+/// disordered fixture topic, then again over the rest, restored from a checkpoint when
+/// `checkpoints`; check every prediction against `scorer replay --order watermark` and that
+/// exactly the released events are predicted. Returns the committed offset, the number of
+/// events, the offsets still held at the end, and how many times each offset was predicted.
+fn ordered_run_stopped_halfway(
+    name: &str,
+    extra: &[&str],
+    checkpoints: bool,
+) -> (
+    Option<i64>,
+    i64,
+    BTreeSet<i64>,
+    std::collections::BTreeMap<i64, usize>,
+) {
     let broker = Broker::start();
-    let store = tempdir("history-run-order");
+    let store = tempdir(&format!("history-{name}"));
     fit(&store, "champion", &[]);
     let (_, shuffled) = disordered_flights(&broker, &store);
     create_topic(&broker, "live", 1);
+    let events = shuffled.len() as i64;
     let (first, rest) = shuffled.split_at(1500);
-    let mut args = run_args(&broker, &store, "live", "ordered-run");
+    let mut args = run_args(&broker, &store, "live", name);
+    let cadence: &[&str] = if checkpoints {
+        &["--checkpoint-interval", "0.2", "--checkpoint-events", "100"]
+    } else {
+        &["--checkpoint-interval", "off"]
+    };
+    args.extend(cadence.iter().map(|s| s.to_string()));
     args.extend(
-        [
-            "--order",
-            "watermark",
-            "--checkpoint-interval",
-            "0.2",
-            "--checkpoint-events",
-            "100",
-            "--exit-when-idle",
-            "3",
-            "--json",
-        ]
-        .map(String::from),
+        ["--order", "watermark", "--exit-when-idle", "3", "--json"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
     );
     let run = || json_out(&run_ok(scorer().current_dir(repo()).args(&args)));
     produce_raw(&broker, "live", first);
@@ -524,11 +570,15 @@ fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_
     assert_eq!(one["consumed"], 1500, "{one}");
     produce_raw(&broker, "live", rest);
     let two = run();
-    assert_eq!(two["restored"], 1, "restored from a checkpoint: {two}");
-    assert!(
-        two["warmed"].as_u64().unwrap() < 500,
-        "a short warm-up from the checkpoint, not the whole partition: {two}"
-    );
+    if checkpoints {
+        assert_eq!(two["restored"], 1, "restored from a checkpoint: {two}");
+        assert!(
+            two["warmed"].as_u64().unwrap() < 500,
+            "a short warm-up from the checkpoint, not the whole partition: {two}"
+        );
+    } else {
+        assert_eq!(two["restored"], 0, "{two}");
+    }
 
     let out = store.join("reference.jsonl");
     replay_with(
@@ -551,7 +601,7 @@ fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_
         })
         .collect();
     let preds = read_all(&broker, "live.pred");
-    let mut predicted = BTreeSet::new();
+    let mut counts = std::collections::BTreeMap::new();
     for p in &preds {
         let v = p.json();
         let offset = v["offset"].as_i64().unwrap();
@@ -559,10 +609,11 @@ fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_
         assert_eq!(
             Some(bits),
             reference.get(&offset).map(|r| r.0),
-            "offset {offset}: the watermark-order score"
+            "{name}: offset {offset}: the watermark-order score"
         );
-        predicted.insert(offset);
+        *counts.entry(offset).or_insert(0usize) += 1;
     }
+    let predicted: BTreeSet<i64> = counts.keys().copied().collect();
     let newest = reference.values().map(|r| r.1).max().unwrap();
     let held: BTreeSet<i64> = reference
         .iter()
@@ -583,12 +634,9 @@ fn run_in_watermark_order_scores_as_replay_across_a_restart_and_commits_no_held_
     let extra: Vec<_> = predicted.difference(&released).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "every released event, and no held one: missing {missing:?}, extra {extra:?}"
+        "{name}: every released event, and no held one: missing {missing:?}, extra {extra:?}"
     );
-    assert_eq!(
-        committed(&broker, "ordered-run", "live"),
-        held.first().copied(),
-        "the commit stops at the first held event"
-    );
+    let committed = committed(&broker, name, "live");
     std::fs::remove_dir_all(&store).ok();
+    (committed, events, held, counts)
 }

@@ -176,6 +176,11 @@ impl OrderedEngine {
         self.engine.state_keys()
     }
 
+    /// The tags of the events held, in release order.
+    pub fn held_tags(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held.values().map(|h| h.tag)
+    }
+
     /// The tag of the event [`OrderedEngine::next_ready`] would release next, if one is held.
     pub fn next_tag(&self) -> Option<u64> {
         self.held.first_key_value().map(|(_, h)| h.tag)

@@ -180,7 +180,7 @@ pub(super) fn put_back(live: &mut Live, slot: usize, offset: i64, scorer: Scorer
         );
         part.poison.insert(bad);
         if scorer.is_ordered() {
-            live.schedule_rewind(slot, "state rebuilt after a panic; held events rescored");
+            live.rescore_held(slot, "state rebuilt after a panic; held events rescored");
         }
     } else if part.scorer.is_none() {
         part.scorer = Some(scorer);

@@ -508,7 +508,7 @@ impl Live {
             }
         }
         for slot in rescore {
-            self.schedule_rewind(
+            self.rescore_held(
                 slot,
                 "the new model's features differ: held events rescored",
             );

@@ -35,6 +35,9 @@ impl Live {
         let consumer = self.consumer.clone();
         let mut held = Held::default();
         let result = self.rebuild_with(slot, offset, &mut || held.keep_alive(&consumer));
+        if result.is_ok() && self.cfg.exactly_once() {
+            self.owe_held(slot);
+        }
         held.release(
             &consumer,
             &self.parts,
@@ -98,6 +101,31 @@ impl Live {
             part.merge = Some(merge);
         }
         Ok(())
+    }
+
+    /// Exactly-once in watermark order: the events the rebuilt state of `slot` holds were
+    /// consumed before the committed offset but not predicted (see [`Scorer::owe_held`]); track
+    /// them as consumed now, held until released.
+    fn owe_held(&mut self, slot: usize) {
+        let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(scorer) = p.scorer.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let tracker = &mut self.tracker;
+        let owed = scorer.owe_held(|offset| {
+            let seq = tracker.begin(slot, offset, now);
+            tracker.hold(slot, seq);
+            seq
+        });
+        if owed > 0 {
+            tracing::info!(
+                partition = %format!("{}/{}", p.topic, p.partition), owed,
+                "events consumed before the commit and still held: scored when released"
+            );
+        }
     }
 
     fn rebuild_with(

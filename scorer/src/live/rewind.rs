@@ -38,6 +38,21 @@ impl Live {
         }
     }
 
+    /// The held events of `slot` in watermark order were dropped with its state (a panic, a
+    /// model of other features): score them again. At-least-once, the partition is rewound to
+    /// its first event not complete, the first held one at the latest. Exactly-once, the open
+    /// transaction is aborted (at the loop's next turn) and every partition goes back to the
+    /// last commit, whose rebuilt state owes the held events again; with no transaction open,
+    /// everything consumed is committed, and the partition's next event rebuilds that state.
+    pub(super) fn rescore_held(&mut self, slot: usize, why: &'static str) {
+        if !self.cfg.exactly_once() {
+            self.schedule_rewind(slot, why);
+        } else if self.txn.started.is_some() {
+            tracing::warn!(reason = why, "the open transaction will be aborted");
+            self.txn.failed = true;
+        }
+    }
+
     /// Rewind partitions whose backoff has passed: state rebuilt, consumption resumed at the
     /// first event whose outputs were not all acknowledged.
     pub(super) fn rewind_due(&mut self) {

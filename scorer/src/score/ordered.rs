@@ -5,9 +5,16 @@
 //!
 //! An event is pushed with its offset (the engine's tag) and, when it was consumed live, the
 //! tracker's sequence number, which the live loop holds until the event is released. An event
-//! pushed during a warm-up, or restored held from a checkpoint, has no sequence number: its
-//! offset is below the partition's committed one, so its prediction was delivered before, and
-//! its release only updates the windows.
+//! pushed during a warm-up, or restored held from a checkpoint, has no sequence number, and its
+//! release only updates the windows, when its prediction was delivered before. That depends on
+//! what the commit covers:
+//! - at-least-once, the committed offset is the first event not complete, held ones included:
+//!   every event below it was released and delivered, and the warm-up stops there;
+//! - exactly-once, a transaction commits every offset consumed, held events included, with the
+//!   predictions of every event released before it. The engine is a function of the
+//!   partition's log, so a warm-up up to the committed offset holds exactly the events held at
+//!   the commit: those are owed ([`Scorer::owe_held`]) and get sequence numbers, to be scored
+//!   when the watermark passes them; the others were delivered.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -145,6 +152,26 @@ impl Scorer {
             f(self, Released { seq, pos, outcome });
         }
         self.ordered = Some(o);
+    }
+
+    /// Exactly-once, after a warm-up up to the committed offset: every event still held is
+    /// owed its prediction (see the module's documentation). `seq_of` gives each its sequence
+    /// number, in offset order; returns how many were owed.
+    pub fn owe_held(&mut self, mut seq_of: impl FnMut(i64) -> u64) -> usize {
+        let Some(o) = self.ordered.as_mut() else {
+            return 0;
+        };
+        let mut offsets: Vec<i64> = o
+            .engine
+            .held_tags()
+            .filter_map(|t| i64::try_from(t).ok())
+            .filter(|offset| !o.seqs.contains_key(offset))
+            .collect();
+        offsets.sort_unstable();
+        for &offset in &offsets {
+            o.seqs.insert(offset, seq_of(offset));
+        }
+        offsets.len()
     }
 
     /// The stream has ended (a bounded replay): the next [`Scorer::release`] releases
