@@ -698,11 +698,36 @@ pub fn scores_by_offset(recs: &[Rec]) -> (BTreeMap<i64, f64>, usize) {
 }
 
 /// A fresh directory for one test, under the system's temporary directory.
-pub fn tempdir(name: &str) -> PathBuf {
+pub fn tempdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("kml-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+/// A test's directory ([`tempdir`]): removed when dropped, kept when the test fails (to look
+/// into).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Wait until `f` holds, checking every 100 ms; fail naming `what` after `secs` seconds.
