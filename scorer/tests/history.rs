@@ -581,25 +581,7 @@ fn run_in_watermark_order_exactly_once_killed_mid_stream_loses_nothing() {
     let (_, shuffled) = disordered_flights(&broker, &store);
     create_topic(&broker, "live", 1);
     let mut args = run_args(&broker, &store, "live", name);
-    // A member killed without leaving holds up the restart's join for the poll interval.
-    args.extend(
-        [
-            "--order",
-            "watermark",
-            "--exactly-once",
-            "--transaction-max-events",
-            "100",
-            "--checkpoint-interval",
-            "off",
-            "--batch-size",
-            "100",
-            "-X",
-            "max.poll.interval.ms=8000",
-            "-X",
-            "session.timeout.ms=6000",
-        ]
-        .map(String::from),
-    );
+    args.extend(EOS_WATERMARK.iter().chain(&KILLABLE).map(|s| s.to_string()));
     let mut child = Guard::new(
         scorer()
             .current_dir(repo())

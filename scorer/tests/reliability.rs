@@ -639,19 +639,10 @@ fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
     produce_raw(&broker, "live", &records);
     let mut args = run_args(&broker, &store, "live", name);
     args.extend(
-        [
-            "--order",
-            "watermark",
-            "--exactly-once",
-            "--transaction-max-events",
-            "100",
-            "--checkpoint-interval",
-            "off",
-            "--exit-when-idle",
-            "3",
-            "--json",
-        ]
-        .map(String::from),
+        EOS_WATERMARK
+            .iter()
+            .chain(&["--exit-when-idle", "3", "--json"])
+            .map(|s| s.to_string()),
     );
     let s = json_out(&run_ok(
         scorer()

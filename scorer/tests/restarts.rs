@@ -77,17 +77,7 @@ fn crash_and_restart(
             .unwrap(),
     );
     let mut args = run_args(&broker, &store, "flights", name);
-    // A member killed without leaving holds up the restart's join for the poll interval.
-    for x in [
-        "--batch-size",
-        "100",
-        "-X",
-        "max.poll.interval.ms=8000",
-        "-X",
-        "session.timeout.ms=6000",
-    ] {
-        args.push(x.to_string());
-    }
+    args.extend(KILLABLE.map(String::from));
     let cadence: &[&str] = match restore {
         Restore::Rebuild => &["--checkpoint-interval", "off"],
         _ => &["--checkpoint-interval", "0.3", "--checkpoint-events", "200"],

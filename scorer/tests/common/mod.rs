@@ -697,6 +697,28 @@ pub fn scores_by_offset(recs: &[Rec]) -> (BTreeMap<i64, f64>, usize) {
     (m, repeats)
 }
 
+/// Arguments of a scorer a test SIGKILLs: a member killed without leaving holds up the
+/// restart's join for the poll interval, so that is short; batches of 100 events.
+pub const KILLABLE: [&str; 6] = [
+    "--batch-size",
+    "100",
+    "-X",
+    "max.poll.interval.ms=8000",
+    "-X",
+    "session.timeout.ms=6000",
+];
+
+/// Watermark order, exactly-once, transactions of at most 100 events, no checkpoints.
+pub const EOS_WATERMARK: [&str; 7] = [
+    "--order",
+    "watermark",
+    "--exactly-once",
+    "--transaction-max-events",
+    "100",
+    "--checkpoint-interval",
+    "off",
+];
+
 /// A fresh directory for one test, under the system's temporary directory.
 pub fn tempdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("kml-test-{name}-{}", std::process::id()));
