@@ -463,17 +463,7 @@ fn checkpoints_in_an_s3_compatible_store_restore_a_restart() {
             .args(["--model", "flights_delay@champion", "--input", "flights"])
             .args(["--out", out.to_str().unwrap()]),
     );
-    let reference: BTreeMap<i64, u64> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["offset"].as_i64().unwrap(),
-                v["score"].as_f64().unwrap().to_bits(),
-            )
-        })
-        .collect();
+    let reference = scores_in(&out);
     let (preds, repeats) = scores_by_offset(&read_all(&broker, "flights.pred"));
     assert_eq!(repeats, 0);
     let got: BTreeMap<i64, u64> = preds.iter().map(|(o, s)| (*o, s.to_bits())).collect();

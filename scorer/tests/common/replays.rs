@@ -25,11 +25,14 @@ pub fn replay_scores_of(
         topic,
         &["--out", out.to_str().unwrap()],
     );
-    std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    scores_in(&out)
+}
+
+/// The score bits by source offset of the predictions in a JSON-lines file.
+pub fn scores_in(path: &Path) -> BTreeMap<i64, u64> {
+    predictions(path)
+        .iter()
+        .map(|v| {
             (
                 v["offset"].as_i64().unwrap(),
                 v["score"].as_f64().unwrap().to_bits(),
