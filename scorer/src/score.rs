@@ -558,6 +558,23 @@ fn fail_point(payload: &[u8]) {
 #[cfg(not(feature = "failpoints"))]
 fn fail_point(_: &[u8]) {}
 
+/// With `FAILPOINTS=release=return(O1,O2,...)`, the release of the event at each of these
+/// offsets in watermark order panics, after the windows took it in: how the tests make a
+/// panic that the admission did not see.
+#[cfg(feature = "failpoints")]
+#[expect(clippy::panic, reason = "a fail point: the panic is its purpose, in test builds only")]
+fn release_fail_point(offset: u64) {
+    fail::fail_point!("release", |offsets: Option<String>| {
+        let listed = offsets.unwrap_or_default();
+        if listed.split(',').any(|o| o.trim().parse() == Ok(offset)) {
+            panic!("fail point: the release of offset {offset}");
+        }
+    });
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn release_fail_point(_: u64) {}
+
 /// With `FAILPOINTS=warm=sleep(MS)`, each event of a warm-up takes that long: how the tests
 /// make a warm-up outlast `max.poll.interval.ms` without millions of events.
 #[cfg(feature = "failpoints")]

@@ -619,8 +619,28 @@ fn a_warm_up_longer_than_the_poll_interval_does_not_evict_the_member() {
 /// offset is committed. (Aborted records are visible on tansu, so repeats are not counted.)
 #[test]
 fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
+    eos_watermark_panics("ordered-eos-panic", Panics::OnArrival);
+}
+
+/// The same with the panics at release, once the watermark passed the event (after it was
+/// admitted and held, often across a commit in small transactions; the aborts restore
+/// checkpoints): an event below the last commit is never read again after the abort, so it is
+/// owed its dead letter, sent in the next transaction (the run says so at least once).
+#[test]
+fn watermark_order_exactly_once_dead_letters_panics_at_release_below_the_commit() {
+    eos_watermark_panics("ordered-eos-release-panic", Panics::AtRelease);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Panics {
+    /// `FAILPOINTS=score=panic`, payloads marked: the admission panics.
+    OnArrival,
+    /// `FAILPOINTS=release=return(OFFSETS)`: the release of those offsets panics.
+    AtRelease,
+}
+
+fn eos_watermark_panics(name: &str, panics: Panics) {
     let broker = Broker::start();
-    let name = "ordered-eos-panic";
     let store = tempdir(name);
     fit(&store, "champion", &[]);
     let (sorted, shuffled) = disordered_flights(&broker, &store);
@@ -630,7 +650,9 @@ fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
         records.push((key.clone(), payload.clone()));
         if i % 400 == 399 {
             let mut e: serde_json::Value = serde_json::from_slice(payload).unwrap();
-            e["note"] = "kml-fail-point".into();
+            if panics == Panics::OnArrival {
+                e["note"] = "kml-fail-point".into();
+            }
             poison.insert(records.len() as i64);
             records.push((key.clone(), serde_json::to_vec(&e).unwrap()));
         }
@@ -638,22 +660,47 @@ fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
     create_topic(&broker, "live", 1);
     produce_raw(&broker, "live", &records);
     let mut args = run_args(&broker, &store, "live", name);
+    let (order, failpoints) = match panics {
+        Panics::OnArrival => (&EOS_WATERMARK[..], "score=panic".to_string()),
+        Panics::AtRelease => {
+            let offsets: Vec<String> = poison.iter().map(i64::to_string).collect();
+            let eos = &EOS_WATERMARK[..3];
+            args.extend(
+                [
+                    "--transaction-max-events",
+                    "20",
+                    "--checkpoint-events",
+                    "150",
+                ]
+                .map(String::from),
+            );
+            (eos, format!("release=return({})", offsets.join(",")))
+        }
+    };
     args.extend(
-        EOS_WATERMARK
+        order
             .iter()
             .chain(&["--exit-when-idle", "3", "--json"])
             .map(|s| s.to_string()),
     );
-    let s = json_out(&run_ok(
+    let out = run_ok(
         scorer()
             .current_dir(repo())
-            .env("FAILPOINTS", "score=panic")
+            .env("FAILPOINTS", &failpoints)
             .args(&args),
-    ));
+    );
+    let s = json_out(&out);
     assert!(
         s["transactions_aborted"].as_u64().unwrap() >= poison.len() as u64,
         "one abort per panic at least: {s}"
     );
+    if panics == Panics::AtRelease {
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains(OWED_DEAD_LETTER),
+            "no release panicked below the commit: the case is not exercised"
+        );
+    }
 
     let reference: BTreeMap<(String, i64), u64> = sorted
         .iter()
@@ -688,7 +735,10 @@ fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
     assert!(held > 0 && predicted.len() > 2500, "{held} held");
     let dead: BTreeSet<i64> = read_all(&broker, "live.dlq")
         .iter()
-        .filter(|d| d.headers["kml.error"].contains("internal error while scoring"))
+        .filter(|d| {
+            let why = &d.headers["kml.error"];
+            why.contains("internal error while scoring") || why.contains("panicked before")
+        })
         .map(|d| d.headers["kml.source.offset"].parse().unwrap())
         .collect();
     assert_eq!(dead, poison, "every panicking event dead-lettered");
@@ -699,3 +749,6 @@ fn watermark_order_exactly_once_survives_panics_and_loses_nothing() {
     );
     std::fs::remove_dir_all(&store).ok();
 }
+
+/// What `scorer run` logs when it sends an owed dead letter.
+const OWED_DEAD_LETTER: &str = "dead-lettered in this transaction";

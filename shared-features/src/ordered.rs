@@ -176,6 +176,14 @@ impl OrderedEngine {
         self.engine.state_keys()
     }
 
+    /// Drop the held events whose tag `drop` picks, unreleased: they never reach the windows
+    /// (the stream's progress keeps them). Returns how many were dropped.
+    pub fn drop_held(&mut self, mut drop: impl FnMut(u64) -> bool) -> usize {
+        let before = self.held.len();
+        self.held.retain(|_, h| !drop(h.tag));
+        before - self.held.len()
+    }
+
     /// The tags of the events held, in release order.
     pub fn held_tags(&self) -> impl Iterator<Item = u64> + '_ {
         self.held.values().map(|h| h.tag)

@@ -831,7 +831,8 @@ fn a_hive_partitioned_parquet_directory_gives_the_rows_of_its_csv() {
 
 /// An ordered engine saved in the middle of a disordered stream (events held) and restored
 /// into a fresh one releases, from there on, every row the uninterrupted engine releases, with
-/// the same tags, bit for bit: a checkpoint carries the held events and the admission.
+/// the same tags, bit for bit: a checkpoint carries the held events and the admission. Held
+/// events dropped after a restore are not released; the rest are, in the same order.
 #[test]
 fn an_ordered_engine_restored_mid_stream_releases_what_the_uninterrupted_one_does() {
     use shared_features::tables::Tables;
@@ -885,4 +886,21 @@ fn an_ordered_engine_restored_mid_stream_releases_what_the_uninterrupted_one_doe
         engine().load_state(b"not a state").is_err(),
         "garbage is refused, not a panic"
     );
+
+    // Held events dropped after the restore (the scorer's poison) are never released, and
+    // the others come out in the same order: the progress keeps what was admitted.
+    let mut dropping = engine();
+    dropping.load_state(&saved).unwrap();
+    let gone: std::collections::BTreeSet<u64> = dropping.held_tags().step_by(2).collect();
+    assert!(!gone.is_empty());
+    assert_eq!(dropping.drop_held(|t| gone.contains(&t)), gone.len());
+    let mut kept = Vec::new();
+    run(&mut dropping, rest, &mut kept);
+    end(&mut dropping, &mut kept);
+    let tags = |r: &Released| r.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    let expected: Vec<u64> = tags(&after)
+        .into_iter()
+        .filter(|t| !gone.contains(t))
+        .collect();
+    assert_eq!(tags(&kept), expected, "the tags released after a drop");
 }

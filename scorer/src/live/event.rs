@@ -7,7 +7,7 @@ use anyhow::Result;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
-use super::{Live, SourceEvent, on_merge_message, on_ordered_message, stall};
+use super::{Live, SourceEvent, on_merge_message, on_ordered_message, send_owed_dead, stall};
 use crate::offsets::MAX_SLOTS;
 use crate::remote;
 use crate::score::{Outcome, Scorer, SourcePos};
@@ -58,6 +58,7 @@ pub(super) fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<(
         } else {
             live.txn.started = Some(now);
         }
+        send_owed_dead(live, slot);
     }
     live.txn.events += 1;
     let Some(part) = live.parts[slot].as_mut() else {
@@ -179,6 +180,11 @@ pub(super) fn put_back(live: &mut Live, slot: usize, offset: i64, scorer: Scorer
             "scoring panicked (a bug); the event is dead-lettered and the state rebuilt without it"
         );
         part.poison.insert(bad);
+        // Exactly-once, an event below the last commit was held when it committed: no
+        // reading of the partition after the abort meets it again to dead-letter it.
+        if scorer.is_ordered() && live.cfg.exactly_once() && part.resume.is_some_and(|c| bad < c) {
+            part.owed_dead.insert(bad);
+        }
         if scorer.is_ordered() {
             live.rescore_held(slot, "state rebuilt after a panic; held events rescored");
         }

@@ -1,14 +1,17 @@
 //! Events released after being held (by a repartition merge, or for the watermark in
 //! `--order watermark`), and the messages refused on arrival.
 
+use std::time::Instant;
+
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
 use super::{Live, SourceEvent};
 use crate::merge::Released;
 use crate::remote;
-use crate::score::{Admitted, Outcome, Scorer};
+use crate::score::{Admitted, Outcome, Scorer, SourcePos};
 use crate::sink::{To, lineage_headers, position_headers};
+use crate::source;
 
 /// Send the prediction (or dead letter) of an event a merge or the watermark released, and
 /// stop holding it (a row for a model server stays held until its answer).
@@ -119,3 +122,67 @@ pub(super) fn dead_letter_message(
     let ts = msg.timestamp().to_millis();
     live.send_dead_letter(tag, key, payload, ts, &position, why);
 }
+
+/// Exactly-once in watermark order, in an open transaction after the state of `slot` was
+/// rebuilt: dead-letter each event below the last commit whose release panicked
+/// (`Part::owed_dead`), read back from the partition (only its position, if retention
+/// deleted it). Every rebuild after an abort sends them again until one transaction commits.
+pub(super) fn send_owed_dead(live: &mut Live, slot: usize) {
+    let Some(part) = live.parts[slot].as_mut().filter(|p| p.dead_due) else {
+        return;
+    };
+    part.dead_due = false;
+    let (topic, partition) = (part.topic.clone(), part.partition);
+    let owed: Vec<i64> = part.owed_dead.iter().copied().collect();
+    for offset in owed {
+        let mut read = None;
+        let end = source::End::At(offset + 1);
+        let fetched = source::each_message(
+            &live.reader,
+            &topic,
+            partition,
+            offset,
+            end,
+            &live.token,
+            |m| {
+                if m.offset() == offset {
+                    read = Some(m.detach());
+                }
+                Ok(())
+            },
+        );
+        if let Err(e) = fetched {
+            tracing::warn!(
+                partition = %format!("{topic}/{partition}"), offset, error = %format!("{e:#}"),
+                "cannot read back an event owed its dead letter; sent without its payload"
+            );
+        }
+        let seq = live.tracker.begin(slot, offset, Instant::now());
+        let tag = live.tracker.expect(slot, seq, true);
+        let pos = SourcePos {
+            topic: &topic,
+            partition,
+            offset,
+        };
+        let (mut pbuf, mut obuf) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let position = crate::sink::source_headers(pos, &mut pbuf, &mut obuf);
+        let (key, payload, ts) = read.as_ref().map_or((&[][..], &[][..], None), |m| {
+            let ts = m.timestamp().to_millis();
+            (
+                m.key().unwrap_or_default(),
+                m.payload().unwrap_or_default(),
+                ts,
+            )
+        });
+        tracing::warn!(
+            partition = %format!("{topic}/{partition}"), offset,
+            "an event below the last commit whose release panicked is dead-lettered in this transaction"
+        );
+        live.send_dead_letter(tag, key, payload, ts, &position, RELEASE_PANICKED);
+        live.txn.letters.push((slot, offset));
+    }
+}
+
+/// Why an event owed its dead letter ([`send_owed_dead`]) is in the dead-letter topic.
+const RELEASE_PANICKED: &str = "internal error while scoring (a bug; please report it): \
+    the release of this event for the watermark panicked";

@@ -57,7 +57,7 @@ pub use rollout::{Revert, RolloutArgs};
 pub use shadows::ShadowSummary;
 
 use event::on_message;
-use held::{dead_letter_message, on_ordered_message, send_released};
+use held::{dead_letter_message, on_ordered_message, send_owed_dead, send_released};
 use repartition::{MarkSent, forget_marks, merge_fp_of, on_merge_message};
 use txn::Txn;
 
@@ -87,6 +87,13 @@ struct Part {
     last_event: Instant,
     /// Offsets of events whose scoring panicked: left out when the state is rebuilt.
     poison: BTreeSet<i64>,
+    /// Exactly-once in watermark order: offsets of events below the last commit whose release
+    /// panicked. The commit covered them held, so no reading of the partition dead-letters
+    /// them: each is owed its dead letter until a transaction holding it commits.
+    owed_dead: BTreeSet<i64>,
+    /// The state was rebuilt since the owed dead letters were last sent: send them again in
+    /// the next transaction.
+    dead_due: bool,
     /// The offset after the last event consumed.
     next: i64,
     /// Exactly-once: the offset the last committed transaction covers (where an abort goes
@@ -120,6 +127,8 @@ impl Part {
             merge: None,
             last_event: Instant::now(),
             poison: BTreeSet::new(),
+            owed_dead: BTreeSet::new(),
+            dead_due: false,
             next: -1,
             resume: None,
             rewind_at: None,

@@ -105,7 +105,8 @@ impl Live {
 
     /// Exactly-once in watermark order: the events the rebuilt state of `slot` holds were
     /// consumed before the committed offset but not predicted (see [`Scorer::owe_held`]); track
-    /// them as consumed now, held until released.
+    /// them as consumed now, held until released. The events owed a dead letter
+    /// (`Part::owed_dead`) get it in the next transaction.
     fn owe_held(&mut self, slot: usize) {
         let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -113,6 +114,7 @@ impl Live {
         let Some(scorer) = p.scorer.as_mut() else {
             return;
         };
+        p.dead_due = !p.owed_dead.is_empty();
         let now = Instant::now();
         let tracker = &mut self.tracker;
         let owed = scorer.owe_held(|offset| {
@@ -165,6 +167,8 @@ impl Live {
                 "window state restored from a checkpoint",
                 |b| scorer.load_state(b),
             );
+            // A checkpoint written before a panic may hold the event that caused it.
+            scorer.drop_held(&part.poison);
             let w = source::warm(
                 &self.reader,
                 (&part.topic, part.partition),

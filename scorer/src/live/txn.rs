@@ -19,6 +19,8 @@ pub(super) struct Txn {
     pub(super) predicted: u64,
     pub(super) dead: u64,
     pub(super) failed: bool,
+    /// Owed dead letters sent (`Part::owed_dead`), by slot and offset: paid once it commits.
+    pub(super) letters: Vec<(usize, i64)>,
 }
 
 impl Live {
@@ -61,6 +63,11 @@ impl Live {
                 self.count_delivered(true, dead);
                 for p in self.parts.iter_mut().flatten().filter(|p| p.next >= 0) {
                     p.resume = Some(p.next);
+                }
+                for &(slot, offset) in &self.txn.letters {
+                    if let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) {
+                        p.owed_dead.remove(&offset);
+                    }
                 }
                 self.txn = Txn::default();
             }

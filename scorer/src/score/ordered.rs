@@ -16,7 +16,7 @@
 //!   the commit: those are owed ([`Scorer::owe_held`]) and get sequence numbers, to be scored
 //!   when the watermark passes them; the others were delivered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ use shared_features::OrderedEngine;
 use shared_features::wire::Format;
 use shared_models::Servable;
 
-use super::{Scorer, SourcePos, fail_point, slow_warm_up};
+use super::{Scorer, SourcePos, fail_point, release_fail_point, slow_warm_up};
 use crate::merge::Released;
 
 /// The held events of a scorer in watermark order.
@@ -130,7 +130,11 @@ impl Scorer {
             let engine = &mut o.engine;
             let step = catch_unwind(AssertUnwindSafe(move || {
                 let engine = engine; // moved in: the row it returns borrows it
-                engine.next_ready()
+                let released = engine.next_ready();
+                if let Some((tag, _)) = &released {
+                    release_fail_point(*tag);
+                }
+                released
             }));
             let (tag, row) = match step {
                 Ok(Some(released)) => released,
@@ -172,6 +176,19 @@ impl Scorer {
             o.seqs.insert(offset, seq_of(offset));
         }
         offsets.len()
+    }
+
+    /// Drop the held events at `offsets` unreleased (their processing panicked, and a
+    /// restored checkpoint still held them); returns how many.
+    pub fn drop_held(&mut self, offsets: &BTreeSet<i64>) -> usize {
+        let Some(o) = self.ordered.as_mut() else {
+            return 0;
+        };
+        let dropped = o
+            .engine
+            .drop_held(|t| i64::try_from(t).is_ok_and(|t| offsets.contains(&t)));
+        o.seqs.retain(|offset, _| !offsets.contains(offset));
+        dropped
     }
 
     /// The stream has ended (a bounded replay): the next [`Scorer::release`] releases
