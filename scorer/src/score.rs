@@ -562,7 +562,10 @@ fn fail_point(_: &[u8]) {}
 /// offsets in watermark order panics, after the windows took it in: how the tests make a
 /// panic that the admission did not see.
 #[cfg(feature = "failpoints")]
-#[expect(clippy::panic, reason = "a fail point: the panic is its purpose, in test builds only")]
+#[expect(
+    clippy::panic,
+    reason = "a fail point: the panic is its purpose, in test builds only"
+)]
 fn release_fail_point(offset: u64) {
     fail::fail_point!("release", |offsets: Option<String>| {
         let listed = offsets.unwrap_or_default();
