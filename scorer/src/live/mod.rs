@@ -404,8 +404,12 @@ impl Live {
                 break;
             }
             // A transaction holds at most `--transaction-max-events`: the batch ends there, and
-            // the caller commits before the next event.
-            if self.cfg.exactly_once() && self.txn.events >= self.cfg.transaction_max_events {
+            // the caller commits before the next event. A failed one ends it too: the caller
+            // aborts it, and every event after it would be read again anyway (after a panic, the
+            // next one would first rebuild a state that the abort throws away).
+            if self.cfg.exactly_once()
+                && (self.txn.failed || self.txn.events >= self.cfg.transaction_max_events)
+            {
                 break;
             }
         }
