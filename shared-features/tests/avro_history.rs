@@ -7,6 +7,8 @@
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,7 +112,7 @@ fn write_avro(path: &Path, retype: Option<(&str, &str)>) {
 #[test]
 fn fixture_flights_as_avro_are_bit_identical_in_every_mode_and_read_as_the_csv() {
     let p = flights_pipeline();
-    let dir = tempfile_dir();
+    let dir = common::tempdir("avro-history");
     let avro = dir.join("flights.avro");
     write_avro(&avro, None);
     let csv = fixtures().join("raw/flights.csv");
@@ -162,7 +164,7 @@ fn fixture_flights_as_avro_are_bit_identical_in_every_mode_and_read_as_the_csv()
 #[test]
 fn an_avro_file_whose_schema_does_not_fit_is_named_with_the_field() {
     let p = flights_pipeline();
-    let dir = tempfile_dir();
+    let dir = common::tempdir("avro-history");
     let bad = dir.join("retyped.avro");
     write_avro(&bad, Some(("dep_delay", "string")));
     let said = offline::run(&p, &bad, &fixtures()).unwrap_err().to_string();
@@ -189,7 +191,7 @@ fn an_avro_file_whose_schema_does_not_fit_is_named_with_the_field() {
 #[test]
 fn a_records_file_of_two_schema_versions_reads_as_the_csv() {
     let p = flights_pipeline();
-    let dir = tempfile_dir();
+    let dir = common::tempdir("avro-history");
     let (rows, types) = flights_as_json();
     let field = |(n, t): &(String, &str)| format!(r#"{{"name": "{n}", "type": ["null", "{t}"]}}"#);
     let v1: Vec<String> = types.iter().map(field).collect();
@@ -254,16 +256,4 @@ fn a_records_file_of_two_schema_versions_reads_as_the_csv() {
     let bits = |rows: &[Vec<shared_features::Value>]| format!("{rows:?}");
     assert_eq!(a.rows.len(), b.rows.len());
     assert_eq!(bits(&a.rows), bits(&b.rows));
-}
-
-/// A fresh directory under the target's temporary directory.
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "kml-avro-history-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

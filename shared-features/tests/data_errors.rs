@@ -14,10 +14,8 @@ use polars::prelude::*;
 use shared_features::{DataError, Tables, offline};
 
 /// A fresh directory holding the test pipeline's two tables (or replacements for them).
-fn dir(name: &str, cats: &str, rates: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sf-data-errors-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
+fn dir(name: &str, cats: &str, rates: &str) -> common::TempDir {
+    let d = common::tempdir(&format!("data-errors-{name}"));
     std::fs::write(d.join("cats.csv"), cats).unwrap();
     std::fs::write(d.join("rates.csv"), rates).unwrap();
     d

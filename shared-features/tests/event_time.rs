@@ -7,7 +7,8 @@
 // Test helpers unwrap: a failure there is a failing test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use shared_features::time::parse_timestamp;
@@ -51,18 +52,10 @@ const INSTANTS: [&str; 6] = [
     "2016-10-30T02:30:00.001Z",
 ];
 
-fn dir(name: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("kml-event-time-{name}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The event times both engines compute for CSV rows `k,v,<cell>`.
 fn times(text: &str, column: &str, cells: &[String]) -> (Vec<i64>, Vec<i64>) {
     let p = Arc::new(Pipeline::parse(text, "times.toml").unwrap());
-    let d = dir(column);
+    let d = common::tempdir(&format!("event-time-{column}"));
     let csv = d.join("events.csv");
     let mut body = format!("k,v,{column}\n");
     for (i, c) in cells.iter().enumerate() {
@@ -85,7 +78,6 @@ fn times(text: &str, column: &str, cells: &[String]) -> (Vec<i64>, Vec<i64>) {
             e.row()[et].as_i64().unwrap()
         })
         .collect();
-    std::fs::remove_dir_all(d).ok();
     (offline, online)
 }
 
@@ -257,7 +249,7 @@ fn a_local_format_that_cannot_give_an_instant_is_refused_before_work() {
 /// field, the range found and the unit to check; declared right, the same file passes.
 #[test]
 fn seconds_read_as_milliseconds_are_refused_with_the_range_and_the_unit() {
-    let d = dir("trap");
+    let d = common::tempdir("event-time-trap");
     let csv = d.join("events.csv");
     let mut body = String::from("k,v,ts\n");
     for (i, t) in INSTANTS.iter().enumerate() {
@@ -299,5 +291,4 @@ fn seconds_read_as_milliseconds_are_refused_with_the_range_and_the_unit() {
           are compared"
         ]
     );
-    std::fs::remove_dir_all(d).ok();
 }

@@ -223,7 +223,7 @@ fn no_feature_sees_the_future() {
     times.sort_unstable();
     let cut = times[times.len() / 2];
 
-    let dir = tempdir("pit");
+    let dir = common::tempdir("pit");
     std::fs::create_dir_all(dir.join("raw")).unwrap();
     for t in ["planes", "airlines", "airports"] {
         std::fs::copy(
@@ -288,19 +288,6 @@ fn no_feature_sees_the_future() {
             );
         }
     }
-    std::fs::remove_dir_all(dir).ok();
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "sf-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A random event of the tiny pipeline: key, minute, x, category, n (negative: filtered).
@@ -345,10 +332,9 @@ proptest! {
     #[test]
     fn random_streams_are_bit_identical(events in random_stream()) {
         let p = common::pipeline();
-        let dir = tempdir("prop");
+        let dir = common::tempdir("prop");
         write_stream(&dir, &events);
         let report = parity::check(&p, &dir.join("events.csv"), &dir).expect("parity runs");
-        std::fs::remove_dir_all(&dir).ok();
         prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
         prop_assert_eq!(report.identical, report.events);
         let kept = events.iter().filter(|e| e.4 >= 0).count();
@@ -361,10 +347,9 @@ proptest! {
     #[test]
     fn random_streams_under_disorder_are_bit_identical_in_watermark_order(events in random_stream(), seed in any::<u64>()) {
         let p = common::pipeline();
-        let dir = tempdir("prop-disorder");
+        let dir = common::tempdir("prop-disorder");
         write_stream(&dir, &events);
         let report = under_disorder(&p, &dir.join("events.csv"), &dir, seed, Order::Watermark);
-        std::fs::remove_dir_all(&dir).ok();
         prop_assert!(report.first_mismatch.is_none(), "{:?}", report.first_mismatch);
         prop_assert_eq!(report.identical, report.events);
         let kept = events.iter().filter(|e| e.4 >= 0).count();
@@ -680,7 +665,7 @@ fn future_events_are_refused_alike_offline_and_online() {
     let mut minutes: Vec<i64> = (0..40).map(|i| i * 3).collect();
     minutes.push(400 * 24 * 60);
     minutes.extend((0..40).map(|i| 120 + 300 + i * 2));
-    let dir = tempdir("future");
+    let dir = common::tempdir("future");
     let mut csv = String::from("id,ts,x,cat,n\n");
     for (i, m) in minutes.iter().enumerate() {
         let ts = format_timestamp(common::at(*m));
@@ -690,7 +675,6 @@ fn future_events_are_refused_alike_offline_and_online() {
     std::fs::write(dir.join("cats.csv"), common::CATS).unwrap();
     std::fs::write(dir.join("rates.csv"), common::RATES).unwrap();
     let report = parity::check(&p, &dir.join("events.csv"), &dir).expect("parity runs");
-    std::fs::remove_dir_all(&dir).ok();
     assert!(
         report.first_mismatch.is_none(),
         "{:?}",
