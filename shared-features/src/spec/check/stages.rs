@@ -47,18 +47,30 @@ impl Checker<'_> {
         Ok(col)
     }
 
-    pub(super) fn lookup(&mut self, i: usize, l: &RawLookup) -> Result<Lookup, SpecError> {
-        let field = format!("lookup[{i}]");
-        let (key_ty, columns) = self.table_columns(&l.columns, l.key.get_ref(), &field)?;
-        let on = self.join_key(&l.on, key_ty, &field)?;
+    /// Add a joined table's columns to the layout, named with `prefix`; the first one's index.
+    fn define_columns(
+        &mut self,
+        columns: &[(String, FieldType)],
+        prefix: &str,
+        span: Range<usize>,
+        field: &str,
+    ) -> Result<usize, SpecError> {
         let first_col = self.layout.len();
-        for (name, ty) in &columns {
+        for (name, ty) in columns {
             self.define(
-                &S::new(l.columns.span(), format!("{}{name}", l.prefix)),
+                &S::new(span.clone(), format!("{prefix}{name}")),
                 *ty,
                 &format!("{field}.columns"),
             )?;
         }
+        Ok(first_col)
+    }
+
+    pub(super) fn lookup(&mut self, i: usize, l: &RawLookup) -> Result<Lookup, SpecError> {
+        let field = format!("lookup[{i}]");
+        let (key_ty, columns) = self.table_columns(&l.columns, l.key.get_ref(), &field)?;
+        let on = self.join_key(&l.on, key_ty, &field)?;
+        let first_col = self.define_columns(&columns, &l.prefix, l.columns.span(), &field)?;
         Ok(Lookup {
             name: l.name.get_ref().clone(),
             path: l.path.get_ref().clone(),
@@ -103,14 +115,7 @@ impl Checker<'_> {
             .as_ref()
             .map(|t| self.duration(t, &format!("{field}.tolerance")))
             .transpose()?;
-        let first_col = self.layout.len();
-        for (name, ty) in &columns {
-            self.define(
-                &S::new(a.columns.span(), format!("{}{name}", a.prefix)),
-                *ty,
-                &format!("{field}.columns"),
-            )?;
-        }
+        let first_col = self.define_columns(&columns, &a.prefix, a.columns.span(), &field)?;
         Ok(Asof {
             name: a.name.get_ref().clone(),
             path: a.path.get_ref().clone(),
