@@ -1,9 +1,12 @@
 //! Test harness: a real tansu broker on loopback, a model fitted on the fixtures, the scorer
 //! binary; topics produced and read back (`topics.rs`); reference scores from `scorer replay`
-//! and the disordered fixture topic (`replays.rs`).
+//! and the disordered fixture topic (`replays.rs`); test directories (`TempDir`).
 #![allow(dead_code)]
 
 mod replays;
+// The test directory of shared-features' harness: the same file, not a copy.
+#[path = "../../../shared-features/tests/common/tempdir.rs"]
+mod tempdir;
 mod topics;
 
 // Not every test uses every helper.
@@ -11,6 +14,8 @@ mod topics;
 pub use replays::*;
 #[allow(unused_imports)]
 pub use topics::*;
+
+pub use tempdir::TempDir;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -434,35 +439,7 @@ pub const EOS_WATERMARK: [&str; 7] = [
 
 /// A fresh directory for one test, under the system's temporary directory.
 pub fn tempdir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("kml-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-/// A test's directory ([`tempdir`]): removed when dropped, kept when the test fails (to look
-/// into).
-pub struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    TempDir::fresh(std::env::temp_dir().join(format!("kml-test-{name}-{}", std::process::id())))
 }
 
 /// Wait until `f` holds, checking every 100 ms; fail naming `what` after `secs` seconds.

@@ -1,11 +1,14 @@
-//! A small pipeline that uses every kind of operation, for tests over hand-made events.
+//! A small pipeline that uses every kind of operation, for tests over hand-made events; test
+//! directories (`tempdir.rs`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shared_features::{OnlineEngine, Pipeline, Tables, Value};
+
+mod tempdir;
+pub use tempdir::TempDir;
 
 pub const PIPELINE: &str = r#"
 [pipeline]
@@ -132,37 +135,9 @@ pub fn col<'a>(p: &Pipeline, row: &'a [Value], name: &str) -> &'a Value {
 /// A fresh directory for one test under the system's temporary directory, unique per call.
 pub fn tempdir(tag: &str) -> TempDir {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
+    TempDir::fresh(std::env::temp_dir().join(format!(
         "sf-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-/// A test's directory ([`tempdir`]): removed when dropped, kept when the test fails (to look
-/// into).
-pub struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    )))
 }
