@@ -58,6 +58,9 @@ pub(super) fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<(
         } else {
             live.txn.started = Some(now);
         }
+    }
+    if live.cfg.exactly_once() && !live.txn.failed {
+        // In the open transaction: what a rebuild of this partition found owed.
         send_owed_dead(live, slot);
     }
     live.txn.events += 1;
