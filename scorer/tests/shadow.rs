@@ -259,22 +259,8 @@ fn drift_moves_when_departure_delays_shift_and_not_on_the_validation_days() {
         "flights",
         &["--out", dir.join("old.jsonl").to_str().unwrap()],
     );
-    let refused = scorer()
-        .current_dir(repo())
-        .args([
-            "replay",
-            "--brokers",
-            &broker.addr,
-            "--store",
-            &store_url(&store),
-        ])
-        .args([
-            "--model",
-            "flights_delay@2",
-            "--input",
-            "flights",
-            "--drift",
-        ])
+    let refused = replay_command(&broker, &store, "flights_delay@2", "flights")
+        .arg("--drift")
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&refused.stderr);

@@ -49,19 +49,22 @@ pub fn replay_with(
     topic: &str,
     extra: &[&str],
 ) -> Output {
-    run_ok(
-        scorer()
-            .current_dir(repo())
-            .args([
-                "replay",
-                "--brokers",
-                &broker.addr,
-                "--store",
-                &store_url(store),
-            ])
-            .args(["--model", model, "--input", topic])
-            .args(extra),
-    )
+    run_ok(replay_command(broker, store, model, topic).args(extra))
+}
+
+/// `scorer replay` of `model` over `topic`, not run yet (a test that expects a refusal runs it).
+pub fn replay_command(broker: &Broker, store: &Path, model: &str, topic: &str) -> Command {
+    let mut cmd = scorer();
+    cmd.current_dir(repo())
+        .args([
+            "replay",
+            "--brokers",
+            &broker.addr,
+            "--store",
+            &store_url(store),
+        ])
+        .args(["--model", model, "--input", topic]);
+    cmd
 }
 
 /// Score of each source offset, from a predictions topic; repeats are counted.
