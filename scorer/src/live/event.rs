@@ -60,7 +60,7 @@ pub(super) fn on_message(live: &mut Live, msg: &BorrowedMessage<'_>) -> Result<(
         }
     }
     if live.cfg.exactly_once() && !live.txn.failed {
-        // In the open transaction: what a rebuild of this partition found owed.
+        // In the open transaction: the dead letters this partition still owes.
         send_owed_dead(live, slot);
     }
     live.txn.events += 1;

@@ -123,17 +123,22 @@ pub(super) fn dead_letter_message(
     live.send_dead_letter(tag, key, payload, ts, &position, why);
 }
 
-/// Exactly-once in watermark order, in an open transaction after the state of `slot` was
-/// rebuilt: dead-letter each event below the last commit whose release panicked
-/// (`Part::owed_dead`), read back from the partition (only its position, if retention
-/// deleted it). Every rebuild after an abort sends them again until one transaction commits.
+/// Exactly-once in watermark order, in an open transaction: dead-letter each event of `slot`
+/// below the last commit whose release panicked (`Part::owed_dead`) that this transaction has
+/// not dead-lettered yet, read back from the partition (only its position, if retention
+/// deleted it). After an abort the next transaction sends them again, until one commits.
 pub(super) fn send_owed_dead(live: &mut Live, slot: usize) {
-    let Some(part) = live.parts[slot].as_mut().filter(|p| p.dead_due) else {
+    let Some(part) = live.parts[slot].as_ref() else {
         return;
     };
-    part.dead_due = false;
+    let sent = &live.txn.letters;
+    let owed: Vec<i64> = (part.owed_dead.iter().copied())
+        .filter(|&o| !sent.contains(&(slot, o)))
+        .collect();
+    if owed.is_empty() {
+        return;
+    }
     let (topic, partition) = (part.topic.clone(), part.partition);
-    let owed: Vec<i64> = part.owed_dead.iter().copied().collect();
     for offset in owed {
         let mut read = None;
         let end = source::End::At(offset + 1);

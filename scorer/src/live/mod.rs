@@ -91,9 +91,6 @@ struct Part {
     /// panicked. The commit covered them held, so no reading of the partition dead-letters
     /// them: each is owed its dead letter until a transaction holding it commits.
     owed_dead: BTreeSet<i64>,
-    /// The state was rebuilt since the owed dead letters were last sent: send them again in
-    /// the next transaction.
-    dead_due: bool,
     /// The offset after the last event consumed.
     next: i64,
     /// Exactly-once: the offset the last committed transaction covers (where an abort goes
@@ -128,7 +125,6 @@ impl Part {
             last_event: Instant::now(),
             poison: BTreeSet::new(),
             owed_dead: BTreeSet::new(),
-            dead_due: false,
             next: -1,
             resume: None,
             rewind_at: None,

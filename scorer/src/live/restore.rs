@@ -105,8 +105,7 @@ impl Live {
 
     /// Exactly-once in watermark order: the events the rebuilt state of `slot` holds were
     /// consumed before the committed offset but not predicted (see [`Scorer::owe_held`]); track
-    /// them as consumed now, held until released. The events owed a dead letter
-    /// (`Part::owed_dead`) get it in the next transaction.
+    /// them as consumed now, held until released.
     fn owe_held(&mut self, slot: usize) {
         let Some(p) = self.parts.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -114,7 +113,6 @@ impl Live {
         let Some(scorer) = p.scorer.as_mut() else {
             return;
         };
-        p.dead_due = !p.owed_dead.is_empty();
         let now = Instant::now();
         let tracker = &mut self.tracker;
         let owed = scorer.owe_held(|offset| {
